@@ -1,0 +1,306 @@
+"""The one configuration schema of buffercast.
+
+`configs/default.yaml` is the base; a user's YAML file and CLI flags override it.
+Every model forbids unknown keys, so a typo is an error naming the key, not a silent default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+Frequency = Literal["D", "W", "M"]
+DemandClass = Literal["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"]
+AbcClass = Literal["A", "B", "C"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SalesColumns(_Strict):
+    """Names of the columns in the user's sales files."""
+
+    sku_id: str = "sku_id"
+    date: str = "date"
+    quantity: str = "quantity"
+    location_id: str | None = "location_id"
+    line_id: str | None = "line_id"
+
+
+class SkuMasterColumns(_Strict):
+    """Names of the columns in the user's SKU master file."""
+
+    sku_id: str = "sku_id"
+    unit_cost: str = "unit_cost"
+    lead_time_days: str = "lead_time_days"
+    lead_time_std_days: str | None = "lead_time_std_days"
+    critical: str | None = "critical"
+    pack_size: str | None = "pack_size"
+    supplier_id: str | None = "supplier_id"
+
+
+class InputConfig(_Strict):
+    sales: str = Field("data/sample/sales.parquet", description="File, folder or fsspec URL of sales history (Parquet or CSV).")
+    sku_master: str | None = Field("data/sample/sku_master.parquet", description="File, folder or URL of the SKU master; null for none.")
+    sales_columns: SalesColumns = SalesColumns()
+    sku_master_columns: SkuMasterColumns = SkuMasterColumns()
+    date_format: str | None = Field(None, description="strftime format of dates in CSV files; null tries ISO (YYYY-MM-DD).")
+    max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales rows is quarantined.")
+
+
+class SbcConfig(_Strict):
+    """Syntetos-Boylan-Croston cut-offs (DOMAIN.md)."""
+
+    adi_cutoff: float = Field(1.32, gt=1.0)
+    cv2_cutoff: float = Field(0.49, gt=0.0)
+    min_periods: int = Field(8, ge=2, description="Fewer active periods than this: insufficient_history.")
+
+
+class VolatilityConfig(_Strict):
+    """Error-CV cut-offs: X (stable) < variable_from <= Y (variable) < erratic_from <= Z (erratic)."""
+
+    variable_from: float = Field(0.5, gt=0.0)
+    erratic_from: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VolatilityConfig:
+        if self.erratic_from <= self.variable_from:
+            raise ValueError("volatility.erratic_from must be greater than volatility.variable_from")
+        return self
+
+
+class AbcConfig(_Strict):
+    a_share: float = Field(0.80, gt=0.0, lt=1.0)
+    b_share: float = Field(0.95, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AbcConfig:
+        if self.b_share <= self.a_share:
+            raise ValueError("abc.b_share must be greater than abc.a_share")
+        return self
+
+
+ModelName = Literal[
+    "AutoETS", "AutoTheta", "AutoARIMA", "SeasonalNaive", "Naive", "HistoricAverage", "WindowAverage",
+    "CrostonClassic", "CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA",
+]
+
+
+class ModelsConfig(_Strict):
+    """Which statsforecast models compete, per demand class."""
+
+    smooth: list[ModelName] = ["AutoETS", "SeasonalNaive", "HistoricAverage"]
+    erratic: list[ModelName] = ["AutoETS", "SeasonalNaive", "HistoricAverage"]
+    intermittent: list[ModelName] = ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"]
+    lumpy: list[ModelName] = ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"]
+    insufficient_history: list[ModelName] = ["HistoricAverage"]
+    fallback: ModelName = Field("HistoricAverage", description="Used for a SKU a model cannot fit; such SKUs are flagged.")
+    ets_model: str = Field("ZNZ", pattern=r"^[ZAM][ZNAM][ZNAM]$", description="AutoETS model space (error, trend, season).")
+    tsb_alpha_d: float = Field(0.1, gt=0.0, le=1.0)
+    tsb_alpha_p: float = Field(0.1, gt=0.0, le=1.0)
+    season_length: int | None = Field(None, ge=1, description="Null: 7 for D, 52 for W, 12 for M.")
+
+    @field_validator("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one model is needed")
+        if len(set(v)) != len(v):
+            raise ValueError("a model is listed twice")
+        return v
+
+
+class BacktestConfig(_Strict):
+    n_windows: int = Field(4, ge=1, description="Rolling-origin windows.")
+    step_periods: int | None = Field(None, ge=1, description="Periods between window origins; null: the horizon.")
+    refit: bool = Field(False, description="Refit the models at every window (slower) or only at the first.")
+    min_train_periods: int = Field(28, ge=4, description="Periods of history needed before the first window.")
+    max_horizon_periods: int = Field(120, ge=1, description="Cap on the backtest/forecast horizon.")
+    horizon_buckets: list[int] = Field(
+        [1, 2, 3, 4, 6, 8, 13, 26, 52, 91, 120],
+        description="SKUs are grouped by the smallest bucket covering their horizon: one statsforecast call per group.",
+    )
+    selection_metric: Literal["mae", "rmse", "mase", "rmsse", "lead_time_rmse"] = "mase"
+    n_jobs: int = Field(1, description="Processes for statsforecast (-1: all cores).")
+
+    @field_validator("horizon_buckets")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v) or sorted(set(v)) != v:
+            raise ValueError("horizon_buckets must be strictly increasing positive integers")
+        return v
+
+
+class ServiceLevelConfig(_Strict):
+    """Cycle service level targets over ABC class x criticality (DOMAIN.md)."""
+
+    critical: dict[AbcClass, float] = {"A": 0.99, "B": 0.98, "C": 0.97}
+    non_critical: dict[AbcClass, float] = {"A": 0.97, "B": 0.95, "C": 0.90}
+    jit: float = Field(0.80, description="Cycle service level of the minimal JIT buffer.")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ServiceLevelConfig:
+        for name in ("critical", "non_critical"):
+            cells = getattr(self, name)
+            missing = {"A", "B", "C"} - set(cells)
+            if missing:
+                raise ValueError(f"service_levels.{name} lacks classes {sorted(missing)}")
+            for cls_, v in cells.items():
+                if not 0.5 <= v < 1.0:
+                    raise ValueError(f"service_levels.{name}.{cls_}={v} must be in [0.5, 1)")
+        if not 0.5 <= self.jit < 1.0:
+            raise ValueError(f"service_levels.jit={self.jit} must be in [0.5, 1)")
+        return self
+
+
+class PolicyConfig(_Strict):
+    """JIT / JIC / hybrid thresholds (DOMAIN.md: criticality, lead time, volatility)."""
+
+    jit_max_lead_time_days: float = Field(7.0, gt=0.0, description="JIT needs a lead time at most this.")
+    jic_min_lead_time_days: float = Field(30.0, gt=0.0, description="A lead time at least this is long: JIC.")
+    jit_max_lead_time_cv: float = Field(0.2, ge=0.0, description="JIT needs lead-time std / mean at most this.")
+    jic_min_lead_time_cv: float = Field(0.5, ge=0.0, description="Lead-time std / mean at least this is unreliable: JIC.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicyConfig:
+        if self.jic_min_lead_time_days <= self.jit_max_lead_time_days:
+            raise ValueError("policy.jic_min_lead_time_days must exceed policy.jit_max_lead_time_days")
+        if self.jic_min_lead_time_cv <= self.jit_max_lead_time_cv:
+            raise ValueError("policy.jic_min_lead_time_cv must exceed policy.jit_max_lead_time_cv")
+        return self
+
+
+class DefaultsConfig(_Strict):
+    """Used for SKUs the master lacks (the reasons say so)."""
+
+    lead_time_days: float = Field(14.0, gt=0.0)
+    lead_time_std_days: float = Field(0.0, ge=0.0)
+    unit_cost: float = Field(1.0, gt=0.0)
+    review_period_days: float = Field(7.0, ge=0.0, description="Review period R added to the forecast horizon.")
+
+
+class CostConfig(_Strict):
+    holding_rate_per_year: float = Field(0.25, ge=0.0, le=5.0)
+
+
+class OutputConfig(_Strict):
+    folder: str = "outputs"
+
+
+class TrackingConfig(_Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is taken from the working directory.")
+    experiment: str = "buffercast"
+    artifact_location: str | None = Field("mlruns", description="Artifact root for a new experiment on a local store.")
+
+
+class BuffercastConfig(_Strict):
+    name: str = Field("default", description="Config name; also the MLflow run name prefix.")
+    frequency: Frequency = "D"
+    week_start: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    as_of: dt.date | None = Field(None, description="Run as if on this date; null: the last date in the data.")
+    seed: int = 20240101
+    input: InputConfig = InputConfig()
+    sbc: SbcConfig = SbcConfig()
+    volatility: VolatilityConfig = VolatilityConfig()
+    abc: AbcConfig = AbcConfig()
+    models: ModelsConfig = ModelsConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    service_levels: ServiceLevelConfig = ServiceLevelConfig()
+    policy: PolicyConfig = PolicyConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+    cost: CostConfig = CostConfig()
+    output: OutputConfig = OutputConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def period_days(self) -> float:
+        """Days in one period: the unit lead times are converted with."""
+        return {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0}[self.frequency]
+
+    @property
+    def season_length(self) -> int:
+        return self.models.season_length or {"D": 7, "W": 52, "M": 12}[self.frequency]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def fingerprint(self) -> str:
+        """Stable hash of every setting: same config, same hash."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        else:
+            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+    return f"invalid config ({source}): " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BuffercastConfig:
+    """Default YAML <- user YAML <- overrides (nested dicts), validated once.
+
+    Raises ConfigError with a message naming the bad or unknown key.
+    """
+    data = _read_yaml(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else {}
+    sources = [str(DEFAULT_CONFIG_PATH)]
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG_PATH:
+        data = _deep_merge(data, _read_yaml(Path(path)))
+        sources.append(str(path))
+    if overrides:
+        data = _deep_merge(data, overrides)
+        sources.append("command-line flags")
+    try:
+        return BuffercastConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, " + ".join(sources))) from None
