@@ -124,8 +124,9 @@ class ModelsConfig(_Strict):
 
 
 class BacktestConfig(_Strict):
-    n_windows: int = Field(4, ge=1, description="Rolling-origin windows.")
-    step_periods: int | None = Field(None, ge=1, description="Periods between window origins; null: the horizon.")
+    n_windows: int = Field(8, ge=1, description="Rolling-origin windows (fewer for SKUs with shorter history).")
+    min_windows: int = Field(2, ge=1, description="Fewer possible windows than this: sigma from one-step in-sample error x sqrt(L).")
+    step_periods: int | None = Field(None, ge=1, description="Periods between window origins; null: half the horizon (overlapping).")
     refit: bool = Field(False, description="Refit the models at every window (slower) or only at the first.")
     min_train_periods: int = Field(28, ge=4, description="Periods of history needed before the first window.")
     max_horizon_periods: int = Field(120, ge=1, description="Cap on the backtest/forecast horizon.")

@@ -1,0 +1,60 @@
+# buffercast: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := data/sample
+
+# Project-local state, no analytics or telemetry calls (the machine may have no network).
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: help install sample-data run test lint format ui clean
+
+## Show this help
+help:
+	@awk 'BEGIN {FS = ":"} /^## / {doc = substr($$0, 4); next} /^[a-zA-Z_-]+:/ && doc {printf "  \033[36m%-12s\033[0m %s\n", $$1, doc; doc = ""} {if ($$0 !~ /^## /) doc = doc}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	@touch $@
+
+## Build the pinned environment in .venv/ from uv.lock (installs uv with pip if missing)
+install: $(VENV)/.installed
+
+$(SAMPLE)/sales.parquet: | $(VENV)/.installed
+	$(BIN)/buffercast sample-data --out $(SAMPLE) --skus 500 --seed 7
+
+## Generate the embedded default data (500 SKUs, 2 years, daily) into data/sample/ if absent
+sample-data: $(SAMPLE)/sales.parquet
+
+## Set up, generate the default data if absent and run the whole pipeline; prints a summary
+run: install sample-data
+	$(BIN)/buffercast run
+
+## Set up and run the linter and the tests
+test: install lint
+	$(BIN)/python -m pytest
+
+## Lint with ruff
+lint: install
+	$(BIN)/ruff check .
+
+## Format the code with ruff
+format: install
+	$(BIN)/ruff format .
+
+## Open the MLflow UI on http://127.0.0.1:5000 for the runs in mlflow.db
+ui: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+## Remove outputs, generated data, tracking store and caches (keeps .venv)
+clean:
+	rm -rf outputs $(SAMPLE) mlflow.db mlruns .prefect .pytest_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""Pure assembly of the per-SKU tables the flow publishes: the joins and defaults between the stages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from buffers.recommend import BufferSettings, recommend
+from forecasting.backtest import ForecastResult, volatility_classes
+
+ID = "unique_id"
+
+
+@dataclass(frozen=True)
+class SkuDefaults:
+    """Config defaults for SKUs the master lacks."""
+
+    lead_time_days: float
+    lead_time_std_days: float
+    unit_cost: float
+    review_period_days: float
+
+
+def sku_attributes(keys: pl.DataFrame, master: pl.DataFrame | None, d: SkuDefaults) -> pl.DataFrame:
+    """Per series (unique_id): the master's attributes of its sku_id, config defaults where the master lacks the SKU.
+
+    `in_sku_master` records which rows came from the master (the reasons say so when not).
+    """
+    cols = {
+        "unit_cost": pl.Float64,
+        "lead_time_days": pl.Float64,
+        "lead_time_std_days": pl.Float64,
+        "critical": pl.Boolean,
+        "pack_size": pl.Float64,
+        "supplier_id": pl.String,
+    }
+    if master is None:
+        master = pl.DataFrame(schema={"sku_id": pl.String, **cols})
+    joined = keys.join(master.select("sku_id", *cols).with_columns(_in=pl.lit(True)), on="sku_id", how="left")
+    in_master = pl.col("_in").fill_null(False)
+    return joined.select(
+        ID,
+        "sku_id",
+        "location_id",
+        pl.col("unit_cost").fill_null(d.unit_cost),
+        pl.col("lead_time_days").fill_null(d.lead_time_days),
+        # A master row without a lead-time std means a reliable lead time; only a missing row takes the default.
+        pl.when(in_master).then(pl.col("lead_time_std_days").fill_null(0.0)).otherwise(pl.lit(d.lead_time_std_days)).alias(
+            "lead_time_std_days"
+        ),
+        pl.col("critical").fill_null(False),
+        "pack_size",
+        "supplier_id",
+        in_master.alias("in_sku_master"),
+    )
+
+
+def forecast_inputs(profile: pl.DataFrame, attrs: pl.DataFrame, period_days: float, review_period_days: float) -> pl.DataFrame:
+    """What the forecasting stage needs per series: class, history length, lead time and review period in periods."""
+    return profile.select(ID, "demand_class", "n_periods").join(
+        attrs.select(
+            ID,
+            lead_time_periods=pl.col("lead_time_days") / period_days,
+            review_periods=pl.lit(review_period_days / period_days),
+        ),
+        on=ID,
+        how="left",
+    )
+
+
+#: The published `recommendations` table, schema version 1, in order (README documents each column).
+RECOMMENDATION_COLUMNS = (
+    "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "service_level_target",
+    "demand_class", "adi", "cv2", "volatility_class", "error_cv", "abc_class", "annual_value", "critical",
+    "model", "runner_up_model", "mase", "rmse", "mae", "bias", "backtest_windows", "sigma_method",
+    "lead_time_days", "lead_time_std_days", "lead_time_periods", "mean_demand_per_period", "lead_time_demand",
+    "sigma_lead_time_demand", "sigma_total", "safety_factor_z", "unit_cost", "pack_size", "supplier_id", "in_sku_master",
+    "safety_stock_value", "holding_cost_per_year", "reasons",
+    "flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand",
+    "flag_moderate_lead_time", "flag_variable_lead_time", "flag_variable_error", "flag_irregular_demand", "flag_no_backtest",
+    "model_fell_back", "n_periods", "n_nonzero",
+)  # fmt: skip
+
+
+def build_recommendations(
+    *,
+    as_of: dt.date,
+    profile: pl.DataFrame,
+    abc: pl.DataFrame,
+    attrs: pl.DataFrame,
+    fc: ForecastResult,
+    settings: BufferSettings,
+    variable_from: float,
+    erratic_from: float,
+) -> pl.DataFrame:
+    """One row per series: profile + ABC + chosen model and its errors + master attributes -> buffer decision."""
+    error_cv, volatility = volatility_classes(pl.col("rmse"), pl.col("mean_demand"), variable_from, erratic_from)
+    skus = (
+        profile.join(abc.select(ID, "abc_class", "annual_value"), on=ID, how="left")
+        .join(attrs, on=ID, how="left")
+        .join(
+            fc.selection.select(
+                ID,
+                "model",
+                "runner_up_model",
+                "mase",
+                "rmse",
+                "mae",
+                "bias",
+                "sigma_method",
+                "lead_time_periods",
+                "mean_demand_per_period",
+                "lead_time_demand",
+                "sigma_lead_time_demand",
+                backtest_windows=pl.col("windows"),
+                model_fell_back=pl.col("fell_back").fill_null(False),
+            ),
+            on=ID,
+            how="left",
+        )
+        .with_columns(error_cv=error_cv, volatility_class=volatility)
+    )
+    return recommend(skus, settings).with_columns(as_of=pl.lit(as_of)).select(RECOMMENDATION_COLUMNS).sort("sku_id", "location_id")

@@ -1,0 +1,119 @@
+"""JIT / JIC / hybrid per SKU from the seed's three factors, with reasons (DOMAIN.md "Policy").
+
+- JIC when any factor calls for a full buffer: critical item, long or unreliable lead time,
+  erratic forecast error (Z), lumpy demand.
+- JIT when every factor is benign: not critical, short and reliable lead time, stable forecast error (X),
+  smooth demand, and a backtest to prove it.
+- hybrid otherwise: a buffer for the variable part only (see `buffered_components`).
+
+Every rule is a boolean flag column (machine-readable) and a sentence in `reasons` (planner-readable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class PolicyThresholds:
+    jit_max_lead_time_days: float = 7.0
+    jic_min_lead_time_days: float = 30.0
+    jit_max_lead_time_cv: float = 0.2
+    jic_min_lead_time_cv: float = 0.5
+
+
+#: Flag columns, each one rule; the policy follows from them.
+JIC_FLAGS = ("flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand")
+HYBRID_FLAGS = (
+    "flag_moderate_lead_time",
+    "flag_variable_lead_time",
+    "flag_variable_error",
+    "flag_irregular_demand",
+    "flag_no_backtest",
+)
+FLAG_COLUMNS = (*JIC_FLAGS, *HYBRID_FLAGS)
+
+
+def _fmt(expr: pl.Expr, digits: int = 2) -> pl.Expr:
+    return expr.round(digits).cast(pl.String)
+
+
+def policy_flags(t: PolicyThresholds) -> list[pl.Expr]:
+    """Boolean rule columns from critical, lead_time_days, lead_time_std_days, volatility_class, demand_class."""
+    lt = pl.col("lead_time_days")
+    lt_cv = pl.col("lead_time_std_days").fill_null(0.0) / lt
+    vol = pl.col("volatility_class")
+    cls = pl.col("demand_class")
+    return [
+        pl.col("critical").fill_null(False).alias("flag_critical"),
+        (lt >= t.jic_min_lead_time_days).alias("flag_long_lead_time"),
+        (lt_cv >= t.jic_min_lead_time_cv).alias("flag_unreliable_lead_time"),
+        (vol == "erratic").alias("flag_erratic_error"),
+        (cls == "lumpy").alias("flag_lumpy_demand"),
+        ((lt > t.jit_max_lead_time_days) & (lt < t.jic_min_lead_time_days)).alias("flag_moderate_lead_time"),
+        ((lt_cv > t.jit_max_lead_time_cv) & (lt_cv < t.jic_min_lead_time_cv)).alias("flag_variable_lead_time"),
+        (vol == "variable").alias("flag_variable_error"),
+        cls.is_in(["erratic", "intermittent"]).alias("flag_irregular_demand"),
+        ((vol == "not_backtested") | (cls == "insufficient_history")).alias("flag_no_backtest"),
+    ]
+
+
+def policy_expr() -> pl.Expr:
+    """JIC if any JIC flag, else hybrid if any hybrid flag, else JIT."""
+    return (
+        pl.when(pl.any_horizontal(*JIC_FLAGS))
+        .then(pl.lit("JIC"))
+        .when(pl.any_horizontal(*HYBRID_FLAGS))
+        .then(pl.lit("hybrid"))
+        .otherwise(pl.lit("JIT"))
+    )
+
+
+def buffered_components() -> tuple[pl.Expr, pl.Expr]:
+    """Which variance terms the buffer covers: (demand uncertainty over the lead time, lead-time variability).
+
+    JIC and JIT cover both (JIT at its lower service level). Hybrid covers only the variable part:
+    the demand term when demand is the problem (variable error, irregular pattern, no backtest) or the
+    lead time is long enough for demand noise to add up; the lead-time term when the supplier is variable.
+    """
+    hybrid = pl.col("policy") == "hybrid"
+    demand = ~hybrid | pl.any_horizontal("flag_variable_error", "flag_irregular_demand", "flag_no_backtest", "flag_moderate_lead_time")
+    lead_time = ~hybrid | pl.col("flag_variable_lead_time")
+    return demand, lead_time
+
+
+def reasons_expr(t: PolicyThresholds) -> pl.Expr:
+    """Planner-readable reasons, most decisive first, joined by '; '."""
+    lt = pl.col("lead_time_days")
+    lt_cv = pl.col("lead_time_std_days").fill_null(0.0) / lt
+    err = _fmt(pl.col("error_cv"))
+    parts = [
+        pl.when("flag_critical").then(pl.lit("critical item")),
+        pl.when("flag_long_lead_time").then(
+            pl.format("long lead time ({} d >= {} d)", _fmt(lt, 1), pl.lit(f"{t.jic_min_lead_time_days:g}"))
+        ),
+        pl.when("flag_unreliable_lead_time").then(
+            pl.format("unreliable lead time (std/mean {} >= {})", _fmt(lt_cv), pl.lit(f"{t.jic_min_lead_time_cv:g}"))
+        ),
+        pl.when("flag_erratic_error").then(pl.format("erratic demand (error CV {})", err)),
+        pl.when("flag_lumpy_demand").then(pl.format("lumpy demand (ADI {}, CV2 {})", _fmt(pl.col("adi")), _fmt(pl.col("cv2")))),
+        pl.when("flag_moderate_lead_time").then(
+            pl.format("lead time {} d > {} d (too long for pure JIT)", _fmt(lt, 1), pl.lit(f"{t.jit_max_lead_time_days:g}"))
+        ),
+        pl.when("flag_variable_lead_time").then(pl.format("variable lead time (std/mean {})", _fmt(lt_cv))),
+        pl.when("flag_variable_error").then(pl.format("variable demand (error CV {})", err)),
+        pl.when("flag_irregular_demand").then(
+            pl.format("{} demand pattern (ADI {}, CV2 {})", pl.col("demand_class"), _fmt(pl.col("adi")), _fmt(pl.col("cv2")))
+        ),
+        pl.when("flag_no_backtest").then(pl.lit("too little history to backtest: sigma from one-step error x sqrt(lead time)")),
+        pl.when(pl.col("policy") == "JIT").then(
+            pl.format(
+                "stable demand (error CV {}), smooth pattern, short reliable lead time ({} d), not critical", err, _fmt(lt, 1)
+            )
+        ),
+        pl.when(~pl.col("in_sku_master")).then(pl.lit("not in the SKU master: lead time, its std and unit cost from config defaults")),
+        pl.when(pl.col("model_fell_back")).then(pl.lit("the chosen model could not be fitted: fallback model used")),
+    ]
+    return pl.concat_list(parts).list.drop_nulls().list.join("; ")

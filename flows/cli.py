@@ -1,0 +1,124 @@
+"""`buffercast` command line (typer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Buffer stock recommendations per SKU: JIT, JIC or hybrid.")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def quiet_environment() -> None:
+    """Project-local Prefect home, no analytics or telemetry calls (the machine may have no network)."""
+    os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.secho(f"buffercast: error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
+    sales: Annotated[str | None, typer.Option(help="Sales file, folder or URL (overrides input.sales).")] = None,
+    sku_master: Annotated[str | None, typer.Option(help="SKU master file, folder or URL (overrides input.sku_master).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (overrides output.folder).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Run as of this date, YYYY-MM-DD; later history is left out.")] = None,
+    freq: Annotated[str | None, typer.Option(help="Bucket: D, W or M.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking.uri).")] = None,
+) -> None:
+    """Run the whole pipeline: pull, validate, profile, backtest, forecast, recommend, publish, track."""
+    quiet_environment()
+    from flows.config import ConfigError, load_config
+    from flows.sources import InputError
+
+    overrides: dict[str, Any] = {}
+    if sales:
+        overrides.setdefault("input", {})["sales"] = sales
+    if sku_master:
+        overrides.setdefault("input", {})["sku_master"] = sku_master
+    if out:
+        overrides["output"] = {"folder": out}
+    if as_of:
+        overrides["as_of"] = as_of
+    if freq:
+        overrides["frequency"] = freq
+    if tracking_uri:
+        overrides["tracking"] = {"uri": tracking_uri}
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+    from flows.plan import plan_buffers
+
+    try:
+        result = plan_buffers(cfg)
+    except InputError as exc:
+        raise _fail(str(exc), 2) from None
+    except Exception as exc:  # the flow already logged the traceback; the user gets one line
+        raise _fail(f"the run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
+    typer.echo(format_summary(result))
+
+
+def format_summary(r: dict[str, Any]) -> str:
+    def line(title: str, counts: dict[str, int]) -> str:
+        return f"  {title:<18}" + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+    rows = r["input_rows"]
+    parts = [
+        "",
+        f"buffercast: {r['skus']} SKUs planned as of {r['as_of']}",
+        f"  sales rows         {rows['sales_in']} read, {rows['sales_used']} used, {rows['sales_quarantined']} quarantined, "
+        f"{rows['sales_after_as_of']} after the as-of date",
+        line("demand class", r["demand_class"]),
+        line("volatility class", r["volatility_class"]),
+        line("policy", r["policy"]),
+        f"  safety stock value {r['safety_stock_value']:,.2f} (holding cost {r['holding_cost_per_year']:,.2f} per year)",
+        "  written:",
+        *[f"    {name:<17}{path}" for name, path in r["outputs"].items()],
+        f"    {'manifest':<17}{r['manifest']}",
+        f"  MLflow run {r['mlflow_run_id']} in {r['mlflow_tracking_uri']}",
+        "  open it with: make ui   (then http://127.0.0.1:5000)",
+    ]
+    return "\n".join(parts)
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Annotated[Path, typer.Option(help="Folder to write sales and sku_master into.")] = Path("data/sample"),
+    skus: Annotated[int, typer.Option(min=1, help="Number of SKUs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same data.")] = 7,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 730,
+    end: Annotated[str, typer.Option(help="Last date of the history, YYYY-MM-DD.")] = "2026-10-31",
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Generate the embedded default catalogue: daily sales and a SKU master (deterministic)."""
+    from flows.sample_data import write_sample_data
+
+    try:
+        end_date = dt.date.fromisoformat(end)
+        paths = write_sample_data(out, n_skus=skus, seed=seed, end_date=end_date, n_days=days, fmt=fmt)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""`plan_buffers`: the Prefect flow from sales history to published buffer recommendations.
+
+Wiring only: every decision lives in features/, forecasting/ and buffers/; reading in flows/sources.py,
+validation in flows/schemas.py, writing in flows/publish.py, MLflow in flows/tracking.py.
+Only the pull is retried (it is the only step that talks to something that can flake).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
+from buffers.policy import PolicyThresholds
+from buffers.recommend import BufferSettings
+from features.abc import abc_classes, annual_value
+from features.calendar import series_keys, to_periods
+from features.sbc import demand_profile
+from flows import publish as publisher
+from flows.config import BuffercastConfig
+from flows.plots import sbc_quadrant_figure
+from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
+from flows.sources import InputError, read_sales, read_sku_master
+from flows.tracking import Tracker
+from forecasting.backtest import BacktestSettings, ForecastResult, backtest_and_forecast
+from forecasting.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    sales: Validated
+    master: Validated | None
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def pull(cfg: BuffercastConfig) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store)."""
+    return read_sales(cfg.input), read_sku_master(cfg.input)
+
+
+@task(cache_policy=NO_CACHE)
+def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None) -> Inputs:
+    sales = validate_sales(
+        raw_sales,
+        cfg.input.sales_columns,
+        today=dt.date.today(),
+        date_format=cfg.input.date_format,
+        max_quarantine_share=cfg.input.max_quarantine_share,
+    )
+    master = validate_sku_master(raw_master, cfg.input.sku_master_columns) if raw_master is not None else None
+    logger = get_run_logger()
+    logger.info("sales: %d rows read, %s", sales.rows_in, quarantine_summary(sales.quarantine))
+    if master is not None:
+        logger.info("SKU master: %d rows read, %s", master.rows_in, quarantine_summary(master.quarantine))
+    return Inputs(sales, master)
+
+
+@task(cache_policy=NO_CACHE)
+def profile(cfg: BuffercastConfig, sales: pl.DataFrame, as_of: dt.date) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Demand panel (explicit zeros), series keys and the SBC profile per series."""
+    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start)
+    keys = series_keys(sales).join(panel.select("unique_id").unique(), on="unique_id", how="semi")
+    prof = demand_profile(panel, adi_cutoff=cfg.sbc.adi_cutoff, cv2_cutoff=cfg.sbc.cv2_cutoff, min_periods=cfg.sbc.min_periods)
+    return panel, keys, prof
+
+
+@task(cache_policy=NO_CACHE)
+def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -> ForecastResult:
+    settings = BacktestSettings(
+        freq=cfg.frequency,
+        n_windows=cfg.backtest.n_windows,
+        min_windows=cfg.backtest.min_windows,
+        step_periods=cfg.backtest.step_periods,
+        refit=cfg.backtest.refit,
+        min_train_periods=cfg.backtest.min_train_periods,
+        max_horizon_periods=cfg.backtest.max_horizon_periods,
+        horizon_buckets=cfg.backtest.horizon_buckets,
+        selection_metric=cfg.backtest.selection_metric,
+        n_jobs=cfg.backtest.n_jobs,
+        fallback=cfg.models.fallback,
+        spec=ModelSpec(
+            season_length=cfg.season_length,
+            ets_model=cfg.models.ets_model,
+            tsb_alpha_d=cfg.models.tsb_alpha_d,
+            tsb_alpha_p=cfg.models.tsb_alpha_p,
+        ),
+    )
+    model_sets = {c: getattr(cfg.models, c) for c in ("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")}
+    return backtest_and_forecast(panel, inputs, model_sets, settings)
+
+
+@task(cache_policy=NO_CACHE)
+def recommend_buffers(
+    cfg: BuffercastConfig,
+    as_of: dt.date,
+    panel: pl.DataFrame,
+    prof: pl.DataFrame,
+    attrs: pl.DataFrame,
+    fc: ForecastResult,
+) -> pl.DataFrame:
+    values = annual_value(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of)
+    abc = abc_classes(values, a_share=cfg.abc.a_share, b_share=cfg.abc.b_share)
+    settings = BufferSettings(
+        period_days=cfg.period_days,
+        holding_rate_per_year=cfg.cost.holding_rate_per_year,
+        jit_service_level=cfg.service_levels.jit,
+        service_levels={"critical": cfg.service_levels.critical, "non_critical": cfg.service_levels.non_critical},
+        thresholds=PolicyThresholds(**cfg.policy.model_dump()),
+    )
+    return build_recommendations(
+        as_of=as_of,
+        profile=prof,
+        abc=abc,
+        attrs=attrs,
+        fc=fc,
+        settings=settings,
+        variable_from=cfg.volatility.variable_from,
+        erratic_from=cfg.volatility.erratic_from,
+    )
+
+
+def output_tables(
+    as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, keys: pl.DataFrame, inputs: Inputs
+) -> dict[str, pl.DataFrame]:
+    """The published tables in their contract shape, each validated by its pandera schema."""
+    key_cols = keys.select("unique_id", "sku_id", "location_id")
+    selected = fc.selection.select("unique_id", "model", selected=pl.lit(True))
+    tables = {
+        "recommendations": recs,
+        "forecasts": fc.forecasts.join(key_cols, on="unique_id")
+        .select(pl.lit(as_of).alias("as_of"), "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast")
+        .sort("sku_id", "location_id", "date"),
+        "backtest_metrics": fc.metrics.join(key_cols, on="unique_id")
+        .join(selected, on=["unique_id", "model"], how="left")
+        .select(
+            pl.lit(as_of).alias("as_of"),
+            "sku_id",
+            "location_id",
+            "model",
+            pl.col("selected").fill_null(False),
+            "mae",
+            "rmse",
+            "bias",
+            "mase",
+            "rmsse",
+            "lead_time_rmse",
+            "lead_time_bias",
+            "n_windows",
+            "fell_back",
+        )
+        .sort("sku_id", "location_id", "model"),
+        "quarantine": pl.concat(
+            [inputs.sales.quarantine.with_columns(input=pl.lit("sales"))]
+            + ([inputs.master.quarantine.with_columns(input=pl.lit("sku_master"))] if inputs.master else []),
+            how="vertical_relaxed",
+        ).select(pl.lit(as_of).alias("as_of"), "input", pl.exclude("input")),
+    }
+    return {name: validate_output(name, frame) for name, frame in tables.items()}
+
+
+def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
+    """Counts per class and policy, capital: what the CLI prints and MLflow records."""
+
+    def counts(col: str) -> dict[str, int]:
+        return {str(k): int(v) for k, v in recs.group_by(col).len().sort(col).iter_rows()}
+
+    return {
+        "skus": recs.height,
+        "demand_class": counts("demand_class"),
+        "volatility_class": counts("volatility_class"),
+        "policy": counts("policy"),
+        "abc_class": counts("abc_class"),
+        "safety_stock_value": float(recs["safety_stock_value"].sum()),
+        "holding_cost_per_year": float(recs["holding_cost_per_year"].sum()),
+        "median_mase": recs["mase"].median(),
+    }
+
+
+def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int]) -> dict[str, float]:
+    metrics: dict[str, float] = {"skus": summary["skus"], **{f"rows_{k}": v for k, v in n_rows.items()}}
+    for group in ("demand_class", "volatility_class", "policy", "abc_class"):
+        metrics |= {f"skus_{group}_{k}": v for k, v in summary[group].items()}
+    metrics["safety_stock_value_total"] = summary["safety_stock_value"]
+    metrics["holding_cost_per_year_total"] = summary["holding_cost_per_year"]
+    if summary["median_mase"] is not None:
+        metrics["median_mase"] = summary["median_mase"]
+    return metrics
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@flow(name="plan-buffers", log_prints=True)
+def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
+    """Sales history -> validated -> profiled -> backtested and forecast -> buffer recommendations -> published + tracked."""
+    cfg = config
+    logger = get_run_logger()
+    raw_sales, raw_master = pull(cfg)
+    inputs = validate(cfg, raw_sales, raw_master)
+    sales = inputs.sales.valid
+    if sales.is_empty():
+        raise InputError(f"sales input '{cfg.input.sales}': no valid rows left after validation; see the quarantine counts above")
+    last_date = sales["date"].max()
+    as_of = cfg.as_of or last_date
+    rows_after_as_of = sales.filter(pl.col("date") > as_of).height
+    sales = sales.filter(pl.col("date") <= as_of)
+    if sales.is_empty():
+        raise InputError(f"sales input '{cfg.input.sales}': no sale on or before as-of date {as_of} (first sale {sales['date'].min()})")
+
+    panel, keys, prof = profile(cfg, sales, as_of)
+    master = inputs.master.valid if inputs.master else None
+    defaults = SkuDefaults(**cfg.defaults.model_dump())
+    attrs = sku_attributes(keys, master, defaults)
+    fc = forecast(cfg, panel, forecast_inputs(prof, attrs, cfg.period_days, defaults.review_period_days))
+    recs = recommend_buffers(cfg, as_of, panel, prof, attrs, fc)
+    tables = output_tables(as_of, recs, fc, keys, inputs)
+
+    run_id = uuid.uuid4().hex
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
+    prefect_run_id = str(flow_run.get_id() or "")
+    mlflow_run_id = tracker.start(
+        f"{cfg.name}-{as_of.isoformat()}",
+        tags={
+            "as_of": as_of.isoformat(),
+            "config_name": cfg.name,
+            "config_hash": cfg.fingerprint(),
+            "schema_version": str(publisher.SCHEMA_VERSION),
+            "git_commit": _git_commit(),
+            "prefect_flow_run_id": prefect_run_id,
+            "buffercast_run_id": run_id,
+        },
+    )
+    ok = False
+    try:
+        n_rows = {
+            "sales_in": inputs.sales.rows_in,
+            "sales_used": sales.height,
+            "sales_quarantined": inputs.sales.quarantine.height,
+            "sales_after_as_of": rows_after_as_of,
+            "sku_master_in": inputs.master.rows_in if inputs.master else 0,
+            "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
+        }
+        summary = run_summary(recs)
+        manifest = {
+            "run_id": run_id,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "config_name": cfg.name,
+            "config_hash": cfg.fingerprint(),
+            "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
+            "input_rows": n_rows,
+            "last_date_in_data": last_date.isoformat(),
+            "frequency": cfg.frequency,
+            "mlflow_run_id": mlflow_run_id,
+            "mlflow_tracking_uri": tracker.uri,
+            "prefect_flow_run_id": prefect_run_id,
+            "summary": summary,
+        }
+        paths = publisher.publish_tables(cfg.output.folder, as_of, run_id, tables, manifest)
+        logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
+
+        tracker.log_params(cfg.flat())
+        tracker.log_metrics(summary_metrics(summary, n_rows))
+        tracker.log_table("recommendations", tables["recommendations"])
+        tracker.log_figure(sbc_quadrant_figure(recs, cfg.sbc.adi_cutoff, cfg.sbc.cv2_cutoff), "plots/sbc_quadrants.png")
+        ok = True
+    finally:
+        tracker.finish(ok)
+
+    return {
+        **summary,
+        "as_of": as_of.isoformat(),
+        "input_rows": n_rows,
+        "outputs": paths,
+        "manifest": str(publisher.manifest_path(Path(cfg.output.folder).resolve(), as_of)),
+        "mlflow_run_id": mlflow_run_id,
+        "mlflow_tracking_uri": tracker.uri,
+        "prefect_flow_run_id": prefect_run_id,
+    }

@@ -1,0 +1,95 @@
+"""The only writer of buffercast's outputs: Hive-partitioned Parquet tables and the run manifest.
+
+Layout under the output folder:
+
+    <table>/as_of=YYYY-MM-DD/part-0.parquet     one partition per as-of date and table
+    manifests/as_of=YYYY-MM-DD/manifest.json     what the run read, wrote and where it is tracked
+
+A run stages every partition in `_staging/<run_id>/` (outside every table's dataset root, so readers
+never see it), then swaps each into place with a rename and writes the manifest last. A crash before the
+swap leaves the previous outputs untouched; a rerun for the same as-of date replaces its partitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+SCHEMA_VERSION = 1
+STAGING = "_staging"
+MANIFESTS = "manifests"
+
+
+def partition_dir(root: Path, table: str, as_of: dt.date) -> Path:
+    return root / table / f"as_of={as_of.isoformat()}"
+
+
+def manifest_path(root: Path, as_of: dt.date) -> Path:
+    return partition_dir(root, MANIFESTS, as_of) / "manifest.json"
+
+
+def _mkdir_public(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+
+
+def publish_tables(
+    root: str | Path, as_of: dt.date, run_id: str, tables: Mapping[str, pl.DataFrame], manifest: Mapping[str, Any]
+) -> dict[str, str]:
+    """Write every table's as-of partition and the manifest, all or nothing; returns table -> partition path.
+
+    The manifest gets `tables` (path and row count per table) and `schema_version` added.
+    """
+    root = Path(root).resolve()
+    stage = root / STAGING / run_id
+    if stage.exists():
+        shutil.rmtree(stage)
+    written: dict[str, str] = {}
+    try:
+        for name, frame in tables.items():
+            part = stage / "new" / name / f"as_of={as_of.isoformat()}"
+            _mkdir_public(part)
+            frame.write_parquet(part / "part-0.parquet", statistics=True)
+            written[name] = str(partition_dir(root, name, as_of))
+        full_manifest = {
+            **manifest,
+            "schema_version": SCHEMA_VERSION,
+            "as_of": as_of.isoformat(),
+            "tables": {name: {"path": written[name], "rows": tables[name].height} for name in tables},
+        }
+        (stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
+        # Swap: every staged partition replaces its predecessor with a rename (atomic on one filesystem).
+        (stage / "old").mkdir()
+        for name in tables:
+            target = partition_dir(root, name, as_of)
+            _mkdir_public(target.parent)
+            if target.exists():
+                target.rename(stage / "old" / name)
+            (stage / "new" / name / target.name).rename(target)
+        final_manifest = manifest_path(root, as_of)
+        _mkdir_public(final_manifest.parent)
+        os.replace(stage / "manifest.json", final_manifest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        staging_root = root / STAGING
+        if staging_root.exists() and not any(staging_root.iterdir()):
+            staging_root.rmdir()
+    return written
+
+
+def read_table(root: str | Path, table: str, as_of: dt.date | None = None) -> pl.DataFrame:
+    """Read a published table (all as-of partitions, or one)."""
+    base = Path(root) / table
+    path = partition_dir(Path(root), table, as_of) if as_of else base
+    return pl.scan_parquet(f"{path}/**/*.parquet", hive_partitioning=as_of is None).collect()
+
+
+def read_manifest(root: str | Path, as_of: dt.date) -> dict[str, Any]:
+    return json.loads(manifest_path(Path(root), as_of).read_text())

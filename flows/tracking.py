@@ -1,0 +1,87 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One MLflow run per flow run, driven through `MlflowClient` (no global active run), so a flow can start
+the run early (its id goes into the manifest) and finish it after publishing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import polars as pl
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative `sqlite:///file.db` (or bare path) absolute, so the working directory stops mattering."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _artifact_location(uri: str, artifact_location: str | None) -> str | None:
+    """A local store gets an absolute artifact root; a remote server keeps its own default."""
+    if artifact_location is None or uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if "://" in artifact_location:
+        return artifact_location
+    return Path(artifact_location).resolve().as_uri()
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient for one run."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp is not None
+            else self.client.create_experiment(experiment, artifact_location=_artifact_location(self.uri, artifact_location))
+        )
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [
+            mlflow.entities.Param(k, ("" if v is None else str(v))[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())
+        ]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        items = [mlflow.entities.Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def log_table(self, name: str, frame: pl.DataFrame, artifact_path: str = "tables") -> None:
+        """A table as a Parquet artifact `<artifact_path>/<name>.parquet`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.parquet"
+            frame.write_parquet(path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, file_name: str) -> None:
+        self.client.log_figure(self.run_id, figure, file_name)
+
+    def finish(self, ok: bool) -> None:
+        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+        self.client.set_terminated(self.run_id, status=status)

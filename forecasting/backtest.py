@@ -1,0 +1,347 @@
+"""Rolling-origin backtest, error metrics, model selection and the lead-time forecast.
+
+SKUs are grouped by (model set, horizon bucket, number of windows): each group is ONE statsforecast
+call (`cross_validation`, then `forecast`), never a call per SKU. The quantity the buffer is sized
+from is measured directly (DOMAIN.md): the error of the cumulative forecast over the SKU's lead time,
+one sample per backtest window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+from statsforecast import StatsForecast
+from utilsforecast.losses import bias, mae, mase, mse, msse
+
+from forecasting.models import FALLBACK_ALIAS, POLARS_FREQ, ModelSpec, build_model, build_models
+
+ID, DS, Y = "unique_id", "ds", "y"
+NOT_BACKTESTED = "insufficient_history"
+
+#: Below this many series a process pool costs more to start than it saves.
+MIN_SERIES_FOR_PROCESSES = 100
+
+
+@dataclass(frozen=True)
+class BacktestSettings:
+    freq: str
+    n_windows: int
+    min_windows: int
+    step_periods: int | None
+    refit: bool
+    min_train_periods: int
+    max_horizon_periods: int
+    horizon_buckets: Sequence[int]
+    selection_metric: str
+    n_jobs: int
+    fallback: str
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class ForecastResult:
+    plan: pl.DataFrame  # one row per SKU: horizon, bucket, windows, model set, backtested
+    cv: pl.DataFrame  # long: unique_id, cutoff, ds, step, y, model, forecast
+    metrics: pl.DataFrame  # long: unique_id, model, mae, rmse, bias, mase, rmsse, lead_time_rmse, ... fell_back
+    selection: pl.DataFrame  # one row per SKU: the chosen model, its runner-up, its errors and lead-time sigma
+    forecasts: pl.DataFrame  # the chosen model's future: unique_id, ds, step, model, forecast
+
+
+def lead_time_weights(step: pl.Expr, lead_time_periods: pl.Expr) -> pl.Expr:
+    """Weight of forecast step t (1-based) in a lead time of L periods: min(max(L - (t - 1), 0), 1).
+
+    Whole periods count fully, a fractional last period by its fraction: sum of weights = L.
+    """
+    return (lead_time_periods - (step - 1)).clip(0.0, 1.0)
+
+
+def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
+    """Per SKU: forecast horizon, its bucket, the backtest step and how many windows its history allows.
+
+    `attrs`: unique_id, demand_class, n_periods, lead_time_periods, review_periods.
+    """
+    buckets = sorted(b for b in s.horizon_buckets if b <= s.max_horizon_periods) or [s.max_horizon_periods]
+    if buckets[-1] < s.max_horizon_periods:
+        buckets.append(s.max_horizon_periods)
+    horizon = (pl.col("lead_time_periods") + pl.col("review_periods")).ceil().cast(pl.Int64).clip(1, s.max_horizon_periods)
+    bucket = pl.lit(buckets[-1], pl.Int64)
+    for b in reversed(buckets):
+        bucket = pl.when(pl.col("horizon") <= b).then(pl.lit(b, pl.Int64)).otherwise(bucket)
+    step = pl.lit(s.step_periods, pl.Int64) if s.step_periods else (pl.col("bucket") + 1).floordiv(2).clip(1, None)
+    room = pl.col("n_periods") - s.min_train_periods - pl.col("bucket")
+    windows = pl.when(room >= 0).then((room.floordiv(pl.col("step")) + 1).clip(0, s.n_windows)).otherwise(0)
+    return (
+        attrs.with_columns(horizon=horizon)
+        .with_columns(bucket=bucket)
+        .with_columns(step=step)
+        .with_columns(windows=windows.cast(pl.Int64))
+        .with_columns(backtested=(pl.col("windows") >= s.min_windows) & (pl.col("demand_class") != NOT_BACKTESTED))
+        .with_columns(
+            model_set=pl.when(pl.col("backtested")).then(pl.col("demand_class")).otherwise(pl.lit(NOT_BACKTESTED)),
+            windows=pl.when(pl.col("backtested")).then(pl.col("windows")).otherwise(0),
+        )
+        .select(ID, "demand_class", "lead_time_periods", "horizon", "bucket", "step", "windows", "backtested", "model_set")
+        .sort(ID)
+    )
+
+
+def _long(wide: pl.DataFrame, index: list[str], models: Sequence[str], value: str) -> pl.DataFrame:
+    return wide.unpivot(index=index, on=list(models), variable_name="model", value_name=value)
+
+
+def _window_metrics(cv: pl.DataFrame, train: pl.DataFrame, models: Sequence[str], season_length: int) -> pl.DataFrame:
+    """utilsforecast losses per SKU, window and model, long format."""
+    key = [ID, "cutoff"]
+    frames = [
+        _long(mae(cv, models), key, models, "mae"),
+        _long(mse(cv, models), key, models, "mse"),
+        _long(bias(cv, models), key, models, "bias"),
+        # MASE/RMSSE scaled by the seasonal-naive error on each window's own training data; where the
+        # training data is shorter than a season, by the naive (lag-1) error.
+        _long(mase(cv, models, season_length, train), key, models, "mase_s"),
+        _long(mase(cv, models, 1, train), key, models, "mase_1"),
+        _long(msse(cv, models, season_length, train), key, models, "msse_s"),
+        _long(msse(cv, models, 1, train), key, models, "msse_1"),
+    ]
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.join(f, on=[*key, "model"], how="left")
+    finite = lambda c: pl.when(pl.col(c).is_finite()).then(pl.col(c))  # noqa: E731
+    return out.with_columns(
+        mase=pl.coalesce(finite("mase_s"), finite("mase_1")),
+        msse=pl.coalesce(finite("msse_s"), finite("msse_1")),
+    ).drop("mase_s", "mase_1", "msse_s", "msse_1")
+
+
+def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> pl.DataFrame:
+    """unique_id, model, fell_back: the model's whole backtest equals the fallback's (statsforecast's silent fallback).
+
+    Constant-output models that legitimately equal the fallback on a flat series are flagged too: harmless,
+    the fallback's forecast is then the same.
+    """
+    checked = [m for m in models if m != fallback]
+    flags = cv.group_by(ID).agg(
+        *[(pl.col(m) == pl.col(FALLBACK_ALIAS)).all().alias(m) for m in checked],
+        *[pl.lit(False).alias(m) for m in models if m == fallback],
+    )
+    return _long(flags, [ID], models, "fell_back")
+
+
+def _cross_validate(
+    panel: pl.DataFrame, models: Sequence[str], fallback: str, row: Mapping, refit: bool, s: BacktestSettings, n_jobs: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One statsforecast cross_validation call: the wide backtest and the fallback flags of its models."""
+    sf_models, fallback_model = build_models(models, s.spec, fallback)
+    sf = StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
+    cv = sf.cross_validation(h=int(row["bucket"]), df=panel, n_windows=int(row["windows"]), step_size=int(row["step"]), refit=refit)
+    return cv.drop(FALLBACK_ALIAS), _flag_fallbacks(cv, models, fallback)
+
+
+def _run_group(
+    panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The backtest (one statsforecast call, two when refit=False) and the forecast (one call) of a group of SKUs."""
+    n_jobs = s.n_jobs if panel[ID].n_unique() >= MIN_SERIES_FOR_PROCESSES else 1
+    empty = pl.DataFrame()
+    if row["backtested"]:
+        if s.refit:
+            cv, flags = _cross_validate(panel, models, s.fallback, row, True, s, n_jobs)
+        else:
+            # refit=False needs models with `forward` (statsforecast raises otherwise): the others are cheap
+            # (Croston family, averages) and are refit per window in a second call. The forward call falls back
+            # to Naive, which has `forward` too.
+            fwd = [m for m in models if hasattr(build_model(m, s.spec), "forward")]
+            rest = [m for m in models if m not in fwd]
+            parts = [_cross_validate(panel, fwd, "Naive", row, False, s, n_jobs)] if fwd else []
+            parts += [_cross_validate(panel, rest, s.fallback, row, True, s, n_jobs)] if rest else []
+            cv = parts[0][0]
+            for other, _ in parts[1:]:
+                cv = cv.join(other, on=[ID, DS, "cutoff", Y], how="inner")
+            flags = pl.concat([f for _, f in parts])
+        metrics = _window_metrics(cv, panel, models, s.spec.season_length)
+        cv_long = _long(cv, [ID, DS, "cutoff", Y], models, "forecast")
+    else:
+        cv_long, metrics, flags = empty, empty, empty
+    sf_models, fallback_model = build_models(models, s.spec, s.fallback)
+    sf = StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
+    fc = sf.forecast(h=int(row["bucket"]), df=panel, fitted=not row["backtested"])
+    fc_long = _long(fc.drop(FALLBACK_ALIAS), [ID, DS], models, "forecast")
+    if not row["backtested"]:
+        # DOMAIN.md: without a backtest, sigma_e is the one-step (in-sample) RMSE.
+        fitted = sf.forecast_fitted_values().drop(FALLBACK_ALIAS)
+        metrics = (
+            _long(fitted, [ID, DS, Y], models, "fitted")
+            .group_by(ID, "model")
+            .agg(one_step_rmse=((pl.col("fitted") - pl.col(Y)) ** 2).mean().sqrt())
+        )
+    return cv_long, metrics, flags, fc_long
+
+
+def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame) -> pl.DataFrame:
+    """Per SKU and model: mean of the window errors, plus the cumulative lead-time error over the windows."""
+    per_model = window_metrics.group_by(ID, "model").agg(
+        mae=pl.col("mae").mean(),
+        rmse=pl.col("mse").mean().sqrt(),
+        bias=pl.col("bias").mean(),
+        mase=pl.col("mase").mean(),
+        rmsse=pl.col("msse").mean().sqrt(),
+        n_windows=pl.len().cast(pl.Int64),
+    )
+    w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
+    lead = (
+        cv.group_by(ID, "model", "cutoff")
+        .agg(
+            lead_error=(w * (pl.col("forecast") - pl.col(Y))).sum(),
+            weight=w.sum(),
+            lead_time_periods=pl.col("lead_time_periods").first(),
+        )
+        .group_by(ID, "model")
+        .agg(
+            # Scaled up when the horizon is capped below the lead time (variance grows with the periods covered).
+            lead_time_rmse=(pl.col("lead_error") ** 2).mean().sqrt() * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
+            lead_time_bias=pl.col("lead_error").mean(),
+        )
+    )
+    return per_model.join(lead, on=[ID, "model"], how="left")
+
+
+def select_models(metrics: pl.DataFrame, model_order: Mapping[str, int], metric: str) -> pl.DataFrame:
+    """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the config's model order, then name.
+
+    A model that fell back is not a candidate unless nothing else is left.
+    """
+    ranked = (
+        metrics.with_columns(
+            _order=pl.col("model").replace_strict(model_order, default=len(model_order), return_dtype=pl.Int64),
+            _score=pl.col(metric).fill_nan(None),
+        )
+        .sort([ID, "fell_back", "_score", "_order", "model"], nulls_last=True)
+        .with_columns(_rank=pl.int_range(pl.len()).over(ID))
+    )
+    best = ranked.filter(pl.col("_rank") == 0).drop("_order", "_score", "_rank")
+    runner_up = ranked.filter(pl.col("_rank") == 1).select(ID, runner_up_model=pl.col("model"), runner_up_score=pl.col("_score"))
+    return best.join(runner_up, on=ID, how="left")
+
+
+def backtest_and_forecast(
+    panel: pl.DataFrame,
+    attrs: pl.DataFrame,
+    model_sets: Mapping[str, Sequence[str]],
+    s: BacktestSettings,
+) -> ForecastResult:
+    """Backtest every SKU with its class's model set, pick a model per SKU and forecast its horizon.
+
+    `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
+    n_periods, lead_time_periods, review_periods.
+    """
+    plan = plan_horizons(attrs, s)
+    group_keys = ["model_set", "bucket", "windows", "step"]
+    cvs, metric_frames, flag_frames, fcs, one_steps = [], [], [], [], []
+    for key, members in plan.group_by(group_keys, maintain_order=True):
+        row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(members["backtested"][0])}
+        models = list(model_sets[row["model_set"]])
+        group_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
+        cv, metrics, flags, fc = _run_group(group_panel, row, models, s)
+        fcs.append(fc)
+        if row["backtested"]:
+            cvs.append(cv)
+            metric_frames.append(metrics)
+            flag_frames.append(flags)
+        else:
+            one_steps.append(metrics)
+
+    cv_all = _concat(cvs, {ID: pl.String, DS: pl.Date, "cutoff": pl.Date, Y: pl.Float64, "model": pl.String, "forecast": pl.Float64})
+    cv_all = cv_all.join(plan.select(ID, "lead_time_periods"), on=ID, how="left").with_columns(
+        step=pl.col(DS).rank("ordinal").over(ID, "cutoff", "model").cast(pl.Int64)
+    )
+    metrics = _aggregate_metrics(_concat(metric_frames), cv_all) if metric_frames else _empty_metrics()
+    metrics = metrics.join(_concat(flag_frames), on=[ID, "model"], how="left") if flag_frames else metrics
+    metrics = metrics.with_columns(pl.col("fell_back").fill_null(False)).sort(ID, "model")
+
+    model_order = {m: i for ms in model_sets.values() for i, m in enumerate(ms)}
+    chosen = select_models(metrics, model_order, s.selection_metric) if metrics.height else _empty_selection(metrics)
+    one_step = (
+        _concat(one_steps).group_by(ID).agg(pl.col("model").first(), pl.col("one_step_rmse").first())
+        if one_steps
+        else pl.DataFrame(schema={ID: pl.String, "model": pl.String, "one_step_rmse": pl.Float64})
+    )
+    selected = pl.concat([chosen.select(ID, "model"), one_step.select(ID, "model")])
+
+    forecasts = _concat(fcs).with_columns(step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64))
+    future = (
+        forecasts.join(selected, on=[ID, "model"], how="semi")
+        .join(plan.select(ID, "horizon", "lead_time_periods"), on=ID)
+        .filter(pl.col("step") <= pl.col("horizon"))
+        .with_columns(pl.col("forecast").clip(0.0, None))
+    )
+    w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
+    demand = future.group_by(ID).agg(
+        mean_demand_per_period=((w * pl.col("forecast")).sum() / w.sum()),
+        lead_time_periods=pl.col("lead_time_periods").first(),
+    )
+    selection = (
+        plan.select(ID, "model_set", "horizon", "windows", "backtested")
+        .join(selected, on=ID, how="left")
+        .join(chosen.drop("model"), on=ID, how="left")
+        .join(one_step.drop("model"), on=ID, how="left")
+    )
+    selection = selection.join(demand, on=ID, how="left").with_columns(
+        lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
+        sigma_lead_time_demand=pl.when(pl.col("backtested"))
+        .then(pl.col("lead_time_rmse"))
+        .otherwise(pl.col("one_step_rmse") * pl.col("lead_time_periods").sqrt()),
+        sigma_method=pl.when(pl.col("backtested"))
+        .then(pl.lit("backtest_lead_time_rmse"))
+        .otherwise(pl.lit("one_step_rmse_x_sqrt_lead_time")),
+    )
+    return ForecastResult(
+        plan=plan,
+        cv=cv_all.drop("lead_time_periods").sort(ID, "model", "cutoff", DS),
+        metrics=metrics,
+        selection=selection.sort(ID),
+        forecasts=future.select(ID, DS, "step", "model", "forecast").sort(ID, DS),
+    )
+
+
+def volatility_classes(rmse: pl.Expr, mean_demand: pl.Expr, variable_from: float, erratic_from: float) -> tuple[pl.Expr, pl.Expr]:
+    """error CV = backtest RMSE / mean demand; X (stable) < variable_from <= Y (variable) < erratic_from <= Z (erratic).
+
+    A SKU with no backtest is `not_backtested`; zero mean demand with a non-zero error is erratic.
+    """
+    error_cv = pl.when(mean_demand > 0).then(rmse / mean_demand).when(rmse > 0).then(pl.lit(math.inf)).otherwise(pl.lit(0.0))
+    error_cv = pl.when(rmse.is_null()).then(None).otherwise(error_cv)
+    cls = (
+        pl.when(error_cv.is_null())
+        .then(pl.lit("not_backtested"))
+        .when(error_cv < variable_from)
+        .then(pl.lit("stable"))
+        .when(error_cv < erratic_from)
+        .then(pl.lit("variable"))
+        .otherwise(pl.lit("erratic"))
+    )
+    return error_cv, cls
+
+
+def _concat(frames: Sequence[pl.DataFrame], schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
+    frames = [f for f in frames if f.height]
+    if frames:
+        return pl.concat(frames, how="vertical_relaxed")
+    return pl.DataFrame(schema=schema or {})
+
+
+def _empty_metrics() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            ID: pl.String, "model": pl.String, "mae": pl.Float64, "rmse": pl.Float64, "bias": pl.Float64, "mase": pl.Float64,
+            "rmsse": pl.Float64, "n_windows": pl.Int64, "lead_time_rmse": pl.Float64, "lead_time_bias": pl.Float64, "fell_back": pl.Boolean,
+        }
+    )  # fmt: skip
+
+
+def _empty_selection(metrics: pl.DataFrame) -> pl.DataFrame:
+    return metrics.with_columns(runner_up_model=pl.lit(None, pl.String), runner_up_score=pl.lit(None, pl.Float64))
+
+

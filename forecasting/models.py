@@ -1,0 +1,75 @@
+"""statsforecast model sets, built from their names in the config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from statsforecast.models import (
+    ADIDA,
+    IMAPA,
+    TSB,
+    AutoARIMA,
+    AutoETS,
+    AutoTheta,
+    CrostonClassic,
+    CrostonOptimized,
+    CrostonSBA,
+    HistoricAverage,
+    Naive,
+    SeasonalNaive,
+    WindowAverage,
+)
+
+#: Alias of the extra fallback column added to every statsforecast call, to detect fallbacks.
+FALLBACK_ALIAS = "_fallback"
+
+#: statsforecast's polars frequency strings ("D" raises with polars input).
+POLARS_FREQ = {"D": "1d", "W": "1w", "M": "1mo"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to instantiate a model set; hashable, so groups can share it."""
+
+    season_length: int
+    ets_model: str = "ZNZ"
+    tsb_alpha_d: float = 0.1
+    tsb_alpha_p: float = 0.1
+
+
+def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
+    """One statsforecast model by its class name; `alias` names its output column."""
+    alias = alias or name
+    s = spec.season_length
+    factories = {
+        "AutoETS": lambda: AutoETS(season_length=s, model=spec.ets_model, alias=alias),
+        "AutoTheta": lambda: AutoTheta(season_length=s, alias=alias),
+        "AutoARIMA": lambda: AutoARIMA(season_length=s, alias=alias),
+        "SeasonalNaive": lambda: SeasonalNaive(season_length=s, alias=alias),
+        "Naive": lambda: Naive(alias=alias),
+        "HistoricAverage": lambda: HistoricAverage(alias=alias),
+        "WindowAverage": lambda: WindowAverage(window_size=s, alias=alias),
+        "CrostonClassic": lambda: CrostonClassic(alias=alias),
+        "CrostonSBA": lambda: CrostonSBA(alias=alias),
+        "CrostonOptimized": lambda: CrostonOptimized(alias=alias),
+        "TSB": lambda: TSB(alpha_d=spec.tsb_alpha_d, alpha_p=spec.tsb_alpha_p, alias=alias),
+        "ADIDA": lambda: ADIDA(alias=alias),
+        "IMAPA": lambda: IMAPA(alias=alias),
+    }
+    try:
+        return factories[name]()
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(factories))}") from None
+
+
+def build_models(names: Sequence[str], spec: ModelSpec, fallback: str) -> tuple[list[Any], Any]:
+    """The competing models plus a copy of the fallback under FALLBACK_ALIAS, and the fallback itself.
+
+    statsforecast writes a fallback's output under the failed model's name with no flag; the extra
+    column lets `flag_fallbacks` find SKUs where a model's output is exactly the fallback's.
+    """
+    models = [build_model(n, spec) for n in names]
+    models.append(build_model(fallback, spec, alias=FALLBACK_ALIAS))
+    return models, build_model(fallback, spec)

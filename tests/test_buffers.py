@@ -1,0 +1,150 @@
+"""Safety stock, rounding and policy rules against hand-worked numbers (DOMAIN.md)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from buffers.policy import FLAG_COLUMNS, PolicyThresholds
+from buffers.recommend import BufferSettings, recommend
+from buffers.safety_stock import k_for_fill_rate, normal_loss, round_up_units, sigma_total, z_for_cycle_service_level
+
+SETTINGS = BufferSettings(
+    period_days=1.0,
+    holding_rate_per_year=0.25,
+    jit_service_level=0.80,
+    service_levels={"critical": {"A": 0.99, "B": 0.98, "C": 0.97}, "non_critical": {"A": 0.97, "B": 0.95, "C": 0.90}},
+    thresholds=PolicyThresholds(jit_max_lead_time_days=7, jic_min_lead_time_days=30, jit_max_lead_time_cv=0.2, jic_min_lead_time_cv=0.5),
+)
+
+# A SKU every factor calls JIT: smooth, stable error, 5-day reliable lead time, not critical.
+JIT_SKU = {
+    "unique_id": "S1", "demand_class": "smooth", "adi": 1.0, "cv2": 0.1, "error_cv": 0.3, "volatility_class": "stable",
+    "abc_class": "B", "critical": False, "lead_time_days": 5.0, "lead_time_std_days": 0.5, "mean_demand_per_period": 20.0,
+    "lead_time_demand": 100.0, "sigma_lead_time_demand": 10.0, "unit_cost": 2.0, "pack_size": None, "in_sku_master": True,
+    "model_fell_back": False,
+}  # fmt: skip
+
+
+def sku(**changes) -> pl.DataFrame:
+    return pl.DataFrame([JIT_SKU | changes], schema_overrides={"pack_size": pl.Float64})
+
+
+def one(df: pl.DataFrame) -> dict:
+    assert df.height == 1
+    return df.row(0, named=True)
+
+
+def test_z_is_the_normal_quantile():
+    assert z_for_cycle_service_level(0.95) == pytest.approx(1.6448536, abs=1e-7)
+    assert z_for_cycle_service_level(0.5) == 0.0
+    np.testing.assert_allclose(z_for_cycle_service_level([0.9, 0.99]), stats.norm.ppf([0.9, 0.99]))
+    with pytest.raises(ValueError):
+        z_for_cycle_service_level(1.0)
+
+
+def test_safety_stock_hand_worked_with_lead_time_variability():
+    # CSL 95%, sigma_LT 10, L 4, d 20, sigma_L 1: SS = 1.6449 x sqrt(10^2 + 20^2 x 1^2) = 1.6449 x sqrt(500) = 36.78
+    frame = pl.DataFrame({"s": [10.0], "d": [20.0], "sl": [1.0]})
+    sig = frame.select(sigma_total(pl.col("s"), pl.col("d"), pl.col("sl"))).item()
+    assert sig == pytest.approx(math.sqrt(500))
+    assert stats.norm.ppf(0.95) * sig == pytest.approx(36.78, abs=0.005)
+    # The power is a power (not XOR) and sigma_L multiplies d, not sqrt(L).
+    assert frame.select(sigma_total(pl.col("s"), pl.col("d"), pl.lit(0.0))).item() == 10.0
+
+
+def test_recommendation_uses_the_formula_and_rounds_up():
+    # JIC (critical) at A-critical 99%: z = 2.3263, sigma = sqrt(10^2 + 20^2 x 1^2), SS = 52.02 -> 53 units.
+    rec = one(recommend(sku(critical=True, abc_class="A", lead_time_std_days=1.0), SETTINGS))
+    assert rec["policy"] == "JIC"
+    assert rec["service_level_target"] == 0.99
+    expected = stats.norm.ppf(0.99) * math.sqrt(100 + 400)
+    assert expected == pytest.approx(52.02, abs=0.01)
+    assert rec["safety_stock_units"] == 53.0
+    assert rec["reorder_point_units"] == 153.0  # 100 + 53
+    assert rec["safety_stock_value"] == 106.0
+    assert rec["holding_cost_per_year"] == pytest.approx(26.5)
+
+
+def test_fill_rate_safety_factor_solves_the_loss_function():
+    # beta 98%, Q 100, sigma 20: G(k) = 0.02 x 100 / 20 = 0.1 -> k = 0.9024 (tables: G(0.90) = 0.1004)
+    k = k_for_fill_rate(0.98, 100.0, 20.0)
+    assert normal_loss(k) == pytest.approx(0.1, abs=1e-10)
+    assert float(k) == pytest.approx(0.9024, abs=1e-4)
+    ks = k_for_fill_rate(np.array([0.95, 0.999]), np.array([50.0, 1000.0]), np.array([10.0, 5.0]))
+    np.testing.assert_allclose(normal_loss(ks), [0.25, 0.2], atol=1e-10)
+    assert float(k_for_fill_rate(0.98, 100.0, 0.0)) == 0.0
+    # G(0) = phi(0) = 0.3989
+    assert float(normal_loss(0.0)) == pytest.approx(1 / math.sqrt(2 * math.pi))
+
+
+@pytest.mark.parametrize(
+    ("units", "pack", "expected"),
+    [(36.78, None, 37.0), (36.0, None, 36.0), (36.0 + 1e-12, None, 36.0), (-4.2, None, 0.0), (0.0, None, 0.0),
+     (37.0, 12.0, 48.0), (36.0, 12.0, 36.0), (0.2, 6.0, 6.0), (5.0, 1.0, 5.0)],
+)  # fmt: skip
+def test_round_up_units(units, pack, expected):
+    frame = pl.DataFrame({"u": [units], "p": [pack]}, schema={"u": pl.Float64, "p": pl.Float64})
+    assert frame.select(round_up_units(pl.col("u"), pl.col("p"))).item() == expected
+
+
+RULES = [
+    # (change, policy, flag, words in the reasons)
+    ({}, "JIT", None, "stable demand"),
+    ({"critical": True}, "JIC", "flag_critical", "critical item"),
+    ({"lead_time_days": 45.0, "lead_time_std_days": 2.0}, "JIC", "flag_long_lead_time", "long lead time (45.0 d >= 30 d)"),
+    ({"lead_time_std_days": 3.0}, "JIC", "flag_unreliable_lead_time", "unreliable lead time (std/mean 0.6 >= 0.5)"),
+    ({"volatility_class": "erratic", "error_cv": 1.3}, "JIC", "flag_erratic_error", "erratic demand (error CV 1.3)"),
+    ({"demand_class": "lumpy", "adi": 2.0, "cv2": 0.8}, "JIC", "flag_lumpy_demand", "lumpy demand (ADI 2.0, CV2 0.8)"),
+    ({"lead_time_days": 14.0, "lead_time_std_days": 1.0}, "hybrid", "flag_moderate_lead_time", "lead time 14.0 d > 7 d"),
+    ({"lead_time_std_days": 1.5}, "hybrid", "flag_variable_lead_time", "variable lead time (std/mean 0.3)"),
+    ({"volatility_class": "variable", "error_cv": 0.7}, "hybrid", "flag_variable_error", "variable demand (error CV 0.7)"),
+    ({"demand_class": "intermittent", "adi": 1.5, "cv2": 0.2}, "hybrid", "flag_irregular_demand", "intermittent demand pattern"),
+    ({"demand_class": "erratic", "cv2": 0.6}, "hybrid", "flag_irregular_demand", "erratic demand pattern"),
+    ({"volatility_class": "not_backtested", "error_cv": None}, "hybrid", "flag_no_backtest", "too little history"),
+]
+
+
+@pytest.mark.parametrize(("change", "policy", "flag", "reason"), RULES)
+def test_policy_rules_one_sku_per_rule(change, policy, flag, reason):
+    rec = one(recommend(sku(**change), SETTINGS))
+    assert rec["policy"] == policy
+    assert rec["reasons"].startswith(f"{policy}: ")
+    assert reason in rec["reasons"]
+    raised = [f for f in FLAG_COLUMNS if rec[f]]
+    assert raised == ([flag] if flag else [])
+
+
+def test_jit_buffer_is_minimal_and_hybrid_buffers_only_the_variable_part():
+    jit = one(recommend(sku(), SETTINGS))
+    assert jit["service_level_target"] == 0.80
+    sigma = math.sqrt(10.0**2 + 20.0**2 * 0.5**2)
+    assert jit["safety_stock_units"] == math.ceil(stats.norm.ppf(0.80) * sigma)
+
+    # Variable lead time only: the buffer covers d x sigma_L, not the (stable) demand error.
+    lt_only = one(recommend(sku(lead_time_std_days=1.5), SETTINGS))
+    assert lt_only["policy"] == "hybrid"
+    assert lt_only["safety_stock_units"] == math.ceil(stats.norm.ppf(0.95) * 20.0 * 1.5)
+    # Variable demand only (reliable supplier): the buffer covers the demand error, not the lead-time term.
+    demand_only = one(recommend(sku(volatility_class="variable", error_cv=0.7), SETTINGS))
+    assert demand_only["safety_stock_units"] == math.ceil(stats.norm.ppf(0.95) * 10.0)
+    # JIC covers both terms at the matrix level.
+    jic = one(recommend(sku(critical=True), SETTINGS))
+    assert jic["safety_stock_units"] == math.ceil(stats.norm.ppf(0.98) * sigma)
+
+
+def test_buffers_never_negative_and_missing_master_is_a_reason():
+    rec = one(recommend(sku(sigma_lead_time_demand=0.0, lead_time_std_days=0.0, in_sku_master=False), SETTINGS))
+    assert rec["safety_stock_units"] == 0.0
+    assert rec["reorder_point_units"] == 100.0
+    assert "not in the SKU master" in rec["reasons"]
+
+
+def test_pack_size_rounds_the_buffer_up():
+    rec = one(recommend(sku(critical=True, pack_size=24.0), SETTINGS))
+    assert rec["safety_stock_units"] % 24 == 0
+    assert rec["safety_stock_units"] >= stats.norm.ppf(0.98) * math.sqrt(10.0**2 + 20.0**2 * 0.5**2)
