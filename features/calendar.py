@@ -1,0 +1,165 @@
+"""From validated sales rows to the demand panel: one row per series and period, gaps as explicit zeros.
+
+DOMAIN.md, "The demand series": a series starts at its first non-zero sale (leading zeros are not demand)
+and ends at the as-of date (trailing zeros ARE demand). A weekly or monthly bucket that the as-of date cuts
+short is dropped, so every period in the panel covers the same number of days of history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import polars as pl
+
+from features._checks import require_columns, require_no_nulls
+
+Frequency = Literal["D", "W", "M"]
+
+WEEKDAYS: dict[str, int] = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 7}
+"""ISO weekday numbers (polars `dt.weekday()`: Monday 1 .. Sunday 7)."""
+
+_INTERVAL: dict[str, str] = {"D": "1d", "W": "1w", "M": "1mo"}
+_SALES_COLUMNS = ("sku_id", "date", "quantity")
+
+
+def period_days(freq: Frequency) -> float:
+    """Days in one period: 1 (D), 7 (W), 365.25 / 12 (M, the mean Gregorian month)."""
+    days = {"D": 1.0, "W": 7.0, "M": 365.25 / 12}
+    if freq not in days:
+        raise ValueError(f"period_days: freq={freq!r} is not one of {sorted(days)}")
+    return days[freq]
+
+
+def _unique_id(sku_col: str = "sku_id", location_col: str = "location_id") -> pl.Expr:
+    """`sku_id` when the location is null, else `sku_id@location_id`."""
+    return (
+        pl.when(pl.col(location_col).is_null())
+        .then(pl.col(sku_col))
+        .otherwise(pl.concat_str([pl.col(sku_col), pl.lit("@"), pl.col(location_col)]))
+        .cast(pl.String)
+    )
+
+
+def _with_location(sales: pl.DataFrame) -> pl.DataFrame:
+    """The sales frame with a `location_id` column (all null when the input has none)."""
+    if "location_id" in sales.columns:
+        return sales
+    return sales.with_columns(location_id=pl.lit(None, dtype=pl.String))
+
+
+def series_keys(sales: pl.DataFrame) -> pl.DataFrame:
+    """The distinct series of a sales frame: `unique_id`, `sku_id`, `location_id`, sorted by `unique_id`.
+
+    `unique_id` is `sku_id` where `location_id` is null, else `sku_id@location_id`. A frame without a
+    `location_id` column is treated as all-null locations.
+    """
+    require_columns(sales, ["sku_id"], where="series_keys")
+    return (
+        _with_location(sales)
+        .select(
+            _unique_id().alias("unique_id"),
+            pl.col("sku_id").cast(pl.String),
+            pl.col("location_id").cast(pl.String),
+        )
+        .unique()
+        .sort("unique_id")
+    )
+
+
+def _week_start_number(week_start: str) -> int:
+    key = week_start.strip().lower()
+    if key not in WEEKDAYS:
+        raise ValueError(f"to_periods: week_start={week_start!r} is not one of {list(WEEKDAYS)}")
+    return WEEKDAYS[key]
+
+
+def _period_start(date: pl.Expr, freq: Frequency, start_weekday: int) -> pl.Expr:
+    """The first day of the period containing `date`."""
+    if freq == "D":
+        return date
+    if freq == "W":
+        # Days back to the most recent `week_start`; polars `%` is a floored modulo, so this is in 0..6.
+        return date - pl.duration(days=(date.dt.weekday().cast(pl.Int32) - start_weekday) % 7)
+    return date.dt.month_start()
+
+
+def last_complete_period(as_of: dt.date, freq: Frequency, *, week_start: str = "mon") -> dt.date:
+    """Start of the last period whose last day is on or before `as_of`.
+
+    D: `as_of` itself. W: the week containing `as_of` if `as_of` is its last day, else the week before.
+    M: the month containing `as_of` if `as_of` is its last day, else the month before.
+    """
+    if freq not in _INTERVAL:
+        raise ValueError(f"to_periods: freq={freq!r} is not one of {list(_INTERVAL)}")
+    if freq == "D":
+        return as_of
+    if freq == "W":
+        start = as_of - dt.timedelta(days=(as_of.isoweekday() - _week_start_number(week_start)) % 7)
+        last_day = start + dt.timedelta(days=6)
+        return start if last_day <= as_of else start - dt.timedelta(days=7)
+    start = as_of.replace(day=1)
+    next_month = (start + dt.timedelta(days=32)).replace(day=1)
+    if next_month - dt.timedelta(days=1) <= as_of:
+        return start
+    return (start - dt.timedelta(days=1)).replace(day=1)
+
+
+def to_periods(
+    sales: pl.DataFrame,
+    *,
+    freq: Frequency,
+    as_of: dt.date,
+    week_start: str = "mon",
+    id_col: str = "unique_id",
+    time_col: str = "ds",
+    target_col: str = "y",
+) -> pl.DataFrame:
+    """The demand panel `unique_id`, `ds` (period start, Date), `y` (Float64), sorted by `unique_id`, `ds`.
+
+    - Rows (order lines) are summed per series and period; dates after `as_of` are ignored.
+    - D: days; W: weeks starting on `week_start` (mon..sun); M: calendar months, `ds` the first of the month.
+    - The last period is the last COMPLETE one (`last_complete_period`): a week or month that `as_of`
+      cuts short is dropped, sales in it included, so it cannot look like a drop in demand.
+    - Every period from the series' first non-zero period to the last period is present, gaps as 0.0
+      (leading zeros dropped, trailing zeros kept: DOMAIN.md). "Non-zero" is judged on the period sum.
+    - A series with no non-zero period up to the last complete period has no rows.
+
+    The input is validated sales (`sku_id`, `location_id`, `date`, `quantity`); a missing `location_id`
+    column means all-null locations.
+    """
+    require_columns(sales, _SALES_COLUMNS, where="to_periods")
+    if freq not in _INTERVAL:
+        raise ValueError(f"to_periods: freq={freq!r} is not one of {list(_INTERVAL)}")
+    start_weekday = _week_start_number(week_start)
+    if isinstance(as_of, dt.datetime):
+        as_of = as_of.date()
+    last_ds = last_complete_period(as_of, freq, week_start=week_start)
+
+    rows = _with_location(sales).select(
+        _unique_id().alias(id_col),
+        pl.col("date").cast(pl.Date).alias("_date"),
+        pl.col("quantity").cast(pl.Float64).alias(target_col),
+    )
+    require_no_nulls(rows, "_date", id_col=id_col, where="to_periods (column 'date')")
+    require_no_nulls(rows, target_col, id_col=id_col, where="to_periods (column 'quantity')")
+
+    sums = (
+        rows.filter(pl.col("_date") <= as_of)
+        .with_columns(_period_start(pl.col("_date"), freq, start_weekday).alias(time_col))
+        .filter(pl.col(time_col) <= last_ds)
+        .group_by(id_col, time_col)
+        .agg(pl.col(target_col).sum())
+    )
+    grid = (
+        sums.filter(pl.col(target_col) != 0)
+        .group_by(id_col)
+        .agg(pl.date_ranges(pl.col(time_col).min(), pl.lit(last_ds), _INTERVAL[freq]).first().alias(time_col))
+        .explode(time_col)
+    )
+    return (
+        grid.join(sums, on=[id_col, time_col], how="left")
+        .with_columns(pl.col(target_col).fill_null(0.0))
+        .select(pl.col(id_col).cast(pl.String), pl.col(time_col).cast(pl.Date), pl.col(target_col).cast(pl.Float64))
+        .sort(id_col, time_col)
+    )

@@ -1,0 +1,494 @@
+"""pandera.polars contracts of buffercast's tables, and validation of the inputs with quarantine.
+
+Inputs are parsed with polars first (a value that is given but does not parse is a row
+fault, never a crash), then the parsed frame is validated by a pandera schema with
+`lazy=True`. Every failing row goes to a quarantine table, once, with all its failed checks;
+the kept rows are validated again and must pass. Problems with the table itself (a missing
+column, a column of the wrong kind) are raised as one-line `InputError`s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
+from pandera.errors import SchemaErrors
+from pydantic import BaseModel
+
+from flows.config import SalesColumns, SkuMasterColumns
+from flows.sources import ROW_NUMBER, SOURCE_FILE, InputError
+
+_POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
+_TRUE = ("true", "1", "yes", "y")
+_FALSE = ("false", "0", "no", "n")
+
+QUARANTINE_COLUMNS = {
+    "source_file": pl.String,
+    "row_number": pl.Int64,
+    "check": pl.String,
+    "column": pl.String,
+    "sku_id": pl.String,
+    "raw_values": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Validated:
+    """An input split into canonical valid rows and quarantined rows."""
+
+    valid: pl.DataFrame
+    quarantine: pl.DataFrame
+    rows_in: int  # == valid.height + quarantine.height
+
+
+# ---- checks ----------------------------------------------------------------------------
+
+
+def _finite(name: str) -> pa.Check:
+    """No inf or NaN (pandera's not-null check would call NaN a null: this names it)."""
+    return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite()), error=name)
+
+
+def _first_occurrence(name: str) -> pa.Check:
+    """Repeats of a value fail, its first occurrence passes (pandera's `unique` flags all of them on polars)."""
+
+    def first(data: PolarsData) -> pl.LazyFrame:
+        column = pl.col(data.key)
+        return data.lazyframe.select(column.is_first_distinct() | column.is_null())
+
+    return pa.Check(first, error=name)
+
+
+def _provenance() -> dict[str, pa.Column]:
+    return {SOURCE_FILE: pa.Column(pl.String, nullable=True), ROW_NUMBER: pa.Column(pl.Int64, nullable=False)}
+
+
+def sales_schema(today: dt.date) -> pa.DataFrameSchema:
+    """Parsed sales rows; `line_id` is only used to find duplicate lines and is dropped afterwards."""
+    return pa.DataFrameSchema(
+        {
+            "sku_id": pa.Column(pl.String, nullable=False),
+            "location_id": pa.Column(pl.String, nullable=True),
+            "date": pa.Column(pl.Date, nullable=False, checks=pa.Check.le(today, error="date_not_in_future")),
+            "quantity": pa.Column(
+                pl.Float64,
+                nullable=False,
+                checks=[_finite("quantity_finite"), pa.Check.ge(0.0, error="quantity_non_negative")],
+            ),
+            "line_id": pa.Column(pl.String, nullable=True, checks=_first_occurrence("duplicate_line_id")),
+            **_provenance(),
+        },
+        name="sales",
+        strict=True,
+        ordered=True,
+    )
+
+
+SKU_MASTER_SCHEMA = pa.DataFrameSchema(
+    {
+        "sku_id": pa.Column(pl.String, nullable=False, checks=_first_occurrence("duplicate_sku_id")),
+        "unit_cost": pa.Column(
+            pl.Float64, nullable=False, checks=[_finite("unit_cost_finite"), pa.Check.gt(0.0, error="unit_cost_positive")]
+        ),
+        "lead_time_days": pa.Column(
+            pl.Float64, nullable=False, checks=[_finite("lead_time_days_finite"), pa.Check.gt(0.0, error="lead_time_days_positive")]
+        ),
+        "lead_time_std_days": pa.Column(
+            pl.Float64,
+            nullable=True,
+            checks=[_finite("lead_time_std_days_finite"), pa.Check.ge(0.0, error="lead_time_std_days_non_negative")],
+        ),
+        "critical": pa.Column(pl.Boolean, nullable=False),
+        "pack_size": pa.Column(
+            pl.Float64, nullable=True, checks=[_finite("pack_size_finite"), pa.Check.ge(1.0, error="pack_size_at_least_one")]
+        ),
+        "supplier_id": pa.Column(pl.String, nullable=True),
+        **_provenance(),
+    },
+    name="sku_master",
+    strict=True,
+    ordered=True,
+)
+
+
+# ---- validation ------------------------------------------------------------------------
+
+
+def validate_sales(
+    raw: pl.DataFrame,
+    cols: SalesColumns,
+    *,
+    today: dt.date,
+    date_format: str | None = None,
+    max_quarantine_share: float = 1.0,
+    source: str = "sales",
+) -> Validated:
+    """Canonical sales rows (sku_id, location_id, date, quantity, _source_file, _row_number) and quarantine.
+
+    Several rows for one SKU and date are order lines and are all kept; a repeated `line_id`
+    is a duplicate. Raises InputError for a missing column, or when the quarantined share of
+    rows exceeds `max_quarantine_share`.
+    """
+    table = _RawTable.of(raw, cols, required=("sku_id", "date", "quantity"), key="input.sales_columns", source=source)
+    parsed = raw.select(
+        table.text("sku_id"),
+        table.text("location_id"),
+        table.date("date", date_format or "%Y-%m-%d"),
+        table.number("quantity"),
+        table.text("line_id"),
+        *table.provenance(),
+    )
+    result = _split(table, parsed, sales_schema(today), _unparseable(table, parsed, ("date", "quantity")))
+    result = Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in)
+    if result.rows_in and result.quarantine.height / result.rows_in > max_quarantine_share:
+        raise InputError(_too_many_message(result, max_quarantine_share, source))
+    return result
+
+
+def validate_sku_master(raw: pl.DataFrame, cols: SkuMasterColumns, *, source: str = "SKU master") -> Validated:
+    """Canonical SKU master rows and quarantine; absent optional columns become nulls (`critical`: False)."""
+    table = _RawTable.of(raw, cols, required=("sku_id", "unit_cost", "lead_time_days"), key="input.sku_master_columns", source=source)
+    parsed = raw.select(
+        table.text("sku_id"),
+        table.number("unit_cost"),
+        table.number("lead_time_days"),
+        table.number("lead_time_std_days"),
+        table.boolean("critical"),
+        table.number("pack_size"),
+        table.text("supplier_id"),
+        *table.provenance(),
+    )
+    unparseable = _unparseable(table, parsed, ("unit_cost", "lead_time_days", "lead_time_std_days", "critical", "pack_size"))
+    return _split(table, parsed.with_columns(pl.col("critical").fill_null(False)), SKU_MASTER_SCHEMA, unparseable)
+
+
+def quarantine_summary(q: pl.DataFrame) -> str:
+    """E.g. `3 rows quarantined: quantity_non_negative 1, duplicate_line_id 1, date_unparseable 1`."""
+    rows = "row" if q.height == 1 else "rows"
+    return f"{q.height} {rows} quarantined" + (f": {_check_counts(q)}" if q.height else "")
+
+
+@dataclass(frozen=True)
+class _RawTable:
+    """A raw input with its configured column names, parsing expressions and error wording."""
+
+    raw: pl.DataFrame
+    names: dict[str, str]  # canonical name -> input column, for the configured columns present
+    key: str  # config key of the column names, e.g. input.sales_columns
+    label: str  # e.g. "sales file 'a.csv'"
+
+    @classmethod
+    def of(cls, raw: pl.DataFrame, cols: BaseModel, *, required: tuple[str, ...], key: str, source: str) -> _RawTable:
+        """Check the required columns are there; optional configured columns may be absent."""
+        label = _files_label(raw, source)
+        configured = {name: column for name, column in cols.model_dump().items() if column is not None}
+        missing = [name for name in required if configured[name] not in raw.columns]
+        if missing:
+            found = ", ".join(c for c in raw.columns if c not in (SOURCE_FILE, ROW_NUMBER)) or "none"
+            what = ", ".join(f"'{configured[name]}' ({key}.{name})" for name in missing)
+            keys = ", ".join(f"{key}.{name}" for name in missing)
+            plural = "s" if len(missing) > 1 else ""
+            raise InputError(
+                f"{label}: missing column{plural} {what}; found columns: {found}. Rename the column{plural} or set {keys} in your config."
+            )
+        return cls(raw, {name: column for name, column in configured.items() if column in raw.columns}, key, label)
+
+    def _typed_column(self, name: str, kinds: str, accepts: bool) -> pl.Expr:
+        """The input column for `name`; InputError if its dtype is not one of `kinds`."""
+        column = self.names[name]
+        if not accepts:
+            raise InputError(
+                f"{self.label}: column '{column}' ({self.key}.{name}) holds {self.raw.schema[column]} values, not {kinds}."
+                f" Convert the column or point {self.key}.{name} at the right one."
+            )
+        return pl.col(column)
+
+    def text(self, name: str) -> pl.Expr:
+        """Stripped text; empty -> null; null when the column is absent."""
+        if name not in self.names:
+            return pl.lit(None, dtype=pl.String).alias(name)
+        value = pl.col(self.names[name]).cast(pl.String).str.strip_chars()
+        return pl.when(value != "").then(value).alias(name)
+
+    def number(self, name: str) -> pl.Expr:
+        """Float64; text that is not a number -> null."""
+        if name not in self.names:
+            return pl.lit(None, dtype=pl.Float64).alias(name)
+        dtype = self.raw.schema[self.names[name]]
+        column = self._typed_column(name, "numbers", dtype.is_numeric() or dtype in (pl.String, pl.Null))
+        if dtype == pl.String:
+            column = column.str.strip_chars()
+        return column.cast(pl.Float64, strict=False).alias(name)
+
+    def date(self, name: str, date_format: str) -> pl.Expr:
+        """pl.Date; text is parsed with `date_format` (unparseable -> null), datetimes are truncated."""
+        dtype = self.raw.schema[self.names[name]]
+        column = self._typed_column(name, "dates", dtype in (pl.String, pl.Date, pl.Null) or isinstance(dtype, pl.Datetime))
+        if dtype == pl.String:
+            return column.str.strip_chars().str.to_date(date_format, strict=False).alias(name)
+        return (column.dt.date() if isinstance(dtype, pl.Datetime) else column.cast(pl.Date)).alias(name)
+
+    def boolean(self, name: str) -> pl.Expr:
+        """Boolean; text true/false/1/0/yes/no/y/n in any case; anything else -> null."""
+        if name not in self.names:
+            return pl.lit(None, dtype=pl.Boolean).alias(name)
+        dtype = self.raw.schema[self.names[name]]
+        column = self._typed_column(name, "true/false values", dtype in (pl.Boolean, pl.String, pl.Null) or dtype.is_integer())
+        if dtype in (pl.Boolean, pl.Null):
+            return column.cast(pl.Boolean).alias(name)
+        text = column.cast(pl.String).str.strip_chars().str.to_lowercase()
+        mapping = dict.fromkeys(_TRUE, True) | dict.fromkeys(_FALSE, False)
+        return text.replace_strict(mapping, default=None, return_dtype=pl.Boolean).alias(name)
+
+    def provenance(self) -> list[pl.Expr]:
+        """`_source_file` and `_row_number` (null and the 1-based position for an in-memory frame)."""
+        has = set(self.raw.columns)
+        source_file = pl.col(SOURCE_FILE).cast(pl.String) if SOURCE_FILE in has else pl.lit(None, dtype=pl.String)
+        row_number = pl.col(ROW_NUMBER).cast(pl.Int64) if ROW_NUMBER in has else pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
+        return [source_file.alias(SOURCE_FILE), row_number.alias(ROW_NUMBER)]
+
+
+def _unparseable(table: _RawTable, parsed: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """(position, column, check) for values that were given (not blank) but did not parse."""
+    present = [name for name in columns if name in table.names]
+    given = table.raw.select(
+        (pl.col(table.names[name]).cast(pl.String).str.strip_chars().fill_null("") != "").alias(name) for name in present
+    )
+    return (
+        pl.DataFrame([given[name] & parsed[name].is_null() for name in present])
+        .with_row_index(_POSITION)
+        .unpivot(index=_POSITION, variable_name="column", value_name="failed")
+        .filter("failed")
+        .select(pl.col(_POSITION).cast(pl.Int64), "column", check=pl.col("column") + "_unparseable")
+    )
+
+
+def _split(table: _RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, unparseable: pl.DataFrame) -> Validated:
+    """Validate `parsed` lazily, quarantine failing rows (by position) with the parse failures, re-validate the rest."""
+    try:
+        schema.validate(parsed, lazy=True)
+        found = unparseable.clear()
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        if cases["index"].null_count():  # parsing fixes every dtype: a schema-level failure is a bug here
+            raise
+        found = cases.select(
+            pl.col("index").cast(pl.Int64).alias(_POSITION),
+            "column",
+            check=pl.when(pl.col("check") == "not_nullable").then(pl.col("column") + "_not_null").otherwise("check"),
+        )
+    order = {name: rank for rank, name in enumerate(schema.columns)}
+    failures = (
+        pl.concat([unparseable, found])
+        # "not null" only when nothing more precise (unparseable, not finite) explains the null
+        .filter(~pl.col("check").str.ends_with("_not_null") | (pl.len().over(_POSITION, "column") == 1))
+        .sort(_POSITION, pl.col("column").replace_strict(order, return_dtype=pl.Int64), "check")
+        .group_by(_POSITION, maintain_order=True)
+        .agg(
+            _check=pl.col("check").str.join("; "),
+            _column=pl.col("column").replace(table.names).unique(maintain_order=True).str.join("; "),
+        )
+    )
+    raw_columns = [c for c in table.raw.columns if c not in (SOURCE_FILE, ROW_NUMBER)]
+    quarantine = (
+        table.raw.select(*raw_columns, *table.provenance())
+        .with_row_index(_POSITION)
+        .with_columns(pl.col(_POSITION).cast(pl.Int64))
+        .join(failures, on=_POSITION, how="inner", maintain_order="right")
+        .select(
+            source_file=pl.col(SOURCE_FILE),
+            row_number=pl.col(ROW_NUMBER),
+            check="_check",
+            column="_column",
+            sku_id=pl.col(table.names["sku_id"]).cast(pl.String),
+            raw_values=pl.struct(pl.col(raw_columns).cast(pl.String)).struct.json_encode(),
+        )
+        .cast(QUARANTINE_COLUMNS)
+    )
+    valid = (
+        parsed.with_row_index(_POSITION)
+        .with_columns(pl.col(_POSITION).cast(pl.Int64))
+        .join(failures, on=_POSITION, how="anti", maintain_order="left")
+        .drop(_POSITION)
+    )
+    return Validated(schema.validate(valid), quarantine, table.raw.height)
+
+
+# ---- messages --------------------------------------------------------------------------
+
+
+def _files_label(frame: pl.DataFrame, source: str, column: str = SOURCE_FILE) -> str:
+    """`sales file 'a.csv'`, `sales files 'a.csv', 'b.csv' and 3 more`, or just `sales` for an in-memory frame."""
+    files = frame[column].drop_nulls().unique(maintain_order=True).to_list() if column in frame.columns else []
+    if not files:
+        return source
+    shown = ", ".join(f"'{f}'" for f in files[:3])
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    return f"{source} file{'s' if len(files) > 1 else ''} {shown}{more}"
+
+
+def _check_counts(q: pl.DataFrame) -> str:
+    """`quantity_non_negative 2, date_unparseable 1`: most frequent first, then in order of appearance."""
+    counts = (
+        q.select(pl.col("check").str.split("; ").explode())
+        .group_by("check", maintain_order=True)
+        .len()
+        .sort("len", descending=True, maintain_order=True)
+    )
+    return ", ".join(f"{check} {n}" for check, n in counts.iter_rows())
+
+
+def _too_many_message(result: Validated, max_share: float, source: str) -> str:
+    q = result.quarantine
+    several_files = q["source_file"].n_unique() > 1
+    examples = []
+    for row in q.head(3).iter_rows(named=True):
+        values = json.loads(row["raw_values"])
+        shown = ", ".join(f"{c}={_quoted(values.get(c))}" for c in row["column"].split("; "))
+        where = f"'{row['source_file']}' row" if several_files else "row"
+        examples.append(f"{where} {row['row_number']} ({shown})")
+    return (
+        f"{_files_label(q, source, 'source_file')}: {q.height} of {result.rows_in} rows ({q.height / result.rows_in:.1%})"
+        f" failed validation, more than input.max_quarantine_share={max_share:g} allows ({_check_counts(q)});"
+        f" e.g. {'; '.join(examples)}. Fix the file or raise input.max_quarantine_share in your config."
+    )
+
+
+def _quoted(value: str | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+# ---- output tables ---------------------------------------------------------------------
+# Contracts of buffercast's output tables (demand profile, backtest, forecast, buffers,
+# simulation, run manifest) go below this line: one pandera.polars schema per table.
+
+DEMAND_CLASSES = ["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"]
+VOLATILITY_CLASSES = ["stable", "variable", "erratic", "not_backtested"]
+POLICIES = ["JIT", "hybrid", "JIC"]
+
+
+def _col(dtype: pl.DataType | type, nullable: bool = False, checks: pa.Check | list[pa.Check] | None = None) -> pa.Column:
+    return pa.Column(dtype, nullable=nullable, checks=checks)
+
+
+_NON_NEGATIVE = pa.Check.ge(0.0)
+_KEYS = {"as_of": _col(pl.Date), "sku_id": _col(pl.String), "location_id": _col(pl.String, nullable=True)}
+_FLAGS = (
+    "flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand",
+    "flag_moderate_lead_time", "flag_variable_lead_time", "flag_variable_error", "flag_irregular_demand", "flag_no_backtest",
+)  # fmt: skip
+
+#: Schema version 1 of the published tables (README "Output contract"). Column order is part of the contract.
+OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
+    "recommendations": pa.DataFrameSchema(
+        {
+            **_KEYS,
+            "policy": _col(pl.String, checks=pa.Check.isin(POLICIES)),
+            "safety_stock_units": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "reorder_point_units": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "service_level_target": _col(pl.Float64, checks=[pa.Check.ge(0.5), pa.Check.lt(1.0)]),
+            "demand_class": _col(pl.String, checks=pa.Check.isin(DEMAND_CLASSES)),
+            "adi": _col(pl.Float64, nullable=True, checks=pa.Check.ge(1.0)),
+            "cv2": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+            "volatility_class": _col(pl.String, checks=pa.Check.isin(VOLATILITY_CLASSES)),
+            "error_cv": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+            "abc_class": _col(pl.String, checks=pa.Check.isin(["A", "B", "C"])),
+            "annual_value": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "critical": _col(pl.Boolean),
+            "model": _col(pl.String),
+            "runner_up_model": _col(pl.String, nullable=True),
+            "mase": _col(pl.Float64, nullable=True),
+            "rmse": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+            "mae": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+            "bias": _col(pl.Float64, nullable=True),
+            "backtest_windows": _col(pl.Int64, checks=_NON_NEGATIVE),
+            "sigma_method": _col(pl.String),
+            "lead_time_days": _col(pl.Float64, checks=pa.Check.gt(0.0)),
+            "lead_time_std_days": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "lead_time_periods": _col(pl.Float64, checks=pa.Check.gt(0.0)),
+            "mean_demand_per_period": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "lead_time_demand": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "sigma_lead_time_demand": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "sigma_total": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "safety_factor_z": _col(pl.Float64),
+            "unit_cost": _col(pl.Float64, checks=pa.Check.gt(0.0)),
+            "pack_size": _col(pl.Float64, nullable=True, checks=pa.Check.ge(1.0)),
+            "supplier_id": _col(pl.String, nullable=True),
+            "in_sku_master": _col(pl.Boolean),
+            "safety_stock_value": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "holding_cost_per_year": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "reasons": _col(pl.String, checks=pa.Check.str_length(min_value=5)),
+            **{flag: _col(pl.Boolean) for flag in _FLAGS},
+            "model_fell_back": _col(pl.Boolean),
+            "n_periods": _col(pl.Int64, checks=pa.Check.ge(1)),
+            "n_nonzero": _col(pl.Int64, checks=_NON_NEGATIVE),
+        },
+        name="recommendations",
+        unique=["sku_id", "location_id"],
+        strict=True,
+        ordered=True,
+    ),
+    "forecasts": pa.DataFrameSchema(
+        {
+            **_KEYS,
+            "date": _col(pl.Date),
+            "step": _col(pl.Int64, checks=pa.Check.ge(1)),
+            "model": _col(pl.String),
+            "forecast": _col(pl.Float64, checks=_NON_NEGATIVE),
+        },
+        name="forecasts",
+        unique=["sku_id", "location_id", "date"],
+        strict=True,
+        ordered=True,
+    ),
+    "backtest_metrics": pa.DataFrameSchema(
+        {
+            **_KEYS,
+            "model": _col(pl.String),
+            "selected": _col(pl.Boolean),
+            "mae": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "rmse": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "bias": _col(pl.Float64),
+            "mase": _col(pl.Float64, nullable=True),
+            "rmsse": _col(pl.Float64, nullable=True),
+            "lead_time_rmse": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "lead_time_bias": _col(pl.Float64),
+            "n_windows": _col(pl.Int64, checks=pa.Check.ge(1)),
+            "fell_back": _col(pl.Boolean),
+        },
+        name="backtest_metrics",
+        unique=["sku_id", "location_id", "model"],
+        strict=True,
+        ordered=True,
+    ),
+    "quarantine": pa.DataFrameSchema(
+        {
+            "as_of": _col(pl.Date),
+            "input": _col(pl.String, checks=pa.Check.isin(["sales", "sku_master"])),
+            **{name: _col(dtype, nullable=name in ("source_file", "sku_id")) for name, dtype in QUARANTINE_COLUMNS.items()},
+        },
+        name="quarantine",
+        strict=True,
+        ordered=True,
+    ),
+}
+
+
+class OutputContractError(RuntimeError):
+    """A table about to be published breaks its contract: a bug in buffercast, never the user's input."""
+
+
+def validate_output(name: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Validate a table against its published contract (all failures at once) before it is written."""
+    try:
+        return OUTPUT_SCHEMAS[name].validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases.select("column", "check", "failure_case").unique().head(5).rows()
+        raise OutputContractError(
+            f"output table '{name}' breaks its schema-v1 contract ({exc.failure_cases.height} failures, e.g. {cases}); "
+            "nothing was published. Please report this with the run's log."
+        ) from None

@@ -1,0 +1,128 @@
+"""Pull the inputs: sales history and SKU master, from a file, a folder or an fsspec URL.
+
+All input I/O of buffercast lives here. Every reader tags its rows with where they came
+from (`_source_file`, `_row_number`) so that validation can name the exact file and row.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+
+from flows.config import InputConfig
+
+SOURCE_FILE = "_source_file"
+ROW_NUMBER = "_row_number"
+
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
+_FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
+_CONFIG_KEYS = {"sales": "input.sales", "SKU master": "input.sku_master"}
+
+
+class InputError(ValueError):
+    """Bad input: a one-line message naming the file, column, counts, and what to do."""
+
+
+def read_sales(cfg: InputConfig) -> pl.DataFrame:
+    """The raw sales history named by `input.sales`."""
+    return read_table(cfg.sales, what="sales")
+
+
+def read_sku_master(cfg: InputConfig) -> pl.DataFrame | None:
+    """The raw SKU master named by `input.sku_master`, or None when there is none."""
+    return None if cfg.sku_master is None else read_table(cfg.sku_master, what="SKU master")
+
+
+def read_table(location: str, *, what: str) -> pl.DataFrame:
+    """Read a Parquet or CSV file, or every such file in a folder, from a path or fsspec URL.
+
+    CSV columns are all read as String so that unparseable values reach validation; Parquet
+    keeps its types. Adds `_source_file` and `_row_number` (1-based, header excluded).
+    Files in a folder are read in name order; hidden files and folders are skipped.
+    """
+    try:
+        fs, root = url_to_fs(location)
+        is_dir = fs.isdir(root)
+        exists = is_dir or fs.exists(root)
+    except (OSError, ValueError, ImportError) as exc:
+        raise InputError(f"{what} location '{location}' cannot be opened: {_short(exc)}") from None
+    if not exists:
+        raise InputError(f"{what} file '{location}' not found{_config_hint(what)}")
+    if not is_dir:
+        fmt = _format(root)
+        if fmt is None:
+            raise InputError(f"{what} file '{location}' has an unknown extension: use {', '.join(_FORMATS)}")
+        return _read_file(fs, root, location, fmt, what)
+
+    files = _folder_files(fs, root)
+    if not files:
+        raise InputError(f"{what} folder '{location}' holds no .parquet or .csv file{_config_hint(what)}")
+    formats = {_format(path) for path in files}
+    if len(formats) > 1:
+        raise InputError(f"{what} folder '{location}' mixes Parquet and CSV files: keep one format per folder")
+    fmt = formats.pop()
+    base = location.rstrip("/")
+    tables = {}
+    for path in files:
+        label = f"{base}/{path[len(root) :].lstrip('/')}"
+        tables[label] = _read_file(fs, path, label, fmt, what)
+    return _concat(tables, location, what)
+
+
+def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str) -> pl.DataFrame:
+    """One file with its provenance columns; `label` is how messages and `_source_file` name it."""
+    try:
+        with fs.open(path, "rb") as handle:
+            if fmt == "csv":
+                table = pl.read_csv(handle, infer_schema=False, row_index_name=ROW_NUMBER, row_index_offset=1)
+            else:
+                table = pl.read_parquet(handle).with_row_index(ROW_NUMBER, offset=1)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}") from None
+    return table.select(
+        pl.exclude(ROW_NUMBER),
+        pl.lit(label, dtype=pl.String).alias(SOURCE_FILE),
+        pl.col(ROW_NUMBER).cast(pl.Int64),
+    )
+
+
+def _folder_files(fs: AbstractFileSystem, root: str) -> list[str]:
+    """Parquet/CSV files under `root`, recursively, sorted by path, skipping hidden names."""
+    return sorted(
+        path for path in fs.find(root) if _format(path) and not any(part.startswith(".") for part in path[len(root) :].split("/"))
+    )
+
+
+def _concat(tables: dict[str, pl.DataFrame], location: str, what: str) -> pl.DataFrame:
+    """Stack the files of a folder (label -> table); they must have the same columns, in any order."""
+    (first_label, first), *rest = tables.items()
+    for label, table in rest:
+        if set(table.columns) != set(first.columns):
+            missing = ", ".join(sorted(set(first.columns) - set(table.columns))) or "none"
+            extra = ", ".join(sorted(set(table.columns) - set(first.columns))) or "none"
+            raise InputError(
+                f"{what} folder '{location}': '{label}' has other columns than '{first_label}'"
+                f" (missing: {missing}; extra: {extra}): give every file the same columns"
+            )
+    try:
+        return pl.concat([table.select(first.columns) for table in tables.values()], how="vertical_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{what} folder '{location}': files have clashing column types: {_short(exc)}") from None
+
+
+def _format(path: str) -> str | None:
+    name = path.lower()
+    return next((fmt for ext, fmt in _FORMATS.items() if name.endswith(ext)), None)
+
+
+def _config_hint(what: str) -> str:
+    key = _CONFIG_KEYS.get(what)
+    return f" ({key} in the config)" if key else ""
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception message, at most 200 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

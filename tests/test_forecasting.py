@@ -1,0 +1,199 @@
+"""Backtest, metrics, selection and the lead-time sigma against hand computations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from forecasting.backtest import (
+    BacktestSettings,
+    _flag_fallbacks,
+    backtest_and_forecast,
+    lead_time_weights,
+    plan_horizons,
+    select_models,
+    volatility_classes,
+)
+from forecasting.models import FALLBACK_ALIAS, ModelSpec
+
+SETTINGS = BacktestSettings(
+    freq="D", n_windows=4, min_windows=2, step_periods=None, refit=True, min_train_periods=28, max_horizon_periods=120,
+    horizon_buckets=[1, 2, 4, 8, 16, 32, 64], selection_metric="mase", n_jobs=1, fallback="HistoricAverage", spec=ModelSpec(7),
+)  # fmt: skip
+MODEL_SETS = {
+    "smooth": ["AutoETS", "SeasonalNaive", "HistoricAverage"],
+    "erratic": ["AutoETS", "SeasonalNaive", "HistoricAverage"],
+    "intermittent": ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"],
+    "lumpy": ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"],
+    "insufficient_history": ["HistoricAverage"],
+}
+END = dt.date(2026, 6, 30)
+
+
+def series(uid: str, y: np.ndarray) -> pl.DataFrame:
+    ds = pl.date_range(END - dt.timedelta(days=len(y) - 1), END, eager=True)
+    return pl.DataFrame({"unique_id": uid, "ds": ds, "y": np.asarray(y, dtype=float)})
+
+
+def attrs_for(panel: pl.DataFrame, classes: dict[str, str], lead: dict[str, float], review: float = 0.0) -> pl.DataFrame:
+    return (
+        panel.group_by("unique_id")
+        .agg(n_periods=pl.len())
+        .with_columns(
+            demand_class=pl.col("unique_id").replace_strict(classes),
+            lead_time_periods=pl.col("unique_id").replace_strict(lead, return_dtype=pl.Float64),
+            review_periods=pl.lit(review),
+        )
+    )
+
+
+def test_lead_time_weights_sum_to_the_lead_time():
+    frame = pl.DataFrame({"step": [1, 2, 3, 4, 5]})
+    w = frame.select(lead_time_weights(pl.col("step"), pl.lit(2.5))).to_series().to_list()
+    assert w == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert frame.select(lead_time_weights(pl.col("step"), pl.lit(4.0)).sum()).item() == 4.0
+
+
+def test_plan_horizons_buckets_and_windows():
+    attrs = pl.DataFrame(
+        {
+            "unique_id": ["a", "b", "c", "d"],
+            "demand_class": ["smooth", "smooth", "intermittent", "insufficient_history"],
+            "n_periods": [400, 40, 400, 400],
+            "lead_time_periods": [5.0, 5.0, 30.5, 1.0],
+            "review_periods": [0.0, 0.0, 7.0, 0.0],
+        }
+    )
+    plan = plan_horizons(attrs, SETTINGS).rows_by_key("unique_id", named=True, unique=True)
+    assert (plan["a"]["horizon"], plan["a"]["bucket"], plan["a"]["step"], plan["a"]["windows"]) == (5, 8, 4, 4)
+    assert plan["a"]["backtested"] and plan["a"]["model_set"] == "smooth"
+    # 40 periods: 40 - 28 - 8 = 4 -> 4 // 4 + 1 = 2 windows
+    assert plan["b"]["windows"] == 2 and plan["b"]["backtested"]
+    assert (plan["c"]["horizon"], plan["c"]["bucket"], plan["c"]["step"]) == (38, 64, 32)
+    assert not plan["d"]["backtested"] and plan["d"]["model_set"] == "insufficient_history" and plan["d"]["windows"] == 0
+
+
+def test_backtest_errors_and_lead_time_sigma_match_a_manual_computation():
+    rng = np.random.default_rng(3)
+    panel = pl.concat(
+        [
+            series("smooth", rng.poisson(20, 200) + 5 * np.tile([0, 1, 2, 3, 2, 1, 0], 200)[:200]),
+            series("sparse", rng.poisson(0.3, 200) * rng.integers(1, 6, 200)),
+            series("short", rng.poisson(4, 20)),
+        ]
+    )
+    attrs = attrs_for(
+        panel, {"smooth": "smooth", "sparse": "intermittent", "short": "insufficient_history"}, {"smooth": 3.0, "sparse": 6.5, "short": 4.0}
+    )
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS)
+
+    # Metrics: MAE and RMSE per model recomputed from the published backtest rows.
+    cv = r.cv.filter(pl.col("unique_id") == "smooth")
+    for model in MODEL_SETS["smooth"]:
+        rows = cv.filter(pl.col("model") == model)
+        err = (rows["forecast"] - rows["y"]).to_numpy()
+        m = r.metrics.filter((pl.col("unique_id") == "smooth") & (pl.col("model") == model)).row(0, named=True)
+        assert m["mae"] == pytest.approx(np.abs(err).mean())
+        assert m["rmse"] == pytest.approx(math.sqrt((err**2).mean()))  # equal windows: RMSE over all points
+        assert m["bias"] == pytest.approx(err.mean())
+        # Cumulative lead-time error: per window, the sum of the first L=3 errors.
+        per_window = rows.filter(pl.col("step") <= 3).group_by("cutoff").agg((pl.col("forecast") - pl.col("y")).sum())
+        lt = per_window.to_series(1).to_numpy()
+        assert m["lead_time_rmse"] == pytest.approx(math.sqrt((lt**2).mean()))
+        assert m["n_windows"] == 4
+
+    sel = r.selection.rows_by_key("unique_id", named=True, unique=True)
+    best = r.metrics.filter(pl.col("unique_id") == "smooth").sort("mase").row(0, named=True)
+    assert sel["smooth"]["model"] == best["model"]
+    assert sel["smooth"]["sigma_lead_time_demand"] == pytest.approx(best["lead_time_rmse"])
+    assert sel["smooth"]["runner_up_model"] not in (None, best["model"])
+    assert sel["sparse"]["model"] in MODEL_SETS["intermittent"]
+
+    # Not backtested: sigma = one-step in-sample RMSE x sqrt(L); HistoricAverage's one-step error is the std (ddof 0).
+    short_y = panel.filter(pl.col("unique_id") == "short")["y"].to_numpy()
+    assert not sel["short"]["backtested"]
+    assert sel["short"]["sigma_method"] == "one_step_rmse_x_sqrt_lead_time"
+    assert sel["short"]["sigma_lead_time_demand"] == pytest.approx(short_y.std() * 2.0)
+    assert sel["short"]["lead_time_demand"] == pytest.approx(short_y.mean() * 4.0)
+
+    # The future: one row per period of the horizon (L + R, whole periods), the chosen model only, never negative.
+    fut = r.forecasts.group_by("unique_id").agg(pl.len(), pl.col("model").n_unique(), pl.col("forecast").min())
+    assert dict(zip(fut["unique_id"], fut["len"], strict=True)) == {"smooth": 3, "sparse": 7, "short": 4}
+    assert fut["model"].max() == 1 and fut["forecast"].min() >= 0
+    assert r.forecasts["ds"].min() == END + dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_refit_switch_runs_every_model_set(refit):
+    rng = np.random.default_rng(5)
+    panel = pl.concat([series("a", rng.poisson(10, 120)), series("b", rng.poisson(0.2, 120) * 3)])
+    attrs = attrs_for(panel, {"a": "smooth", "b": "lumpy"}, {"a": 2.0, "b": 2.0})
+    s = BacktestSettings(**{**SETTINGS.__dict__, "refit": refit})
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, s)
+    assert r.selection["model"].null_count() == 0
+    assert set(r.metrics.filter(pl.col("unique_id") == "a")["model"]) == set(MODEL_SETS["smooth"])
+    assert set(r.metrics.filter(pl.col("unique_id") == "b")["model"]) == set(MODEL_SETS["lumpy"])
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.r_[5.0, np.zeros(199)],  # one sale then nothing: all zeros after it
+        np.r_[np.ones(150), 500.0, np.ones(49)],  # a single huge spike
+        np.full(200, 7.0),  # constant
+        np.random.default_rng(1).poisson(3, 3650).astype(float),  # 10 years
+    ],
+    ids=["one-sale-then-zeros", "single-spike", "constant", "ten-years"],
+)
+@pytest.mark.parametrize("demand_class", ["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"])
+def test_every_model_set_survives_awkward_series(y, demand_class):
+    panel = series("x", y)
+    r = backtest_and_forecast(panel, attrs_for(panel, {"x": demand_class}, {"x": 5.0}), MODEL_SETS, SETTINGS)
+    row = r.selection.row(0, named=True)
+    assert row["model"] is not None
+    assert row["sigma_lead_time_demand"] is not None and row["sigma_lead_time_demand"] >= 0
+    assert row["lead_time_demand"] is not None and row["lead_time_demand"] >= 0
+
+
+def test_selection_ties_break_by_config_order_and_skip_fallbacks():
+    metrics = pl.DataFrame(
+        {
+            "unique_id": ["a", "a", "a", "b", "b"],
+            "model": ["SeasonalNaive", "AutoETS", "HistoricAverage", "AutoETS", "HistoricAverage"],
+            "mase": [0.5, 0.5, 0.9, 0.1, 0.4],
+            "fell_back": [False, False, False, True, False],
+        }
+    )
+    order = {"AutoETS": 0, "SeasonalNaive": 1, "HistoricAverage": 2}
+    sel = select_models(metrics, order, "mase").rows_by_key("unique_id", named=True, unique=True)
+    assert sel["a"]["model"] == "AutoETS" and sel["a"]["runner_up_model"] == "SeasonalNaive"
+    assert sel["b"]["model"] == "HistoricAverage"  # AutoETS fell back: its score is the fallback's
+
+
+def test_fallback_flags_find_outputs_equal_to_the_fallback():
+    cv = pl.DataFrame(
+        {
+            "unique_id": ["a", "a", "b", "b"],
+            "AutoETS": [1.0, 2.0, 3.0, 3.0],
+            "HistoricAverage": [1.5, 1.5, 3.0, 3.0],
+            FALLBACK_ALIAS: [1.5, 1.5, 3.0, 3.0],
+        }
+    )
+    flags = _flag_fallbacks(cv, ["AutoETS", "HistoricAverage"], "HistoricAverage").sort("unique_id", "model")
+    assert flags.rows() == [("a", "AutoETS", False), ("a", "HistoricAverage", False), ("b", "AutoETS", True), ("b", "HistoricAverage", False)]
+
+
+@pytest.mark.parametrize(
+    ("rmse", "mean", "cv", "cls"),
+    [(0.49, 1.0, 0.49, "stable"), (0.5, 1.0, 0.5, "variable"), (0.99, 1.0, 0.99, "variable"), (1.0, 1.0, 1.0, "erratic"),
+     (2.0, 0.0, math.inf, "erratic"), (0.0, 0.0, 0.0, "stable"), (None, 1.0, None, "not_backtested")],
+)  # fmt: skip
+def test_volatility_class_boundaries(rmse, mean, cv, cls):
+    frame = pl.DataFrame({"rmse": [rmse], "mean": [mean]}, schema={"rmse": pl.Float64, "mean": pl.Float64})
+    e, c = volatility_classes(pl.col("rmse"), pl.col("mean"), 0.5, 1.0)
+    out = frame.select(e.alias("e"), c.alias("c")).row(0)
+    assert out == (cv, cls)
