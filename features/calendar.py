@@ -91,7 +91,7 @@ def last_complete_period(as_of: dt.date, freq: Frequency, *, week_start: str = "
     M: the month containing `as_of` if `as_of` is its last day, else the month before.
     """
     if freq not in _INTERVAL:
-        raise ValueError(f"to_periods: freq={freq!r} is not one of {list(_INTERVAL)}")
+        raise ValueError(f"last_complete_period: freq={freq!r} is not one of {list(_INTERVAL)}")
     if freq == "D":
         return as_of
     if freq == "W":
@@ -124,6 +124,7 @@ def to_periods(
     - Every period from the series' first non-zero period to the last period is present, gaps as 0.0
       (leading zeros dropped, trailing zeros kept: DOMAIN.md). "Non-zero" is judged on the period sum.
     - A series with no non-zero period up to the last complete period has no rows.
+    - Quantities are expected non-negative (returns quarantined or netted upstream, DOMAIN.md).
 
     The input is validated sales (`sku_id`, `location_id`, `date`, `quantity`); a missing `location_id`
     column means all-null locations.
@@ -144,8 +145,10 @@ def to_periods(
     require_no_nulls(rows, "_date", id_col=id_col, where="to_periods (column 'date')")
     require_no_nulls(rows, target_col, id_col=id_col, where="to_periods (column 'quantity')")
 
+    # Lazy: the grid join is most of the cost on big panels and the optimiser plans it better.
     sums = (
-        rows.filter(pl.col("_date") <= as_of)
+        rows.lazy()
+        .filter(pl.col("_date") <= as_of)
         .with_columns(_period_start(pl.col("_date"), freq, start_weekday).alias(time_col))
         .filter(pl.col(time_col) <= last_ds)
         .group_by(id_col, time_col)
@@ -154,12 +157,17 @@ def to_periods(
     grid = (
         sums.filter(pl.col(target_col) != 0)
         .group_by(id_col)
-        .agg(pl.date_ranges(pl.col(time_col).min(), pl.lit(last_ds), _INTERVAL[freq]).first().alias(time_col))
+        .agg(pl.col(time_col).min())
+        .with_columns(pl.date_ranges(pl.col(time_col), pl.lit(last_ds), _INTERVAL[freq]).alias(time_col))
         .explode(time_col)
     )
     return (
         grid.join(sums, on=[id_col, time_col], how="left")
-        .with_columns(pl.col(target_col).fill_null(0.0))
-        .select(pl.col(id_col).cast(pl.String), pl.col(time_col).cast(pl.Date), pl.col(target_col).cast(pl.Float64))
+        .select(
+            pl.col(id_col).cast(pl.String),
+            pl.col(time_col).cast(pl.Date),
+            pl.col(target_col).fill_null(0.0).cast(pl.Float64),
+        )
         .sort(id_col, time_col)
+        .collect()
     )

@@ -156,6 +156,7 @@ def output_tables(
             "lead_time_bias",
             "n_windows",
             "fell_back",
+            "missing_forecasts",
         )
         .sort("sku_id", "location_id", "model"),
         "quarantine": pl.concat(

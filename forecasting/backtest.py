@@ -92,19 +92,37 @@ def _long(wide: pl.DataFrame, index: list[str], models: Sequence[str], value: st
     return wide.unpivot(index=index, on=list(models), variable_name="model", value_name=value)
 
 
+def in_row_order(expr: pl.Expr) -> pl.Expr:
+    """A group's values as one list, so that `.list.sum()` / `.list.mean()` add them in row order.
+
+    polars' float sums in group_by are not reproducible from run to run (partial sums merged in thread
+    order, pola-rs/polars#25163); buffercast promises the same outputs for the same inputs.
+    """
+    return expr.implode()
+
+
 def _window_metrics(cv: pl.DataFrame, train: pl.DataFrame, models: Sequence[str], season_length: int) -> pl.DataFrame:
-    """utilsforecast losses per SKU, window and model, long format."""
+    """utilsforecast losses per SKU, window and model, long format.
+
+    Computed on pandas frames: utilsforecast's polars path aggregates with group_by, whose float sums
+    change in the last bits between runs (see `in_row_order`); pandas' groupby sums in row order.
+    """
     key = [ID, "cutoff"]
+    cv_pd, train_pd = cv.to_pandas(), train.to_pandas()
+
+    def loss(fn, name, *args):
+        return _long(pl.from_pandas(fn(cv_pd, models, *args)), key, models, name)
+
     frames = [
-        _long(mae(cv, models), key, models, "mae"),
-        _long(mse(cv, models), key, models, "mse"),
-        _long(bias(cv, models), key, models, "bias"),
+        loss(mae, "mae"),
+        loss(mse, "mse"),
+        loss(bias, "bias"),
         # MASE/RMSSE scaled by the seasonal-naive error on each window's own training data; where the
         # training data is shorter than a season, by the naive (lag-1) error.
-        _long(mase(cv, models, season_length, train), key, models, "mase_s"),
-        _long(mase(cv, models, 1, train), key, models, "mase_1"),
-        _long(msse(cv, models, season_length, train), key, models, "msse_s"),
-        _long(msse(cv, models, 1, train), key, models, "msse_1"),
+        loss(mase, "mase_s", season_length, train_pd),
+        loss(mase, "mase_1", 1, train_pd),
+        loss(msse, "msse_s", season_length, train_pd),
+        loss(msse, "msse_1", 1, train_pd),
     ]
     out = frames[0]
     for f in frames[1:]:
@@ -161,6 +179,7 @@ def _run_group(
             for other, _ in parts[1:]:
                 cv = cv.join(other, on=[ID, DS, "cutoff", Y], how="inner")
             flags = pl.concat([f for _, f in parts])
+            cv = cv.sort(ID, "cutoff", DS)  # the join leaves rows in arbitrary order; float means depend on it
         metrics = _window_metrics(cv, panel, models, s.spec.season_length)
         cv_long = _long(cv, [ID, DS, "cutoff", Y], models, "forecast")
     else:
@@ -175,34 +194,38 @@ def _run_group(
         metrics = (
             _long(fitted, [ID, DS, Y], models, "fitted")
             .group_by(ID, "model")
-            .agg(one_step_rmse=((pl.col("fitted") - pl.col(Y)) ** 2).mean().sqrt())
+            .agg(one_step_rmse=in_row_order((pl.col("fitted") - pl.col(Y)) ** 2).list.mean().sqrt())
         )
     return cv_long, metrics, flags, fc_long
 
 
 def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame) -> pl.DataFrame:
     """Per SKU and model: mean of the window errors, plus the cumulative lead-time error over the windows."""
-    per_model = window_metrics.group_by(ID, "model").agg(
-        mae=pl.col("mae").mean(),
-        rmse=pl.col("mse").mean().sqrt(),
-        bias=pl.col("bias").mean(),
-        mase=pl.col("mase").mean(),
-        rmsse=pl.col("msse").mean().sqrt(),
+    # Sorted and order-kept so the float means sum in the same order on every run (joins and group_by
+    # otherwise leave the row order arbitrary): same input, same output to the last bit.
+    per_model = window_metrics.sort(ID, "model", "cutoff").group_by(ID, "model", maintain_order=True).agg(
+        mae=in_row_order(pl.col("mae")).list.mean(),
+        rmse=in_row_order(pl.col("mse")).list.mean().sqrt(),
+        bias=in_row_order(pl.col("bias")).list.mean(),
+        mase=in_row_order(pl.col("mase")).list.mean(),
+        rmsse=in_row_order(pl.col("msse")).list.mean().sqrt(),
         n_windows=pl.len().cast(pl.Int64),
     )
     w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
     lead = (
-        cv.group_by(ID, "model", "cutoff")
+        cv.sort(ID, "model", "cutoff", "step")
+        .group_by(ID, "model", "cutoff", maintain_order=True)
         .agg(
-            lead_error=(w * (pl.col("forecast") - pl.col(Y))).sum(),
-            weight=w.sum(),
+            lead_error=in_row_order(w * (pl.col("forecast") - pl.col(Y))).list.sum(),
+            weight=in_row_order(w).list.sum(),
             lead_time_periods=pl.col("lead_time_periods").first(),
         )
-        .group_by(ID, "model")
+        .group_by(ID, "model", maintain_order=True)
         .agg(
             # Scaled up when the horizon is capped below the lead time (variance grows with the periods covered).
-            lead_time_rmse=(pl.col("lead_error") ** 2).mean().sqrt() * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
-            lead_time_bias=pl.col("lead_error").mean(),
+            lead_time_rmse=in_row_order(pl.col("lead_error") ** 2).list.mean().sqrt()
+            * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
+            lead_time_bias=in_row_order(pl.col("lead_error")).list.mean(),
         )
     )
     return per_model.join(lead, on=[ID, "model"], how="left")
@@ -211,17 +234,19 @@ def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame) -> pl.Dat
 def select_models(metrics: pl.DataFrame, model_order: Mapping[str, int], metric: str) -> pl.DataFrame:
     """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the config's model order, then name.
 
-    A model that fell back is not a candidate unless nothing else is left.
+    A model that fell back or left forecasts missing (e.g. a seasonal model on less than a season of history)
+    is not a candidate unless nothing else is left.
     """
     ranked = (
         metrics.with_columns(
             _order=pl.col("model").replace_strict(model_order, default=len(model_order), return_dtype=pl.Int64),
             _score=pl.col(metric).fill_nan(None),
+            _excluded=pl.col("fell_back") | pl.col("missing_forecasts"),
         )
-        .sort([ID, "fell_back", "_score", "_order", "model"], nulls_last=True)
+        .sort([ID, "_excluded", "_score", "_order", "model"], nulls_last=True)
         .with_columns(_rank=pl.int_range(pl.len()).over(ID))
     )
-    best = ranked.filter(pl.col("_rank") == 0).drop("_order", "_score", "_rank")
+    best = ranked.filter(pl.col("_rank") == 0).drop("_order", "_score", "_excluded", "_rank")
     runner_up = ranked.filter(pl.col("_rank") == 1).select(ID, runner_up_model=pl.col("model"), runner_up_score=pl.col("_score"))
     return best.join(runner_up, on=ID, how="left")
 
@@ -259,7 +284,17 @@ def backtest_and_forecast(
     )
     metrics = _aggregate_metrics(_concat(metric_frames), cv_all) if metric_frames else _empty_metrics()
     metrics = metrics.join(_concat(flag_frames), on=[ID, "model"], how="left") if flag_frames else metrics
-    metrics = metrics.with_columns(pl.col("fell_back").fill_null(False)).sort(ID, "model")
+    forecasts = _concat(fcs).with_columns(step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64))
+    missing = (
+        pl.concat([cv_all.select(ID, "model", "forecast"), forecasts.select(ID, "model", "forecast")])
+        .group_by(ID, "model")
+        .agg(missing_forecasts=pl.col("forecast").is_null().any() | pl.col("forecast").is_nan().any())
+    )
+    metrics = (
+        metrics.join(missing, on=[ID, "model"], how="left")
+        .with_columns(pl.col("fell_back", "missing_forecasts").fill_null(False), pl.selectors.float().fill_nan(None))
+        .sort(ID, "model")
+    )
 
     model_order = {m: i for ms in model_sets.values() for i, m in enumerate(ms)}
     chosen = select_models(metrics, model_order, s.selection_metric) if metrics.height else _empty_selection(metrics)
@@ -269,8 +304,6 @@ def backtest_and_forecast(
         else pl.DataFrame(schema={ID: pl.String, "model": pl.String, "one_step_rmse": pl.Float64})
     )
     selected = pl.concat([chosen.select(ID, "model"), one_step.select(ID, "model")])
-
-    forecasts = _concat(fcs).with_columns(step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64))
     future = (
         forecasts.join(selected, on=[ID, "model"], how="semi")
         .join(plan.select(ID, "horizon", "lead_time_periods"), on=ID)
@@ -278,8 +311,8 @@ def backtest_and_forecast(
         .with_columns(pl.col("forecast").clip(0.0, None))
     )
     w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
-    demand = future.group_by(ID).agg(
-        mean_demand_per_period=((w * pl.col("forecast")).sum() / w.sum()),
+    demand = future.sort(ID, "step").group_by(ID, maintain_order=True).agg(
+        mean_demand_per_period=in_row_order(w * pl.col("forecast")).list.sum() / in_row_order(w).list.sum(),
         lead_time_periods=pl.col("lead_time_periods").first(),
     )
     selection = (

@@ -1,0 +1,239 @@
+"""End to end: the Prefect flow under Prefect's test harness, with real Parquet outputs and a real MLflow store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.publish import read_manifest, read_table
+from flows.schemas import OUTPUT_SCHEMAS
+from flows.sources import InputError
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+AS_OF = dt.date(2026, 6, 30)
+
+
+@pytest.fixture(scope="module")
+def default_run(small_catalogue, tmp_path_factory):
+    """One run of the flow on the small catalogue, shared by the contract tests."""
+    from flows.config import load_config
+    from flows.plan import plan_buffers
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        None,
+        {
+            "input": {"sales": str(small_catalogue["sales"]), "sku_master": str(small_catalogue["sku_master"])},
+            "output": {"folder": str(root / "outputs")},
+            "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_location": str(root / "mlruns")},
+            "backtest": {"n_jobs": 1},
+        },
+    )
+    return cfg, plan_buffers(cfg)
+
+
+def test_flow_publishes_the_contract(default_run, small_catalogue):
+    cfg, result = default_run
+    out = Path(cfg.output.folder)
+    sales = pl.read_parquet(small_catalogue["sales"])
+    for name, schema in OUTPUT_SCHEMAS.items():
+        table = pl.read_parquet(out / name / f"as_of={AS_OF}")
+        schema.validate(table, lazy=True)
+        assert table.columns == list(schema.columns), name
+    recs = read_table(out, "recommendations", AS_OF)
+    # One row per SKU that sold, non-negative buffers, reorder point covers the lead-time demand.
+    assert recs.height == sales["sku_id"].n_unique() == result["skus"]
+    assert recs["sku_id"].is_unique().all()
+    assert (recs["safety_stock_units"] >= 0).all()
+    assert (recs["reorder_point_units"] >= recs["lead_time_demand"]).all()
+    assert recs["reasons"].str.starts_with(recs["policy"]).all()
+    assert set(recs["policy"]) <= {"JIT", "JIC", "hybrid"}
+    # SKUs missing from the master are planned with the config defaults, and the reasons say so.
+    master = pl.read_parquet(small_catalogue["sku_master"])
+    missing = recs.join(master.select("sku_id"), on="sku_id", how="anti")
+    assert missing.height >= 1
+    assert (~missing["in_sku_master"]).all() and missing["reasons"].str.contains("not in the SKU master").all()
+    assert (missing["lead_time_days"] == cfg.defaults.lead_time_days).all()
+    # Forecasts cover each SKU's lead time plus review period.
+    fc = read_table(out, "forecasts", AS_OF)
+    assert fc["sku_id"].n_unique() == recs.height
+    assert fc["date"].min() == AS_OF + dt.timedelta(days=1)
+    horizon = fc.group_by("sku_id").agg(pl.len()).join(recs.select("sku_id", "lead_time_days"), on="sku_id")
+    assert (horizon["len"] == (horizon["lead_time_days"] + cfg.defaults.review_period_days).ceil()).all()
+    # The chosen model per SKU is the one flagged in backtest_metrics.
+    metrics = read_table(out, "backtest_metrics", AS_OF)
+    chosen = metrics.filter("selected").select("sku_id", "model")
+    assert recs.filter(pl.col("backtest_windows") > 0).select("sku_id", "model").sort("sku_id").equals(chosen.sort("sku_id"))
+
+
+def test_manifest_counts_rows_in_as_used_plus_quarantined(default_run, small_catalogue):
+    cfg, result = default_run
+    manifest = read_manifest(cfg.output.folder, AS_OF)
+    rows = manifest["input_rows"]
+    assert rows["sales_in"] == pl.read_parquet(small_catalogue["sales"]).height
+    assert rows["sales_in"] == rows["sales_used"] + rows["sales_quarantined"] + rows["sales_after_as_of"]
+    assert manifest["schema_version"] == 1
+    assert manifest["config_hash"] == cfg.fingerprint()
+    assert manifest["mlflow_run_id"] == result["mlflow_run_id"]
+    assert manifest["prefect_flow_run_id"] == result["prefect_flow_run_id"] != ""
+    assert manifest["tables"]["recommendations"]["rows"] == result["skus"]
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
+    cfg, result = default_run
+    client = MlflowClient(tracking_uri=result["mlflow_tracking_uri"])
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"default-{AS_OF}"
+    assert run.data.params["sbc.adi_cutoff"] == "1.32"
+    assert run.data.params["frequency"] == "D"
+    assert len(run.data.params) == len(cfg.flat())
+    metrics = run.data.metrics
+    assert metrics["skus"] == result["skus"]
+    assert sum(v for k, v in metrics.items() if k.startswith("skus_policy_")) == result["skus"]
+    assert sum(v for k, v in metrics.items() if k.startswith("skus_demand_class_")) == result["skus"]
+    assert metrics["safety_stock_value_total"] == pytest.approx(result["safety_stock_value"])
+    assert "median_mase" in metrics
+    assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "1"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")
+    }
+    assert artifacts == {"tables/recommendations.parquet", "plots/sbc_quadrants.png"}
+    local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
+    assert pl.read_parquet(local).height == result["skus"]
+
+
+def test_rerun_is_deterministic_and_replaces_its_partition(default_run):
+    from flows.plan import plan_buffers
+
+    cfg, first = default_run
+    before = {name: read_table(cfg.output.folder, name, AS_OF) for name in OUTPUT_SCHEMAS}
+    second = plan_buffers(cfg)
+    assert second["mlflow_run_id"] != first["mlflow_run_id"]
+    for name, frame in before.items():
+        after = read_table(cfg.output.folder, name, AS_OF)
+        diff = [c for c in frame.columns if not after[c].equals(frame[c])]
+        assert not diff, (name, diff, after.filter(pl.any_horizontal(pl.col(c) != frame[c] for c in diff)).head(3).to_dicts())
+    # Still exactly one partition per table, one file in it, and no staging left behind.
+    out = Path(cfg.output.folder)
+    assert [p.name for p in (out / "recommendations").iterdir()] == [f"as_of={AS_OF}"]
+    assert len(list((out / "recommendations" / f"as_of={AS_OF}").iterdir())) == 1
+    assert not (out / "_staging").exists()
+
+
+def test_as_of_leaves_later_history_out(small_catalogue, make_config):
+    from flows.plan import plan_buffers
+
+    as_of = AS_OF - dt.timedelta(days=30)
+    cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"], as_of=as_of.isoformat())
+    result = plan_buffers(cfg)
+    sales = pl.read_parquet(small_catalogue["sales"])
+    assert result["as_of"] == as_of.isoformat()
+    assert result["input_rows"]["sales_after_as_of"] == sales.filter(pl.col("date") > as_of).height > 0
+    fc = read_table(cfg.output.folder, "forecasts", as_of)
+    assert fc["date"].min() == as_of + dt.timedelta(days=1)
+
+
+def _bad_sales_csv(path: Path) -> Path:
+    """Two SKUs at two locations, 120 clean days, plus one row per fault the validation must quarantine."""
+    rng = np.random.default_rng(4)
+    start = AS_OF - dt.timedelta(days=119)
+    rows = []
+    for sku in ("A-1", "B-2"):
+        for loc in ("north", "south"):
+            for i in range(120):
+                day = start + dt.timedelta(days=i)
+                rows.append(
+                    {"sku": sku, "store": loc, "day": day.isoformat(), "qty": str(int(rng.poisson(6))), "line": f"{sku}-{loc}-{i}"}
+                )
+    bad = [
+        {"sku": "A-1", "store": "north", "day": "2026-06-01", "qty": "-3", "line": "bad-negative"},
+        {"sku": "A-1", "store": "north", "day": "2026-06-02", "qty": "2", "line": "A-1-north-0"},  # repeated line_id
+        {"sku": "", "store": "north", "day": "2026-06-03", "qty": "2", "line": "bad-null-sku"},
+        {"sku": "B-2", "store": "south", "day": "2024-13-45", "qty": "2", "line": "bad-date"},
+        {"sku": "B-2", "store": "south", "day": "2100-01-01", "qty": "2", "line": "bad-future"},
+    ]
+    pl.DataFrame(rows + bad).write_csv(path)
+    return path
+
+
+def test_bad_input_rows_are_quarantined_and_the_run_completes(tmp_path, make_config):
+    from flows.plan import plan_buffers
+
+    sales = _bad_sales_csv(tmp_path / "sales.csv")
+    cfg = make_config(
+        sales,
+        None,
+        input={"sales_columns": {"sku_id": "sku", "date": "day", "quantity": "qty", "location_id": "store", "line_id": "line"}},
+    )
+    result = plan_buffers(cfg)
+    q = read_table(cfg.output.folder, "quarantine", AS_OF)
+    assert sorted(q["check"].to_list()) == sorted(
+        ["quantity_non_negative", "duplicate_line_id", "sku_id_not_null", "date_unparseable", "date_not_in_future"]
+    )
+    assert json.loads(q.filter(pl.col("check") == "duplicate_line_id")["raw_values"][0])["line"] == "A-1-north-0"
+    rows = result["input_rows"]
+    assert rows["sales_in"] == 4 * 120 + 5 == rows["sales_used"] + rows["sales_quarantined"]
+    assert rows["sales_quarantined"] == 5
+    # The location is part of the series key: one recommendation per SKU and location, master defaults used.
+    recs = read_table(cfg.output.folder, "recommendations", AS_OF)
+    assert recs.select("sku_id", "location_id").sort("sku_id", "location_id").rows() == [
+        ("A-1", "north"), ("A-1", "south"), ("B-2", "north"), ("B-2", "south")
+    ]  # fmt: skip
+    assert (~recs["in_sku_master"]).all()
+
+
+def test_missing_column_fails_with_a_message_naming_it(tmp_path, make_config):
+    from flows.plan import plan_buffers
+
+    path = tmp_path / "sales.csv"
+    pl.DataFrame({"sku_id": ["a"], "date": ["2026-01-01"], "qty": ["1"]}).write_csv(path)
+    with pytest.raises(InputError, match="missing column 'quantity'") as err:
+        plan_buffers(make_config(path))
+    assert "\n" not in str(err.value)
+    assert not (Path(make_config(path).output.folder) / "recommendations").exists()
+
+
+def test_cli_exit_codes_and_one_line_errors(tmp_path, small_catalogue):
+    runner = CliRunner()
+    path = tmp_path / "sales.csv"
+    pl.DataFrame({"sku_id": ["a"], "date": ["2026-01-01"], "qty": ["1"]}).write_csv(path)
+    res = runner.invoke(app, ["run", "--sales", str(path), "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert res.exit_code == 2
+    assert "missing column 'quantity'" in res.output
+    res = runner.invoke(app, ["run", "--freq", "X"])
+    assert res.exit_code == 2 and "'frequency'" in res.output
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sbc:\n  adi_cut: 1.2\n")
+    res = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert res.exit_code == 2 and "unknown key 'sbc.adi_cut'" in res.output
+
+
+def test_cli_run_prints_the_summary(tmp_path, small_catalogue):
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--sales", str(small_catalogue["sales"]),
+            "--sku-master", str(small_catalogue["sku_master"]),
+            "--out", str(tmp_path / "out"),
+            "--freq", "W",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for words in ("SKUs planned as of", "demand class", "volatility class", "policy", "safety stock value", "make ui"):
+        assert words in res.output
+    # Weekly buckets: the as-of date is the last day of the last complete week, forecasts are weekly.
+    manifest_line = next(line for line in res.output.splitlines() if "manifest" in line)
+    manifest = json.loads(Path(manifest_line.split()[-1]).read_text())
+    assert manifest["frequency"] == "W"
