@@ -33,6 +33,7 @@ def run(
     config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
     sales: Annotated[str | None, typer.Option(help="Sales file, folder or URL (overrides input.sales).")] = None,
     sku_master: Annotated[str | None, typer.Option(help="SKU master file, folder or URL (overrides input.sku_master).")] = None,
+    no_sku_master: Annotated[bool, typer.Option("--no-sku-master", help="Run without a SKU master: config defaults apply.")] = False,
     out: Annotated[str | None, typer.Option(help="Output folder (overrides output.folder).")] = None,
     as_of: Annotated[str | None, typer.Option(help="Run as of this date, YYYY-MM-DD; later history is left out.")] = None,
     freq: Annotated[str | None, typer.Option(help="Bucket: D, W or M.")] = None,
@@ -46,7 +47,9 @@ def run(
     overrides: dict[str, Any] = {}
     if sales:
         overrides.setdefault("input", {})["sales"] = sales
-    if sku_master:
+    if sku_master and no_sku_master:
+        raise _fail("--sku-master and --no-sku-master exclude each other", 2)
+    if sku_master or no_sku_master:
         overrides.setdefault("input", {})["sku_master"] = sku_master
     if out:
         overrides["output"] = {"folder": out}

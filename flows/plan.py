@@ -41,7 +41,18 @@ class Inputs:
     master: Validated | None
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O faults (a flaky mount or object store), not bad input: an InputError fails the same way again."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
 def pull(cfg: BuffercastConfig) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store)."""
     return read_sales(cfg.input), read_sku_master(cfg.input)

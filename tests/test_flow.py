@@ -207,9 +207,13 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, small_catalogue):
     runner = CliRunner()
     path = tmp_path / "sales.csv"
     pl.DataFrame({"sku_id": ["a"], "date": ["2026-01-01"], "qty": ["1"]}).write_csv(path)
-    res = runner.invoke(app, ["run", "--sales", str(path), "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    args = ["run", "--sales", str(path), "--no-sku-master", "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert "missing column 'quantity'" in res.output
+    # A missing file is bad input too: no retries, exit 2, the config key to fix.
+    res = runner.invoke(app, [*args[:3], "--sku-master", str(tmp_path / "nope.csv"), *args[4:]])
+    assert res.exit_code == 2 and "nope.csv' not found (input.sku_master" in res.output
     res = runner.invoke(app, ["run", "--freq", "X"])
     assert res.exit_code == 2 and "'frequency'" in res.output
     cfg = tmp_path / "bad.yaml"
