@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,28 @@ def quiet_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class _NoTracebackForBadInput(logging.Filter):
+    """Bad input is the user's to fix, not a crash: Prefect logs it as one line, without the traceback.
+
+    Prefect's engines log every failure with exc_info; the CLI prints the InputError's own message last.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from flows.sources import InputError
+
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_bad_input_tracebacks() -> None:
+    import prefect.logging.handlers  # noqa: F401  (Prefect configures its handlers on import)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoTracebackForBadInput())
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -65,6 +88,8 @@ def run(
         raise _fail(str(exc), 2) from None
 
     from flows.plan import plan_buffers
+
+    _quiet_bad_input_tracebacks()
 
     try:
         result = plan_buffers(cfg)

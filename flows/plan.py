@@ -179,6 +179,20 @@ def output_tables(
     return {name: validate_output(name, frame) for name, frame in tables.items()}
 
 
+def sales_as_of(cfg: BuffercastConfig, sales: pl.DataFrame) -> tuple[pl.DataFrame, dt.date, int]:
+    """The valid sales up to the as-of date (default: the last date in the data), and how many rows were later."""
+    if sales.is_empty():
+        raise InputError(f"sales input '{cfg.input.sales}': no valid row left after validation; see the quarantine counts in the log")
+    as_of = cfg.as_of or sales["date"].max()
+    used = sales.filter(pl.col("date") <= as_of)
+    if used.is_empty():
+        raise InputError(
+            f"sales input '{cfg.input.sales}': no sale on or before the as-of date {as_of} (first sale {sales['date'].min()}); "
+            "choose a later --as-of"
+        )
+    return used, as_of, sales.height - used.height
+
+
 def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
     """Counts per class and policy, capital: what the CLI prints and MLflow records."""
 
@@ -223,15 +237,8 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     logger = get_run_logger()
     raw_sales, raw_master = pull(cfg)
     inputs = validate(cfg, raw_sales, raw_master)
-    sales = inputs.sales.valid
-    if sales.is_empty():
-        raise InputError(f"sales input '{cfg.input.sales}': no valid rows left after validation; see the quarantine counts above")
-    last_date = sales["date"].max()
-    as_of = cfg.as_of or last_date
-    rows_after_as_of = sales.filter(pl.col("date") > as_of).height
-    sales = sales.filter(pl.col("date") <= as_of)
-    if sales.is_empty():
-        raise InputError(f"sales input '{cfg.input.sales}': no sale on or before as-of date {as_of} (first sale {sales['date'].min()})")
+    sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
+    last_date = inputs.sales.valid["date"].max()
 
     panel, keys, prof = profile(cfg, sales, as_of)
     master = inputs.master.valid if inputs.master else None

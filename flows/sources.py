@@ -78,7 +78,8 @@ def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: st
                 table = pl.read_csv(handle, infer_schema=False, row_index_name=ROW_NUMBER, row_index_offset=1)
             else:
                 table = pl.read_parquet(handle).with_row_index(ROW_NUMBER, offset=1)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        # Content that does not parse is bad input; an OSError (a flaky mount or store) propagates, to be retried.
         raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}") from None
     return table.select(
         pl.exclude(ROW_NUMBER),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +244,21 @@ def test_cli_run_prints_the_summary(tmp_path, small_catalogue):
     manifest_line = next(line for line in res.output.splitlines() if "manifest" in line)
     manifest = json.loads(Path(manifest_line.split()[-1]).read_text())
     assert manifest["frequency"] == "W"
+
+
+def test_cli_as_a_user_runs_it_bad_input_is_one_line_without_traceback(tmp_path):
+    """The real console script in a subprocess (its own temporary Prefect server): exit 2, no traceback."""
+    path = tmp_path / "sales.csv"
+    pl.DataFrame({"sku_id": ["a"], "date": ["2026-01-01"], "qty": ["1"]}).write_csv(path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--sales", str(path), "--no-sku-master",
+         "--out", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output
+    last = [line for line in proc.stderr.splitlines() if line.startswith("buffercast: error:")]
+    assert len(last) == 1 and "missing column 'quantity'" in last[0] and "input.sales_columns.quantity" in last[0]
+    assert not (tmp_path / "out" / "recommendations").exists()

@@ -1,0 +1,78 @@
+"""The config schema: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, load_config
+
+
+def test_default_yaml_is_the_schema_defaults():
+    """configs/default.yaml spells out the defaults; only the process count differs from the schema's."""
+    assert load_config().model_copy(update={"backtest": BuffercastConfig().backtest}) == BuffercastConfig()
+    cfg = load_config()
+    assert cfg.frequency == "D" and cfg.sbc.adi_cutoff == 1.32 and cfg.sbc.cv2_cutoff == 0.49
+    assert cfg.volatility.variable_from == 0.5 and cfg.volatility.erratic_from == 1.0
+    assert cfg.service_levels.non_critical["C"] == 0.90 and cfg.cost.holding_rate_per_year == 0.25
+    assert DEFAULT_CONFIG_PATH.exists()
+
+
+def test_user_yaml_and_flags_override_deeply(tmp_path):
+    user = tmp_path / "site.yaml"
+    user.write_text("name: site-7\nfrequency: W\nsbc:\n  adi_cutoff: 1.5\nservice_levels:\n  critical: {A: 0.995, B: 0.99, C: 0.98}\n")
+    cfg = load_config(user, {"as_of": "2026-03-01", "input": {"sales": "x.csv"}})
+    assert cfg.name == "site-7" and cfg.frequency == "W" and cfg.period_days == 7.0 and cfg.season_length == 52
+    assert cfg.sbc.adi_cutoff == 1.5 and cfg.sbc.cv2_cutoff == 0.49  # untouched sibling kept
+    assert cfg.service_levels.critical["A"] == 0.995
+    assert cfg.as_of == dt.date(2026, 3, 1) and cfg.input.sales == "x.csv"
+    assert cfg.input.sku_master == "data/sample/sku_master.parquet"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"sbc": {"adi_cut": 1.2}}, "unknown key 'sbc.adi_cut'"),
+        ({"bogus": 1}, "unknown key 'bogus'"),
+        ({"frequency": "Q"}, "'frequency'"),
+        ({"as_of": "2024-13-45"}, "'as_of'"),
+        ({"service_levels": {"non_critical": {"A": 1.2, "B": 0.9, "C": 0.9}}}, "service_levels.non_critical.A=1.2"),
+        ({"service_levels": {"critical": {"D": 0.99}}}, "'service_levels.critical.D"),
+        ({"volatility": {"variable_from": 1.0, "erratic_from": 0.5}}, "erratic_from must be greater"),
+        ({"abc": {"a_share": 0.9, "b_share": 0.8}}, "b_share must be greater"),
+        ({"policy": {"jit_max_lead_time_days": 40}}, "jic_min_lead_time_days must exceed"),
+        ({"models": {"smooth": ["Prophet"]}}, "'models.smooth.0'"),
+        ({"models": {"smooth": []}}, "at least one model"),
+        ({"models": {"ets_model": "XYZ"}}, "'models.ets_model'"),
+        ({"backtest": {"horizon_buckets": [4, 2]}}, "strictly increasing"),
+        ({"cost": {"holding_rate_per_year": -1}}, "'cost.holding_rate_per_year'"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match="invalid config") as err:
+        load_config(None, override)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_yaml_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sbc: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listing)
+
+
+def test_flat_params_and_fingerprint_are_stable():
+    a, b = load_config(), load_config()
+    assert a.fingerprint() == b.fingerprint()
+    assert load_config(None, {"seed": 1}).fingerprint() != a.fingerprint()
+    flat = a.flat()
+    assert flat["sbc.adi_cutoff"] == 1.32 and flat["service_levels.critical.A"] == 0.99
+    assert all(not isinstance(v, dict) for v in flat.values())

@@ -1,0 +1,63 @@
+"""Atomic, partitioned publishing: all tables or none, reruns replace their partition."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+
+import polars as pl
+import pytest
+
+from flows.publish import manifest_path, publish_tables, read_manifest, read_table
+
+D1, D2 = dt.date(2026, 1, 4), dt.date(2026, 1, 11)
+
+
+def tables(as_of: dt.date, value: int) -> dict[str, pl.DataFrame]:
+    return {
+        "recommendations": pl.DataFrame({"as_of": [as_of] * 2, "sku_id": ["a", "b"], "safety_stock_units": [float(value), 2.0]}),
+        "forecasts": pl.DataFrame({"as_of": [as_of], "sku_id": ["a"], "forecast": [float(value)]}),
+    }
+
+
+def test_publish_writes_partitions_and_manifest(tmp_path):
+    paths = publish_tables(tmp_path, D1, "r1", tables(D1, 1), {"run_id": "r1"})
+    assert paths["recommendations"] == str(tmp_path / "recommendations" / f"as_of={D1}")
+    part = tmp_path / "recommendations" / f"as_of={D1}"
+    assert [p.name for p in part.iterdir()] == ["part-0.parquet"]
+    assert stat.S_IMODE(part.stat().st_mode) == 0o755
+    manifest = read_manifest(tmp_path, D1)
+    assert manifest["run_id"] == "r1" and manifest["schema_version"] == 1 and manifest["as_of"] == D1.isoformat()
+    assert manifest["tables"]["recommendations"] == {"path": paths["recommendations"], "rows": 2}
+    assert not (tmp_path / "_staging").exists()
+
+
+def test_rerun_replaces_and_other_dates_accumulate(tmp_path):
+    publish_tables(tmp_path, D1, "r1", tables(D1, 1), {"run_id": "r1"})
+    publish_tables(tmp_path, D1, "r2", tables(D1, 5), {"run_id": "r2"})
+    publish_tables(tmp_path, D2, "r3", tables(D2, 9), {"run_id": "r3"})
+    everything = read_table(tmp_path, "recommendations").sort("as_of", "sku_id")
+    assert everything.select("as_of", "safety_stock_units").rows() == [(D1, 5.0), (D1, 2.0), (D2, 9.0), (D2, 2.0)]
+    assert read_manifest(tmp_path, D1)["run_id"] == "r2"
+    hive = pl.scan_parquet(f"{tmp_path}/recommendations/**/*.parquet", hive_partitioning=True).filter(pl.col("as_of") == D2)
+    assert hive.collect().height == 2
+
+
+def test_a_failed_publish_leaves_the_previous_outputs_untouched(tmp_path):
+    publish_tables(tmp_path, D1, "r1", tables(D1, 1), {"run_id": "r1"})
+    before = {name: read_table(tmp_path, name, D1) for name in ("recommendations", "forecasts")}
+    manifest_before = manifest_path(tmp_path, D1).read_text()
+    broken = tables(D1, 7)
+    # An Object column cannot be written to Parquet: the second table fails after the first was staged.
+    broken["forecasts"] = broken["forecasts"].with_columns(pl.Series("bad", [object()], dtype=pl.Object))
+    with pytest.raises(Exception):  # noqa: B017 - whatever polars raises, nothing may be half-published
+        publish_tables(tmp_path, D1, "r2", broken, {"run_id": "r2"})
+    for name, frame in before.items():
+        assert read_table(tmp_path, name, D1).equals(frame)
+    assert manifest_path(tmp_path, D1).read_text() == manifest_before
+    assert not (tmp_path / "_staging").exists()
+    # and a fresh date that failed leaves no trace at all
+    with pytest.raises(Exception):  # noqa: B017
+        publish_tables(tmp_path, D2, "r3", broken, {"run_id": "r3"})
+    assert not (tmp_path / "recommendations" / f"as_of={D2}").exists()
+    assert not manifest_path(tmp_path, D2).exists()
