@@ -31,12 +31,17 @@ def period_days(freq: Frequency) -> float:
     return days[freq]
 
 
+#: Joins sku_id and location_id into the internal series key. The ASCII unit separator, not a printable
+#: character: with "@", SKU "A@1" without a location and SKU "A" at location "1" would be one series.
+KEY_SEPARATOR = "\x1f"
+
+
 def _unique_id(sku_col: str = "sku_id", location_col: str = "location_id") -> pl.Expr:
-    """`sku_id` when the location is null, else `sku_id@location_id`."""
+    """`sku_id` when the location is null, else `sku_id`, KEY_SEPARATOR, `location_id`."""
     return (
         pl.when(pl.col(location_col).is_null())
         .then(pl.col(sku_col))
-        .otherwise(pl.concat_str([pl.col(sku_col), pl.lit("@"), pl.col(location_col)]))
+        .otherwise(pl.concat_str([pl.col(sku_col), pl.lit(KEY_SEPARATOR), pl.col(location_col)]))
         .cast(pl.String)
     )
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from features.calendar import period_days
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 Frequency = Literal["D", "W", "M"]
@@ -58,7 +60,9 @@ class InputConfig(_Strict):
     sales_columns: SalesColumns = SalesColumns()
     sku_master_columns: SkuMasterColumns = SkuMasterColumns()
     date_format: str | None = Field(None, description="strftime format of dates in CSV files; null tries ISO (YYYY-MM-DD).")
-    max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales rows is quarantined.")
+    max_quarantine_share: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales (or SKU master) rows is quarantined."
+    )
 
 
 class SbcConfig(_Strict):
@@ -128,7 +132,9 @@ class BacktestConfig(_Strict):
     min_windows: int = Field(2, ge=1, description="Fewer possible windows than this: sigma from one-step in-sample error x sqrt(L).")
     step_periods: int | None = Field(None, ge=1, description="Periods between window origins; null: half the horizon (overlapping).")
     refit: bool = Field(False, description="Refit the models at every window (slower) or only at the first.")
-    min_train_periods: int = Field(28, ge=4, description="Periods of history needed before the first window.")
+    min_train_periods: int | None = Field(
+        None, ge=4, description="Periods of history needed before the first window; null: 28 (D), 13 (W), 12 (M)."
+    )
     max_horizon_periods: int = Field(120, ge=1, description="Cap on the backtest/forecast horizon.")
     horizon_buckets: list[int] = Field(
         [1, 2, 3, 4, 6, 8, 13, 26, 52, 91, 120],
@@ -229,7 +235,11 @@ class BuffercastConfig(_Strict):
     @property
     def period_days(self) -> float:
         """Days in one period: the unit lead times are converted with."""
-        return {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0}[self.frequency]
+        return period_days(self.frequency)
+
+    @property
+    def min_train_periods(self) -> int:
+        return self.backtest.min_train_periods or {"D": 28, "W": 13, "M": 12}[self.frequency]
 
     @property
     def season_length(self) -> int:
@@ -288,18 +298,41 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid config ({source}): " + "; ".join(parts)
 
 
+#: Config keys holding a local path (or a URL, left alone).
+_PATH_KEYS = (("input", "sales"), ("input", "sku_master"), ("output", "folder"), ("tracking", "artifact_location"))
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative local paths (and a relative `sqlite:///` tracking URI) made absolute against `base`.
+
+    So a path means the same whichever folder the command runs from: in configs/default.yaml it is relative
+    to the repository root, in a user's config file to that file's folder, on the command line to the
+    working directory.
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, key in _PATH_KEYS:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            out[section][key] = str(base / value)
+    uri = out.get("tracking", {}).get("uri") if isinstance(out.get("tracking"), dict) else None
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        out["tracking"]["uri"] = f"sqlite:///{base / uri.removeprefix('sqlite:///')}"
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BuffercastConfig:
     """Default YAML <- user YAML <- overrides (nested dicts), validated once.
 
-    Raises ConfigError with a message naming the bad or unknown key.
+    Relative paths are anchored where they were written (see `_anchor_paths`). Raises ConfigError with a
+    message naming the bad or unknown key.
     """
-    data = _read_yaml(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else {}
+    data = _anchor_paths(_read_yaml(DEFAULT_CONFIG_PATH), DEFAULT_CONFIG_PATH.parent.parent) if DEFAULT_CONFIG_PATH.exists() else {}
     sources = [str(DEFAULT_CONFIG_PATH)]
     if path is not None and Path(path).resolve() != DEFAULT_CONFIG_PATH:
-        data = _deep_merge(data, _read_yaml(Path(path)))
+        data = _deep_merge(data, _anchor_paths(_read_yaml(Path(path)), Path(path).resolve().parent))
         sources.append(str(path))
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = _deep_merge(data, _anchor_paths(overrides, Path.cwd()))
         sources.append("command-line flags")
     try:
         return BuffercastConfig.model_validate(data)

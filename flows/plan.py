@@ -67,7 +67,11 @@ def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.Data
         date_format=cfg.input.date_format,
         max_quarantine_share=cfg.input.max_quarantine_share,
     )
-    master = validate_sku_master(raw_master, cfg.input.sku_master_columns) if raw_master is not None else None
+    master = (
+        validate_sku_master(raw_master, cfg.input.sku_master_columns, max_quarantine_share=cfg.input.max_quarantine_share)
+        if raw_master is not None
+        else None
+    )
     logger = get_run_logger()
     logger.info("sales: %d rows read, %s", sales.rows_in, quarantine_summary(sales.quarantine))
     if master is not None:
@@ -76,12 +80,26 @@ def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.Data
 
 
 @task(cache_policy=NO_CACHE)
-def profile(cfg: BuffercastConfig, sales: pl.DataFrame, as_of: dt.date) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Demand panel (explicit zeros), series keys and the SBC profile per series."""
+def profile(
+    cfg: BuffercastConfig, sales: pl.DataFrame, as_of: dt.date
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Demand panel (explicit zeros), keys of the planned series, their SBC profile, and the series left out.
+
+    A series is left out when it has no positive sale up to the last complete period (only zero quantities,
+    or a first sale inside a week or month the as-of date cuts short): there is no demand to plan from.
+    """
     panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start)
-    keys = series_keys(sales).join(panel.select("unique_id").unique(), on="unique_id", how="semi")
+    all_keys = series_keys(sales)
+    keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
     prof = demand_profile(panel, adi_cutoff=cfg.sbc.adi_cutoff, cv2_cutoff=cfg.sbc.cv2_cutoff, min_periods=cfg.sbc.min_periods)
-    return panel, keys, prof
+    left_out = all_keys.join(keys, on="unique_id", how="anti")
+    if left_out.height:
+        get_run_logger().warning(
+            "%d series have no positive sale up to the last complete period and are not planned, e.g. %s",
+            left_out.height,
+            ", ".join(left_out["sku_id"].head(5)),
+        )
+    return panel, keys, prof, left_out
 
 
 @task(cache_policy=NO_CACHE)
@@ -92,7 +110,7 @@ def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -
         min_windows=cfg.backtest.min_windows,
         step_periods=cfg.backtest.step_periods,
         refit=cfg.backtest.refit,
-        min_train_periods=cfg.backtest.min_train_periods,
+        min_train_periods=cfg.min_train_periods,
         max_horizon_periods=cfg.backtest.max_horizon_periods,
         horizon_buckets=cfg.backtest.horizon_buckets,
         selection_metric=cfg.backtest.selection_metric,
@@ -212,7 +230,11 @@ def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
 
 
 def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int]) -> dict[str, float]:
-    metrics: dict[str, float] = {"skus": summary["skus"], **{f"rows_{k}": v for k, v in n_rows.items()}}
+    metrics: dict[str, float] = {
+        "skus": summary["skus"],
+        "series_not_planned": summary["series_not_planned"],
+        **{f"rows_{k}": v for k, v in n_rows.items()},
+    }
     for group in ("demand_class", "volatility_class", "policy", "abc_class"):
         metrics |= {f"skus_{group}_{k}": v for k, v in summary[group].items()}
     metrics["safety_stock_value_total"] = summary["safety_stock_value"]
@@ -240,7 +262,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()
 
-    panel, keys, prof = profile(cfg, sales, as_of)
+    panel, keys, prof, left_out = profile(cfg, sales, as_of)
     master = inputs.master.valid if inputs.master else None
     defaults = SkuDefaults(**cfg.defaults.model_dump())
     attrs = sku_attributes(keys, master, defaults)
@@ -273,7 +295,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             "sku_master_in": inputs.master.rows_in if inputs.master else 0,
             "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
         }
-        summary = run_summary(recs)
+        summary = run_summary(recs) | {"series_not_planned": left_out.height}
         manifest = {
             "run_id": run_id,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -281,6 +303,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             "config_hash": cfg.fingerprint(),
             "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
             "input_rows": n_rows,
+            "series_not_planned": left_out.select("sku_id", "location_id").head(100).to_dicts(),
             "last_date_in_data": last_date.isoformat(),
             "frequency": cfg.frequency,
             "mlflow_run_id": mlflow_run_id,

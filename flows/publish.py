@@ -66,22 +66,39 @@ def publish_tables(
         }
         (stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
         # Swap: every staged partition replaces its predecessor with a rename (atomic on one filesystem).
-        (stage / "old").mkdir()
-        for name in tables:
-            target = partition_dir(root, name, as_of)
-            _mkdir_public(target.parent)
-            if target.exists():
-                target.rename(stage / "old" / name)
-            (stage / "new" / name / target.name).rename(target)
-        final_manifest = manifest_path(root, as_of)
-        _mkdir_public(final_manifest.parent)
-        os.replace(stage / "manifest.json", final_manifest)
+        _swap_into_place(root, as_of, list(tables), stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         staging_root = root / STAGING
         if staging_root.exists() and not any(staging_root.iterdir()):
             staging_root.rmdir()
     return written
+
+
+def _swap_into_place(root: Path, as_of: dt.date, names: list[str], stage: Path) -> None:
+    """Rename every staged partition into place, then the manifest; on any failure, put the old ones back."""
+    (stage / "old").mkdir()
+    swapped: list[tuple[Path, Path | None]] = []  # (target, where its predecessor was parked)
+    try:
+        for name in names:
+            target = partition_dir(root, name, as_of)
+            _mkdir_public(target.parent)
+            parked = None
+            if target.exists():
+                parked = stage / "old" / name
+                target.rename(parked)
+            swapped.append((target, parked))
+            (stage / "new" / name / target.name).rename(target)
+        final_manifest = manifest_path(root, as_of)
+        _mkdir_public(final_manifest.parent)
+        os.replace(stage / "manifest.json", final_manifest)
+    except BaseException:
+        for target, parked in reversed(swapped):
+            if target.exists():
+                shutil.rmtree(target)
+            if parked is not None:
+                parked.rename(target)
+        raise
 
 
 def read_table(root: str | Path, table: str, as_of: dt.date | None = None) -> pl.DataFrame:

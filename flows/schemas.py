@@ -143,14 +143,23 @@ def validate_sales(
         *table.provenance(),
     )
     result = _split(table, parsed, sales_schema(today), _unparseable(table, parsed, ("date", "quantity")))
-    result = Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in)
-    if result.rows_in and result.quarantine.height / result.rows_in > max_quarantine_share:
-        raise InputError(_too_many_message(result, max_quarantine_share, source))
+    return _within_share(Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in), max_quarantine_share, source)
+
+
+def _within_share(result: Validated, max_share: float, source: str) -> Validated:
+    """Raise InputError when more than `max_share` of the rows were quarantined."""
+    if result.rows_in and result.quarantine.height / result.rows_in > max_share:
+        raise InputError(_too_many_message(result, max_share, source))
     return result
 
 
-def validate_sku_master(raw: pl.DataFrame, cols: SkuMasterColumns, *, source: str = "SKU master") -> Validated:
-    """Canonical SKU master rows and quarantine; absent optional columns become nulls (`critical`: False)."""
+def validate_sku_master(
+    raw: pl.DataFrame, cols: SkuMasterColumns, *, max_quarantine_share: float = 1.0, source: str = "SKU master"
+) -> Validated:
+    """Canonical SKU master rows and quarantine; absent optional columns become nulls (`critical`: False).
+
+    Raises InputError for a missing column, or when the quarantined share passes `max_quarantine_share`.
+    """
     table = _RawTable.of(raw, cols, required=("sku_id", "unit_cost", "lead_time_days"), key="input.sku_master_columns", source=source)
     parsed = raw.select(
         table.text("sku_id"),
@@ -163,7 +172,8 @@ def validate_sku_master(raw: pl.DataFrame, cols: SkuMasterColumns, *, source: st
         *table.provenance(),
     )
     unparseable = _unparseable(table, parsed, ("unit_cost", "lead_time_days", "lead_time_std_days", "critical", "pack_size"))
-    return _split(table, parsed.with_columns(pl.col("critical").fill_null(False)), SKU_MASTER_SCHEMA, unparseable)
+    result = _split(table, parsed.with_columns(pl.col("critical").fill_null(False)), SKU_MASTER_SCHEMA, unparseable)
+    return _within_share(result, max_quarantine_share, source)
 
 
 def quarantine_summary(q: pl.DataFrame) -> str:

@@ -45,7 +45,7 @@ def read_table(location: str, *, what: str) -> pl.DataFrame:
         fs, root = url_to_fs(location)
         is_dir = fs.isdir(root)
         exists = is_dir or fs.exists(root)
-    except (OSError, ValueError, ImportError) as exc:
+    except (ValueError, ImportError) as exc:  # an unknown protocol or a missing fsspec driver; OSError is retried
         raise InputError(f"{what} location '{location}' cannot be opened: {_short(exc)}") from None
     if not exists:
         raise InputError(f"{what} file '{location}' not found{_config_hint(what)}")

@@ -68,10 +68,6 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
-
     def log_table(self, name: str, frame: pl.DataFrame, artifact_path: str = "tables") -> None:
         """A table as a Parquet artifact `<artifact_path>/<name>.parquet`."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +76,13 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_figure(self, figure: Any, file_name: str) -> None:
-        self.client.log_figure(self.run_id, figure, file_name)
+        """Log a matplotlib figure as an image artifact, then release it (pyplot keeps every open figure)."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, file_name)
+        finally:
+            plt.close(figure)
 
     def finish(self, ok: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)

@@ -159,10 +159,14 @@ def _cross_validate(
 
 
 def _run_group(
-    panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings
+    panel: pl.DataFrame, members: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The backtest (one statsforecast call, two when refit=False) and the forecast (one call) of a group of SKUs."""
-    n_jobs = s.n_jobs if panel[ID].n_unique() >= MIN_SERIES_FOR_PROCESSES else 1
+    """The backtest (one statsforecast call, two when refit=False) and the forecast (one call) of a group of SKUs.
+
+    Returns the backtest (long, lead-time steps only), the per-window metrics (or, without a backtest, the
+    one-step in-sample RMSE per model), the fallback flags and the forecasts (long).
+    """
+    n_jobs = s.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
     empty = pl.DataFrame()
     if row["backtested"]:
         if s.refit:
@@ -179,7 +183,14 @@ def _run_group(
             for other, _ in parts[1:]:
                 cv = cv.join(other, on=[ID, DS, "cutoff", Y], how="inner")
             flags = pl.concat([f for _, f in parts])
-            cv = cv.sort(ID, "cutoff", DS)  # the join leaves rows in arbitrary order; float means depend on it
+        # The bucket may be longer than the lead time: the models are scored on the lead-time steps only
+        # (DOMAIN.md: the backtest horizon is the lead time). Sorted: float means depend on the row order.
+        cv = (
+            cv.join(members.select(ID, "lead_time_periods"), on=ID, how="left")
+            .filter(pl.col(DS).rank("ordinal").over(ID, "cutoff") <= pl.col("lead_time_periods").ceil().clip(1, None))
+            .drop("lead_time_periods")
+            .sort(ID, "cutoff", DS)
+        )
         metrics = _window_metrics(cv, panel, models, s.spec.season_length)
         cv_long = _long(cv, [ID, DS, "cutoff", Y], models, "forecast")
     else:
@@ -189,11 +200,14 @@ def _run_group(
     fc = sf.forecast(h=int(row["bucket"]), df=panel, fitted=not row["backtested"])
     fc_long = _long(fc.drop(FALLBACK_ALIAS), [ID, DS], models, "forecast")
     if not row["backtested"]:
-        # DOMAIN.md: without a backtest, sigma_e is the one-step (in-sample) RMSE.
+        # DOMAIN.md: without a backtest, sigma_e is the one-step (in-sample) RMSE; periods a model cannot fit
+        # in-sample (Naive's first, SeasonalNaive's first season) are left out.
         fitted = sf.forecast_fitted_values().drop(FALLBACK_ALIAS)
         metrics = (
             _long(fitted, [ID, DS, Y], models, "fitted")
-            .group_by(ID, "model")
+            .filter(pl.col("fitted").is_not_null() & pl.col("fitted").is_not_nan())
+            .sort(ID, "model", DS)
+            .group_by(ID, "model", maintain_order=True)
             .agg(one_step_rmse=in_row_order((pl.col("fitted") - pl.col(Y)) ** 2).list.mean().sqrt())
         )
     return cv_long, metrics, flags, fc_long
@@ -231,15 +245,21 @@ def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame) -> pl.Dat
     return per_model.join(lead, on=[ID, "model"], how="left")
 
 
-def select_models(metrics: pl.DataFrame, model_order: Mapping[str, int], metric: str) -> pl.DataFrame:
-    """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the config's model order, then name.
+def select_models(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], metric: str) -> pl.DataFrame:
+    """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the order of the SKU's own model
+    set in the config, then by name.
 
-    A model that fell back or left forecasts missing (e.g. a seasonal model on less than a season of history)
-    is not a candidate unless nothing else is left.
+    `metrics` needs unique_id, model_set, model, `metric`, fell_back and missing_forecasts. A model that fell
+    back or left forecasts missing (e.g. a seasonal model on less than a season of history) is not a candidate
+    unless nothing else is left.
     """
+    order = pl.DataFrame(
+        [{"model_set": k, "model": m, "_order": i} for k, ms in model_sets.items() for i, m in enumerate(ms)],
+        schema={"model_set": pl.String, "model": pl.String, "_order": pl.Int64},
+    )
     ranked = (
-        metrics.with_columns(
-            _order=pl.col("model").replace_strict(model_order, default=len(model_order), return_dtype=pl.Int64),
+        metrics.join(order, on=["model_set", "model"], how="left")
+        .with_columns(
             _score=pl.col(metric).fill_nan(None),
             _excluded=pl.col("fell_back") | pl.col("missing_forecasts"),
         )
@@ -247,7 +267,7 @@ def select_models(metrics: pl.DataFrame, model_order: Mapping[str, int], metric:
         .with_columns(_rank=pl.int_range(pl.len()).over(ID))
     )
     best = ranked.filter(pl.col("_rank") == 0).drop("_order", "_score", "_excluded", "_rank")
-    runner_up = ranked.filter(pl.col("_rank") == 1).select(ID, runner_up_model=pl.col("model"), runner_up_score=pl.col("_score"))
+    runner_up = ranked.filter(pl.col("_rank") == 1).select(ID, runner_up_model=pl.col("model"))
     return best.join(runner_up, on=ID, how="left")
 
 
@@ -269,7 +289,7 @@ def backtest_and_forecast(
         row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(members["backtested"][0])}
         models = list(model_sets[row["model_set"]])
         group_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-        cv, metrics, flags, fc = _run_group(group_panel, row, models, s)
+        cv, metrics, flags, fc = _run_group(group_panel, members, row, models, s)
         fcs.append(fc)
         if row["backtested"]:
             cvs.append(cv)
@@ -282,28 +302,34 @@ def backtest_and_forecast(
     cv_all = cv_all.join(plan.select(ID, "lead_time_periods"), on=ID, how="left").with_columns(
         step=pl.col(DS).rank("ordinal").over(ID, "cutoff", "model").cast(pl.Int64)
     )
-    metrics = _aggregate_metrics(_concat(metric_frames), cv_all) if metric_frames else _empty_metrics()
-    metrics = metrics.join(_concat(flag_frames), on=[ID, "model"], how="left") if flag_frames else metrics
     forecasts = _concat(fcs).with_columns(step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64))
     missing = (
         pl.concat([cv_all.select(ID, "model", "forecast"), forecasts.select(ID, "model", "forecast")])
         .group_by(ID, "model")
         .agg(missing_forecasts=pl.col("forecast").is_null().any() | pl.col("forecast").is_nan().any())
     )
-    metrics = (
-        metrics.join(missing, on=[ID, "model"], how="left")
-        .with_columns(pl.col("fell_back", "missing_forecasts").fill_null(False), pl.selectors.float().fill_nan(None))
-        .sort(ID, "model")
-    )
 
-    model_order = {m: i for ms in model_sets.values() for i, m in enumerate(ms)}
-    chosen = select_models(metrics, model_order, s.selection_metric) if metrics.height else _empty_selection(metrics)
-    one_step = (
-        _concat(one_steps).group_by(ID).agg(pl.col("model").first(), pl.col("one_step_rmse").first())
-        if one_steps
-        else pl.DataFrame(schema={ID: pl.String, "model": pl.String, "one_step_rmse": pl.Float64})
+    def flagged(frame: pl.DataFrame) -> pl.DataFrame:
+        return (
+            frame.join(missing, on=[ID, "model"], how="left")
+            .with_columns(pl.col("fell_back", "missing_forecasts").fill_null(False), pl.selectors.float().fill_nan(None))
+            .sort(ID, "model")
+        )
+
+    metrics = _aggregate_metrics(_concat(metric_frames), cv_all) if metric_frames else _empty_metrics()
+    metrics = flagged(metrics.join(_concat(flag_frames), on=[ID, "model"], how="left") if flag_frames else metrics)
+    one_step = flagged(
+        _concat(one_steps, {ID: pl.String, "model": pl.String, "one_step_rmse": pl.Float64}).with_columns(fell_back=pl.lit(False))
     )
-    selected = pl.concat([chosen.select(ID, "model"), one_step.select(ID, "model")])
+    sets = plan.select(ID, "model_set")
+    chosen = pl.concat(
+        [
+            select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric).drop("model_set"),
+            select_models(one_step.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set"),
+        ],
+        how="diagonal_relaxed",
+    )
+    selected = chosen.select(ID, "model")
     future = (
         forecasts.join(selected, on=[ID, "model"], how="semi")
         .join(plan.select(ID, "horizon", "lead_time_periods"), on=ID)
@@ -315,12 +341,7 @@ def backtest_and_forecast(
         mean_demand_per_period=in_row_order(w * pl.col("forecast")).list.sum() / in_row_order(w).list.sum(),
         lead_time_periods=pl.col("lead_time_periods").first(),
     )
-    selection = (
-        plan.select(ID, "model_set", "horizon", "windows", "backtested")
-        .join(selected, on=ID, how="left")
-        .join(chosen.drop("model"), on=ID, how="left")
-        .join(one_step.drop("model"), on=ID, how="left")
-    )
+    selection = plan.select(ID, "model_set", "horizon", "windows", "backtested").join(chosen, on=ID, how="left")
     selection = selection.join(demand, on=ID, how="left").with_columns(
         lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
         sigma_lead_time_demand=pl.when(pl.col("backtested"))
@@ -372,9 +393,3 @@ def _empty_metrics() -> pl.DataFrame:
             "rmsse": pl.Float64, "n_windows": pl.Int64, "lead_time_rmse": pl.Float64, "lead_time_bias": pl.Float64, "fell_back": pl.Boolean,
         }
     )  # fmt: skip
-
-
-def _empty_selection(metrics: pl.DataFrame) -> pl.DataFrame:
-    return metrics.with_columns(runner_up_model=pl.lit(None, pl.String), runner_up_score=pl.lit(None, pl.Float64))
-
-

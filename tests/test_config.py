@@ -10,8 +10,14 @@ from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, loa
 
 
 def test_default_yaml_is_the_schema_defaults():
-    """configs/default.yaml spells out the defaults; only the process count differs from the schema's."""
-    assert load_config().model_copy(update={"backtest": BuffercastConfig().backtest}) == BuffercastConfig()
+    """configs/default.yaml spells out the defaults; only the process count and the anchored paths differ."""
+    ours, schema = load_config().model_dump(), BuffercastConfig().model_dump()
+    for dump in (ours, schema):
+        dump["backtest"].pop("n_jobs")
+        for section, key in (("input", "sales"), ("input", "sku_master"), ("output", "folder"), ("tracking", "uri")):
+            dump[section].pop(key)
+        dump["tracking"].pop("artifact_location")
+    assert ours == schema
     cfg = load_config()
     assert cfg.frequency == "D" and cfg.sbc.adi_cutoff == 1.32 and cfg.sbc.cv2_cutoff == 0.49
     assert cfg.volatility.variable_from == 0.5 and cfg.volatility.erratic_from == 1.0
@@ -19,15 +25,16 @@ def test_default_yaml_is_the_schema_defaults():
     assert DEFAULT_CONFIG_PATH.exists()
 
 
-def test_user_yaml_and_flags_override_deeply(tmp_path):
+def test_user_yaml_and_flags_override_deeply(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     user = tmp_path / "site.yaml"
     user.write_text("name: site-7\nfrequency: W\nsbc:\n  adi_cutoff: 1.5\nservice_levels:\n  critical: {A: 0.995, B: 0.99, C: 0.98}\n")
     cfg = load_config(user, {"as_of": "2026-03-01", "input": {"sales": "x.csv"}})
     assert cfg.name == "site-7" and cfg.frequency == "W" and cfg.period_days == 7.0 and cfg.season_length == 52
     assert cfg.sbc.adi_cutoff == 1.5 and cfg.sbc.cv2_cutoff == 0.49  # untouched sibling kept
     assert cfg.service_levels.critical["A"] == 0.995
-    assert cfg.as_of == dt.date(2026, 3, 1) and cfg.input.sales == "x.csv"
-    assert cfg.input.sku_master == "data/sample/sku_master.parquet"
+    assert cfg.as_of == dt.date(2026, 3, 1) and cfg.input.sales == str(tmp_path / "x.csv")
+    assert cfg.input.sku_master == str(DEFAULT_CONFIG_PATH.parent.parent / "data/sample/sku_master.parquet")
 
 
 @pytest.mark.parametrize(
@@ -76,3 +83,20 @@ def test_flat_params_and_fingerprint_are_stable():
     flat = a.flat()
     assert flat["sbc.adi_cutoff"] == 1.32 and flat["service_levels.critical.A"] == 0.99
     assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_relative_paths_are_anchored_where_they_were_written(tmp_path, monkeypatch):
+    root = DEFAULT_CONFIG_PATH.parent.parent
+    monkeypatch.chdir(tmp_path)  # the command runs from elsewhere: defaults still point into the repository
+    cfg = load_config()
+    assert cfg.input.sales == str(root / "data/sample/sales.parquet")
+    assert cfg.output.folder == str(root / "outputs")
+    assert cfg.tracking.uri == f"sqlite:///{root / 'mlflow.db'}"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.yaml").write_text("input: {sales: sales/, sku_master: s3://bucket/items.parquet}\ntracking: {uri: 'sqlite:///runs.db'}\n")
+    cfg = load_config(site / "site.yaml", {"output": {"folder": "out"}})
+    assert cfg.input.sales == str(site / "sales")  # from the config file's folder
+    assert cfg.input.sku_master == "s3://bucket/items.parquet"  # URLs untouched
+    assert cfg.tracking.uri == f"sqlite:///{site / 'runs.db'}"
+    assert cfg.output.folder == str(tmp_path / "out")  # flags: from the working directory

@@ -40,7 +40,7 @@ def test_series_keys_location_in_key_only_when_present():
         ]
     )
     expected = pl.DataFrame(
-        {"unique_id": ["S1", "S1@L1", "S2"], "sku_id": ["S1", "S1", "S2"], "location_id": [None, "L1", None]},
+        {"unique_id": ["S1", "S1\x1fL1", "S2"], "sku_id": ["S1", "S1", "S2"], "location_id": [None, "L1", None]},
         schema={"unique_id": pl.String, "sku_id": pl.String, "location_id": pl.String},
     )
     assert_frame_equal(series_keys(sales), expected)
@@ -99,7 +99,7 @@ def test_series_without_nonzero_sale_up_to_as_of_has_no_rows():
         ]
     )
     panel = to_periods(sales, freq="D", as_of=D(2024, 1, 7))
-    assert_frame_equal(panel, panel_frame([("OK@L1", D(2024, 1, 7), 1.0)]))
+    assert_frame_equal(panel, panel_frame([("OK\x1fL1", D(2024, 1, 7), 1.0)]))
 
 
 def test_location_id_is_part_of_the_key():
@@ -111,7 +111,7 @@ def test_location_id_is_part_of_the_key():
         ]
     )
     panel = to_periods(sales, freq="D", as_of=D(2024, 1, 2))
-    expected = panel_frame([("S", D(2024, 1, 1), 1.0), ("S", D(2024, 1, 2), 0.0), ("S@L1", D(2024, 1, 2), 3.0)])
+    expected = panel_frame([("S", D(2024, 1, 1), 1.0), ("S", D(2024, 1, 2), 0.0), ("S\x1fL1", D(2024, 1, 2), 3.0)])
     assert_frame_equal(panel, expected)
 
 
@@ -242,7 +242,7 @@ def _naive_to_periods(rows, freq: str, as_of: dt.date, week_start: str) -> list[
         last, start = start, nxt
     sums: dict[str, dict[dt.date, float]] = defaultdict(lambda: defaultdict(float))
     for sku, loc, day, qty in rows:
-        uid = sku if loc is None else f"{sku}@{loc}"
+        uid = sku if loc is None else f"{sku}\x1f{loc}"
         if day <= as_of and _naive_start(day, freq, week_start) <= last:
             sums[uid][_naive_start(day, freq, week_start)] += qty
     out = []
@@ -290,3 +290,14 @@ def test_to_periods_matches_naive_loop(freq, week_start, as_of):
     expected = panel_frame(_naive_to_periods(rows, freq, as_of, week_start))
     assert panel.height > 100
     assert_frame_equal(panel, expected)
+
+
+def test_series_keys_never_collide_across_sku_and_location():
+    """SKU "A@1" with no location and SKU "A" at location "1" are two series."""
+    sales = pl.DataFrame(
+        {"sku_id": ["A@1", "A"], "location_id": [None, "1"], "date": [D(2024, 1, 1)] * 2, "quantity": [1.0, 2.0]},
+        schema_overrides={"location_id": pl.String},
+    )
+    keys = series_keys(sales)
+    assert keys.height == 2 and keys["unique_id"].n_unique() == 2
+    assert to_periods(sales, freq="D", as_of=D(2024, 1, 1))["y"].sort().to_list() == [1.0, 2.0]

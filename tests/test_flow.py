@@ -164,6 +164,7 @@ def _bad_sales_csv(path: Path) -> Path:
         {"sku": "", "store": "north", "day": "2026-06-03", "qty": "2", "line": "bad-null-sku"},
         {"sku": "B-2", "store": "south", "day": "2024-13-45", "qty": "2", "line": "bad-date"},
         {"sku": "B-2", "store": "south", "day": "2100-01-01", "qty": "2", "line": "bad-future"},
+        {"sku": "Z-9", "store": "north", "day": "2026-06-01", "qty": "0", "line": "zero-only"},  # valid, but no demand
     ]
     pl.DataFrame(rows + bad).write_csv(path)
     return path
@@ -185,8 +186,11 @@ def test_bad_input_rows_are_quarantined_and_the_run_completes(tmp_path, make_con
     )
     assert json.loads(q.filter(pl.col("check") == "duplicate_line_id")["raw_values"][0])["line"] == "A-1-north-0"
     rows = result["input_rows"]
-    assert rows["sales_in"] == 4 * 120 + 5 == rows["sales_used"] + rows["sales_quarantined"]
+    assert rows["sales_in"] == 4 * 120 + 6 == rows["sales_used"] + rows["sales_quarantined"]
     assert rows["sales_quarantined"] == 5
+    # A SKU whose only rows are zeros has no demand to plan from: counted and named, not silently dropped.
+    assert result["series_not_planned"] == 1
+    assert read_manifest(cfg.output.folder, AS_OF)["series_not_planned"] == [{"sku_id": "Z-9", "location_id": "north"}]
     # The location is part of the series key: one recommendation per SKU and location, master defaults used.
     recs = read_table(cfg.output.folder, "recommendations", AS_OF)
     assert recs.select("sku_id", "location_id").sort("sku_id", "location_id").rows() == [
@@ -240,10 +244,20 @@ def test_cli_run_prints_the_summary(tmp_path, small_catalogue):
     assert res.exit_code == 0, res.output
     for words in ("SKUs planned as of", "demand class", "volatility class", "policy", "safety stock value", "make ui"):
         assert words in res.output
-    # Weekly buckets: the as-of date is the last day of the last complete week, forecasts are weekly.
     manifest_line = next(line for line in res.output.splitlines() if "manifest" in line)
     manifest = json.loads(Path(manifest_line.split()[-1]).read_text())
     assert manifest["frequency"] == "W"
+    # Weekly buckets: Monday weeks; the as-of date (a Tuesday) cuts its week short, so the plan starts with that week.
+    out = tmp_path / "out"
+    fc = read_table(out, "forecasts", AS_OF)
+    assert fc["date"].dt.weekday().unique().to_list() == [1]
+    assert fc["date"].min() == AS_OF - dt.timedelta(days=AS_OF.weekday())
+    recs = read_table(out, "recommendations", AS_OF)
+    # Lead times are converted to weeks, and the horizon covers lead time + one week of review, in whole weeks.
+    assert (recs["lead_time_periods"] - recs["lead_time_days"] / 7.0).abs().max() < 1e-12
+    steps = fc.group_by("sku_id").agg(pl.len()).join(recs.select("sku_id", "lead_time_days"), on="sku_id")
+    assert (steps["len"] == ((steps["lead_time_days"] + 7.0) / 7.0).ceil()).all()
+    assert recs.filter(pl.col("backtest_windows") > 0).height >= 0.8 * recs.height
 
 
 def test_cli_as_a_user_runs_it_bad_input_is_one_line_without_traceback(tmp_path):

@@ -159,20 +159,27 @@ def test_every_model_set_survives_awkward_series(y, demand_class):
     assert row["lead_time_demand"] is not None and row["lead_time_demand"] >= 0
 
 
-def test_selection_ties_break_by_config_order_and_skip_fallbacks():
+def test_selection_ties_break_by_the_sku_own_model_set_order_and_skip_fallbacks():
     metrics = pl.DataFrame(
         {
-            "unique_id": ["a", "a", "a", "b", "b"],
-            "model": ["SeasonalNaive", "AutoETS", "HistoricAverage", "AutoETS", "HistoricAverage"],
-            "mase": [0.5, 0.5, 0.9, 0.1, 0.4],
-            "fell_back": [False, False, False, True, False],
-            "missing_forecasts": [False] * 5,
+            "unique_id": ["a", "a", "a", "b", "b", "c", "c"],
+            "model_set": ["smooth"] * 5 + ["intermittent"] * 2,
+            "model": ["SeasonalNaive", "AutoETS", "HistoricAverage", "AutoETS", "HistoricAverage", "HistoricAverage", "TSB"],
+            "mase": [0.5, 0.5, 0.9, 0.1, 0.4, 0.7, 0.7],
+            "fell_back": [False, False, False, True, False, False, False],
+            "missing_forecasts": [False] * 7,
         }
     )
-    order = {"AutoETS": 0, "SeasonalNaive": 1, "HistoricAverage": 2}
-    sel = select_models(metrics, order, "mase").rows_by_key("unique_id", named=True, unique=True)
+    sets = {"smooth": ["AutoETS", "SeasonalNaive", "HistoricAverage"], "intermittent": ["TSB", "HistoricAverage"],
+            "insufficient_history": ["HistoricAverage"]}  # fmt: skip
+    sel = select_models(metrics, sets, "mase").rows_by_key("unique_id", named=True, unique=True)
     assert sel["a"]["model"] == "AutoETS" and sel["a"]["runner_up_model"] == "SeasonalNaive"
     assert sel["b"]["model"] == "HistoricAverage"  # AutoETS fell back: its score is the fallback's
+    # A tie is broken by the SKU's own set (TSB first), not by another set's order (HistoricAverage first there).
+    assert sel["c"]["model"] == "TSB"
+    # A model with missing forecasts is not chosen however good its score.
+    missing = metrics.with_columns(missing_forecasts=pl.col("model") == "AutoETS")
+    assert select_models(missing, sets, "mase").filter(pl.col("unique_id") == "a")["model"].item() == "SeasonalNaive"
 
 
 def test_fallback_flags_find_outputs_equal_to_the_fallback():
@@ -214,3 +221,21 @@ def test_same_input_same_output_to_the_last_bit():
         again = backtest_and_forecast(panel, attrs, MODEL_SETS, s)
         for name in ("cv", "metrics", "selection", "forecasts"):
             assert getattr(again, name).equals(getattr(first, name)), name
+
+
+def test_not_backtested_skus_pick_the_best_one_step_model_every_time():
+    """Short series, a set of models with undefined in-sample fits (Naive's first period, SeasonalNaive's first week)."""
+    sets = {**MODEL_SETS, "insufficient_history": ["HistoricAverage", "Naive", "WindowAverage", "SeasonalNaive"]}
+    rng = np.random.default_rng(2)
+    panel = pl.concat([series(f"n{i}", rng.poisson(3 + i, 20)) for i in range(6)] + [series("trend", np.arange(1.0, 21.0))])
+    uids = panel["unique_id"].unique().to_list()
+    attrs = attrs_for(panel, dict.fromkeys(uids, "insufficient_history"), dict.fromkeys(uids, 3.0))
+    first = backtest_and_forecast(panel, attrs, sets, SETTINGS)
+    sel = first.selection
+    assert sel["sigma_lead_time_demand"].is_finite().all() and sel["sigma_lead_time_demand"].null_count() == 0
+    assert (sel["sigma_method"] == "one_step_rmse_x_sqrt_lead_time").all()
+    # A steady trend is followed best by Naive (one-step error 1), not by the mean.
+    trend = sel.filter(pl.col("unique_id") == "trend").row(0, named=True)
+    assert trend["model"] == "Naive" and trend["one_step_rmse"] == pytest.approx(1.0)
+    for _ in range(3):
+        assert backtest_and_forecast(panel, attrs, sets, SETTINGS).selection.equals(sel)

@@ -61,3 +61,23 @@ def test_a_failed_publish_leaves_the_previous_outputs_untouched(tmp_path):
         publish_tables(tmp_path, D2, "r3", broken, {"run_id": "r3"})
     assert not (tmp_path / "recommendations" / f"as_of={D2}").exists()
     assert not manifest_path(tmp_path, D2).exists()
+
+
+@pytest.mark.parametrize("blocked", ["forecasts", "manifests"])
+def test_a_fault_during_the_swap_rolls_every_table_back(tmp_path, blocked):
+    """A real fault half-way through the renames: a file squats where a table's (or the manifest's) folder goes."""
+    first = {"recommendations": tables(D1, 1)["recommendations"]}
+    publish_tables(tmp_path, D1, "r1", first, {"run_id": "r1"})
+    before = read_table(tmp_path, "recommendations", D1)
+    manifest_before = manifest_path(tmp_path, D1).read_text()
+    if blocked == "manifests":
+        manifest_path(tmp_path, D1).parent.parent.rename(tmp_path / "manifests-saved")
+    (tmp_path / blocked).write_text("in the way")
+    with pytest.raises(OSError):
+        publish_tables(tmp_path, D1, "r2", tables(D1, 7), {"run_id": "r2"})
+    assert read_table(tmp_path, "recommendations", D1).equals(before)  # the first table's swap was undone
+    assert not (tmp_path / "_staging").exists()
+    if blocked == "manifests":
+        (tmp_path / "manifests").unlink()
+        (tmp_path / "manifests-saved").rename(tmp_path / "manifests")
+    assert manifest_path(tmp_path, D1).read_text() == manifest_before

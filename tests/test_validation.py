@@ -234,3 +234,10 @@ def test_sku_master_missing_lead_time_is_a_table_error(tmp_path: Path) -> None:
     message = _input_error(validate_sku_master, raw, SkuMasterColumns())
     assert message.startswith(f"SKU master file '{tmp_path / 'master.csv'}': missing column 'lead_time_days'")
     assert "input.sku_master_columns.lead_time_days" in message
+
+
+def test_sku_master_with_too_many_bad_rows_fails_the_run(tmp_path: Path) -> None:
+    raw = _csv(tmp_path, MASTER, name="master.csv")  # 5 of 8 rows are bad
+    message = _input_error(validate_sku_master, raw, SkuMasterColumns(), max_quarantine_share=0.5)
+    assert "master.csv" in message and "unit_cost_positive 1" in message and "input.max_quarantine_share" in message
+    assert validate_sku_master(raw, SkuMasterColumns(), max_quarantine_share=0.7).quarantine.height == 5
