@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from buffers.recommend import BufferSettings, recommend
-from forecasting.backtest import ForecastResult, volatility_classes
+from features.xyz import volatility_classes
+from forecasting.backtest import ForecastResult
 
 ID = "unique_id"
 
@@ -57,9 +58,18 @@ def sku_attributes(keys: pl.DataFrame, master: pl.DataFrame | None, d: SkuDefaul
     )
 
 
-def forecast_inputs(profile: pl.DataFrame, attrs: pl.DataFrame, period_days: float, review_period_days: float) -> pl.DataFrame:
-    """What the forecasting stage needs per series: class, history length, lead time and review period in periods."""
-    return profile.select(ID, "demand_class", "n_periods").join(
+def forecast_inputs(
+    profiles: pl.DataFrame, attrs: pl.DataFrame, period_days: float, review_period_days: float, seasonal_from: float
+) -> pl.DataFrame:
+    """What the forecasting stage needs per series: class, history length, lead time and review period in periods,
+    whether to skip the backtest (new products) and whether seasonal models make sense (seasonal strength)."""
+    return profiles.select(
+        ID,
+        "demand_class",
+        "n_periods",
+        skip_backtest=pl.col("life_cycle") == "new",
+        seasonal=pl.col("seasonal_strength").fill_null(0.0) >= seasonal_from,
+    ).join(
         attrs.select(
             ID,
             lead_time_periods=pl.col("lead_time_days") / period_days,
@@ -73,33 +83,34 @@ def forecast_inputs(profile: pl.DataFrame, attrs: pl.DataFrame, period_days: flo
 #: The published `recommendations` table, schema version 1, in order (README documents each column).
 RECOMMENDATION_COLUMNS = (
     "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "service_level_target",
-    "demand_class", "adi", "cv2", "volatility_class", "error_cv", "abc_class", "annual_value", "critical",
+    "demand_class", "adi", "cv2", "volatility_class", "xyz_class", "error_cv", "abc_class", "annual_value", "critical",
+    "life_cycle", "fsn_class", "movement_frequency", "periods_since_last_sale", "trend_strength", "seasonal_strength",
+    "n_outliers", "outlier_threshold",
     "model", "runner_up_model", "mase", "rmse", "mae", "bias", "backtest_windows", "sigma_method",
     "lead_time_days", "lead_time_std_days", "lead_time_periods", "mean_demand_per_period", "lead_time_demand",
     "sigma_lead_time_demand", "sigma_total", "safety_factor_z", "unit_cost", "pack_size", "supplier_id", "in_sku_master",
     "safety_stock_value", "holding_cost_per_year", "reasons",
     "flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand",
     "flag_moderate_lead_time", "flag_variable_lead_time", "flag_variable_error", "flag_irregular_demand", "flag_no_backtest",
-    "model_fell_back", "n_periods", "n_nonzero",
+    "flag_dead", "flag_new", "model_fell_back", "n_periods", "n_nonzero",
 )  # fmt: skip
 
 
 def build_recommendations(
     *,
     as_of: dt.date,
-    profile: pl.DataFrame,
-    abc: pl.DataFrame,
+    profiles: pl.DataFrame,
     attrs: pl.DataFrame,
     fc: ForecastResult,
     settings: BufferSettings,
     variable_from: float,
     erratic_from: float,
 ) -> pl.DataFrame:
-    """One row per series: profile + ABC + chosen model and its errors + master attributes -> buffer decision."""
-    error_cv, volatility = volatility_classes(pl.col("rmse"), pl.col("mean_demand"), variable_from, erratic_from)
+    """One row per series: profile (SBC, ABC, life cycle, shape, outliers) + chosen model and its errors + master
+    attributes -> buffer decision."""
+    error_cv, volatility, xyz = volatility_classes(pl.col("rmse"), pl.col("mean_demand"), variable_from, erratic_from)
     skus = (
-        profile.join(abc.select(ID, "abc_class", "annual_value"), on=ID, how="left")
-        .join(attrs, on=ID, how="left")
+        profiles.join(attrs, on=ID, how="left")
         .join(
             fc.selection.select(
                 ID,
@@ -120,6 +131,6 @@ def build_recommendations(
             on=ID,
             how="left",
         )
-        .with_columns(error_cv=error_cv, volatility_class=volatility)
+        .with_columns(error_cv=error_cv, volatility_class=volatility, xyz_class=xyz)
     )
     return recommend(skus, settings).with_columns(as_of=pl.lit(as_of)).select(RECOMMENDATION_COLUMNS).sort("sku_id", "location_id")

@@ -33,7 +33,9 @@ HYBRID_FLAGS = (
     "flag_irregular_demand",
     "flag_no_backtest",
 )
-FLAG_COLUMNS = (*JIC_FLAGS, *HYBRID_FLAGS)
+#: Life-cycle flags: a dead, non-critical SKU gets no buffer (JIT, nothing to reorder); a new one is not backtested.
+LIFE_CYCLE_FLAGS = ("flag_dead", "flag_new")
+FLAG_COLUMNS = (*JIC_FLAGS, *HYBRID_FLAGS, *LIFE_CYCLE_FLAGS)
 
 
 def _fmt(expr: pl.Expr, digits: int = 2) -> pl.Expr:
@@ -57,13 +59,22 @@ def policy_flags(t: PolicyThresholds) -> list[pl.Expr]:
         (vol == "variable").alias("flag_variable_error"),
         cls.is_in(["erratic", "intermittent"]).alias("flag_irregular_demand"),
         ((vol == "not_backtested") | (cls == "insufficient_history")).alias("flag_no_backtest"),
+        (pl.col("life_cycle") == "dead").alias("flag_dead"),
+        (pl.col("life_cycle") == "new").alias("flag_new"),
     ]
 
 
+def no_buffer() -> pl.Expr:
+    """Dead and not critical: no buffer and nothing to reorder (a critical item keeps its buffer, flagged)."""
+    return pl.col("flag_dead") & ~pl.col("flag_critical")
+
+
 def policy_expr() -> pl.Expr:
-    """JIC if any JIC flag, else hybrid if any hybrid flag, else JIT."""
+    """JIT (no buffer) if dead and not critical, else JIC if any JIC flag, else hybrid if any hybrid flag, else JIT."""
     return (
-        pl.when(pl.any_horizontal(*JIC_FLAGS))
+        pl.when(no_buffer())
+        .then(pl.lit("JIT"))
+        .when(pl.any_horizontal(*JIC_FLAGS))
         .then(pl.lit("JIC"))
         .when(pl.any_horizontal(*HYBRID_FLAGS))
         .then(pl.lit("hybrid"))
@@ -84,13 +95,20 @@ def buffered_components() -> tuple[pl.Expr, pl.Expr]:
     return demand, lead_time
 
 
-def reasons_expr(t: PolicyThresholds) -> pl.Expr:
+def reasons_expr(t: PolicyThresholds, period_days: float) -> pl.Expr:
     """Planner-readable reasons, most decisive first, joined by '; '."""
+    since_last_sale = (pl.col("periods_since_last_sale") * period_days).round(0).cast(pl.Int64).cast(pl.String)
     lt = pl.col("lead_time_days")
     lt_cv = pl.col("lead_time_std_days").fill_null(0.0) / lt
     err = _fmt(pl.col("error_cv"))
     parts = [
+        pl.when(no_buffer()).then(
+            pl.format("dead: no sale in the last {} days (obsolescence risk): no buffer, no reorder; review for phase-out", since_last_sale)
+        ),
         pl.when("flag_critical").then(pl.lit("critical item")),
+        pl.when(pl.col("flag_dead") & pl.col("flag_critical")).then(
+            pl.format("no sale in the last {} days: buffer kept as the item is critical; review the obsolescence risk", since_last_sale)
+        ),
         pl.when("flag_long_lead_time").then(
             pl.format("long lead time ({} d >= {} d)", _fmt(lt, 1), pl.lit(f"{t.jic_min_lead_time_days:g}"))
         ),
@@ -107,8 +125,9 @@ def reasons_expr(t: PolicyThresholds) -> pl.Expr:
         pl.when("flag_irregular_demand").then(
             pl.format("{} demand pattern (ADI {}, CV2 {})", pl.col("demand_class"), _fmt(pl.col("adi")), _fmt(pl.col("cv2")))
         ),
+        pl.when("flag_new").then(pl.lit("new product: first sale too recent to backtest")),
         pl.when("flag_no_backtest").then(pl.lit("too little history to backtest: sigma from one-step error x sqrt(lead time)")),
-        pl.when(pl.col("policy") == "JIT").then(
+        pl.when((pl.col("policy") == "JIT") & ~no_buffer()).then(
             pl.format(
                 "stable demand (error CV {}), smooth pattern, short reliable lead time ({} d), not critical", err, _fmt(lt, 1)
             )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from buffers.policy import PolicyThresholds, buffered_components, policy_expr, policy_flags, reasons_expr
+from buffers.policy import PolicyThresholds, buffered_components, no_buffer, policy_expr, policy_flags, reasons_expr
 from buffers.safety_stock import round_up_units, sigma_total, z_for_cycle_service_level
 
 
@@ -27,7 +27,7 @@ REQUIRED: dict[str, pl.DataType] = {
     "volatility_class": pl.String(), "abc_class": pl.String(), "critical": pl.Boolean(), "lead_time_days": pl.Float64(),
     "lead_time_std_days": pl.Float64(), "mean_demand_per_period": pl.Float64(), "lead_time_demand": pl.Float64(),
     "sigma_lead_time_demand": pl.Float64(), "unit_cost": pl.Float64(), "pack_size": pl.Float64(), "in_sku_master": pl.Boolean(),
-    "model_fell_back": pl.Boolean(),
+    "model_fell_back": pl.Boolean(), "life_cycle": pl.String(), "periods_since_last_sale": pl.Int64(),
 }  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def recommend(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
     Safety stock = z(alpha) x sigma of the buffered variance terms, where the full
     sigma_total = sqrt(sigma_LT^2 + d^2 sigma_L^2) (DOMAIN.md) and hybrid buffers cover only
     their variable part; rounded up to whole units and pack sizes, never negative.
-    ROP = lead-time demand + safety stock, rounded up to whole units.
+    ROP = lead-time demand + safety stock, rounded up to whole units. A dead, non-critical SKU gets neither.
     """
     missing = [c for c in REQUIRED if c not in skus.columns]
     if missing:
@@ -81,13 +81,15 @@ def recommend(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
             pl.when(lead_time_part).then(pl.col("lead_time_std_periods")).otherwise(0.0),
         ),
     )
+    buffer = round_up_units(pl.col("safety_factor_z") * pl.col("sigma_buffered"), pl.col("pack_size"))
+    reorder_point = round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units"))
     return (
-        out.with_columns(safety_stock_units=round_up_units(pl.col("safety_factor_z") * pl.col("sigma_buffered"), pl.col("pack_size")))
-        .with_columns(reorder_point_units=round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units")))
+        out.with_columns(safety_stock_units=pl.when(no_buffer()).then(0.0).otherwise(buffer))
+        .with_columns(reorder_point_units=pl.when(no_buffer()).then(0.0).otherwise(reorder_point))
         .with_columns(
             safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
             holding_cost_per_year=pl.col("safety_stock_units") * pl.col("unit_cost") * s.holding_rate_per_year,
-            reasons=pl.format("{}: ", pl.col("policy")) + reasons_expr(t),
+            reasons=pl.format("{}: ", pl.col("policy")) + reasons_expr(t, s.period_days),
         )
         .drop("_matrix_level")
     )

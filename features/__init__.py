@@ -1,19 +1,16 @@
-"""Pure demand features: calendar fill, SBC demand profile, ABC value classes (polars in, polars out)."""
+"""Pure demand features: calendar, SBC profile, ABC value, life cycle and FSN, shape, outliers, XYZ (polars in, polars out)."""
 
-from features.abc import abc_classes, annual_value, one_year_before
-from features.calendar import last_complete_period, period_days, series_keys, to_periods
-from features.sbc import DEMAND_CLASSES, PROFILE_COLUMNS, active_periods, demand_profile
+from features.abc import abc_classes, annual_value
+from features.calendar import detect_input_grain, period_days, series_keys, to_periods
+from features.lifecycle import life_cycle
+from features.outliers import cap_outliers, flag_outliers, outlier_summary
+from features.profile import ProfileSettings, build_profiles
+from features.sbc import demand_profile
+from features.shape import shape_strength
+from features.xyz import volatility_classes
 
 __all__ = [
-    "DEMAND_CLASSES",
-    "PROFILE_COLUMNS",
-    "abc_classes",
-    "active_periods",
-    "annual_value",
-    "demand_profile",
-    "last_complete_period",
-    "one_year_before",
-    "period_days",
-    "series_keys",
-    "to_periods",
-]
+    "ProfileSettings", "abc_classes", "annual_value", "build_profiles", "cap_outliers", "demand_profile", "detect_input_grain",
+    "flag_outliers", "life_cycle", "outlier_summary", "period_days", "series_keys", "shape_strength", "to_periods",
+    "volatility_classes",
+]  # fmt: skip

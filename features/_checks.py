@@ -26,3 +26,14 @@ def require_no_nulls(df: pl.DataFrame, column: str, *, id_col: str, where: str) 
             f"{where}: column {column!r} has {nulls.height} null value(s) (series {ids}...); "
             "fill or drop them before calling (e.g. validate the input with flows/schemas.py)."
         )
+
+
+def require_non_negative(panel: pl.DataFrame, target_col: str, *, id_col: str, where: str) -> None:
+    """Raise a ValueError naming the column and a few series with negative values (returns are not demand)."""
+    negative = panel.filter(pl.col(target_col) < 0)
+    if negative.height:
+        ids = negative.get_column(id_col).unique(maintain_order=True).head(5).to_list()
+        raise ValueError(
+            f"{where}: column {target_col!r} has {negative.height} negative value(s) (series {ids}...); "
+            "negative quantities are returns, not demand: quarantine or net them first (DOMAIN.md)."
+        )

@@ -3,6 +3,10 @@
 DOMAIN.md, "The demand series": a series starts at its first non-zero sale (leading zeros are not demand)
 and ends at the as-of date (trailing zeros ARE demand). A weekly or monthly bucket that the as-of date cuts
 short is dropped, so every period in the panel covers the same number of days of history.
+
+Sales already at weekly or monthly grain (one row per series and period, dated e.g. every Monday, every
+Sunday or the 1st of each month) are different: each date stands for its whole period, so the period that
+contains the as-of date is complete and kept (`input_grain="period"`, detected by `detect_input_grain`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import polars as pl
 from features._checks import require_columns, require_no_nulls
 
 Frequency = Literal["D", "W", "M"]
+InputGrain = Literal["auto", "daily", "period"]
 
 WEEKDAYS: dict[str, int] = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 7}
 """ISO weekday numbers (polars `dt.weekday()`: Monday 1 .. Sunday 7)."""
@@ -89,6 +94,39 @@ def _period_start(date: pl.Expr, freq: Frequency, start_weekday: int) -> pl.Expr
     return date.dt.month_start()
 
 
+def _period_start_date(day: dt.date, freq: Frequency, week_start: str) -> dt.date:
+    """The first day of the period containing `day` (the Python-date twin of `_period_start`)."""
+    if freq == "D":
+        return day
+    if freq == "W":
+        return day - dt.timedelta(days=(day.isoweekday() - _week_start_number(week_start)) % 7)
+    return day.replace(day=1)
+
+
+def detect_input_grain(dates: pl.Series, freq: Frequency) -> Literal["daily", "period"]:
+    """Whether sales `dates` look like one row per period ("period") or like daily records ("daily").
+
+    "period" when there are at least 2 distinct dates and, for W, they all fall on one weekday (week
+    starts, week ends or any other fixed weekday), or, for M, they all fall on one day of the month or
+    all on the last day of their month. Anything else, and freq D, is "daily". Nulls are ignored.
+    A weekly or monthly reading of genuinely daily data needs many days on one weekday or day of the
+    month and none elsewhere, which a real daily history of more than one series practically never has;
+    pass `input_grain` to `to_periods` explicitly when it does.
+    """
+    if freq not in _INTERVAL:
+        raise ValueError(f"detect_input_grain: freq={freq!r} is not one of {list(_INTERVAL)}")
+    if freq == "D":
+        return "daily"
+    days = dates.cast(pl.Date).drop_nulls().unique()
+    if days.len() < 2:
+        return "daily"
+    if freq == "W":
+        one_position = days.dt.weekday().n_unique() == 1
+    else:
+        one_position = days.dt.day().n_unique() == 1 or bool((days == days.dt.month_end()).all())
+    return "period" if one_position else "daily"
+
+
 def last_complete_period(as_of: dt.date, freq: Frequency, *, week_start: str = "mon") -> dt.date:
     """Start of the last period whose last day is on or before `as_of`.
 
@@ -116,6 +154,7 @@ def to_periods(
     freq: Frequency,
     as_of: dt.date,
     week_start: str = "mon",
+    input_grain: InputGrain = "auto",
     id_col: str = "unique_id",
     time_col: str = "ds",
     target_col: str = "y",
@@ -131,16 +170,25 @@ def to_periods(
     - A series with no non-zero period up to the last complete period has no rows.
     - Quantities are expected non-negative (returns quarantined or netted upstream, DOMAIN.md).
 
+    `input_grain` says what one input row stands for (W and M only; D is always daily):
+    - "daily": a day's sales (the rules above).
+    - "period": the whole W or M period its date falls in (weekly or monthly data, dated on any fixed
+      weekday or day of the month: a Sunday-dated week-ending row counts for the `week_start` week that
+      contains that Sunday). The period containing `as_of` is then complete and kept, and rows are cut
+      by period, not by day: a row in that period counts even if dated after `as_of`; later periods do not.
+    - "auto" (default): `detect_input_grain` on the `date` column.
+
     The input is validated sales (`sku_id`, `location_id`, `date`, `quantity`); a missing `location_id`
     column means all-null locations.
     """
     require_columns(sales, _SALES_COLUMNS, where="to_periods")
     if freq not in _INTERVAL:
         raise ValueError(f"to_periods: freq={freq!r} is not one of {list(_INTERVAL)}")
+    if input_grain not in ("auto", "daily", "period"):
+        raise ValueError(f"to_periods: input_grain={input_grain!r} is not one of ['auto', 'daily', 'period']")
     start_weekday = _week_start_number(week_start)
     if isinstance(as_of, dt.datetime):
         as_of = as_of.date()
-    last_ds = last_complete_period(as_of, freq, week_start=week_start)
 
     rows = _with_location(sales).select(
         _unique_id().alias(id_col),
@@ -150,10 +198,19 @@ def to_periods(
     require_no_nulls(rows, "_date", id_col=id_col, where="to_periods (column 'date')")
     require_no_nulls(rows, target_col, id_col=id_col, where="to_periods (column 'quantity')")
 
+    grain = detect_input_grain(rows.get_column("_date"), freq) if input_grain == "auto" else input_grain
+    if freq != "D" and grain == "period":
+        # Each row is a whole period: the one containing as_of is complete, and the cut is by period.
+        last_ds = _period_start_date(as_of, freq, week_start)
+        in_history = pl.lit(True)
+    else:
+        last_ds = last_complete_period(as_of, freq, week_start=week_start)
+        in_history = pl.col("_date") <= as_of
+
     # Lazy: the grid join is most of the cost on big panels and the optimiser plans it better.
     sums = (
         rows.lazy()
-        .filter(pl.col("_date") <= as_of)
+        .filter(in_history)
         .with_columns(_period_start(pl.col("_date"), freq, start_weekday).alias(time_col))
         .filter(pl.col(time_col) <= last_ds)
         .group_by(id_col, time_col)

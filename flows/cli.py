@@ -114,6 +114,7 @@ def format_summary(r: dict[str, Any]) -> str:
             "(listed in the manifest)"] if r["series_not_planned"] else []),
         line("demand class", r["demand_class"]),
         line("volatility class", r["volatility_class"]),
+        line("life cycle", r["life_cycle"]),
         line("policy", r["policy"]),
         f"  safety stock value {r['safety_stock_value']:,.2f} (holding cost {r['holding_cost_per_year']:,.2f} per year)",
         "  written:",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +214,35 @@ class TrackingConfig(_Strict):
     artifact_location: str | None = Field("mlruns", description="Artifact root for a new experiment on a local store.")
 
 
+class LifeCycleConfig(_Strict):
+    """Life cycle and FSN (fast / slow / non-moving), in days so one setting serves every frequency."""
+
+    new_days: float = Field(60.0, gt=0.0, description="First sale within the last N days: new (no backtest).")
+    dead_days: float = Field(91.0, gt=0.0, description="No sale in the last N days: dead (obsolescence risk; no buffer unless critical).")
+    window_days: float = Field(365.0, gt=0.0, description="Window of the movement frequency behind FSN.")
+    fast_from: float = Field(0.5, gt=0.0, le=1.0, description="Movement frequency at least this: F (fast).")
+    slow_from: float = Field(0.1, gt=0.0, le=1.0, description="At least this: S (slow); below: N (non-moving).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifeCycleConfig:
+        if self.slow_from >= self.fast_from:
+            raise ValueError("life_cycle.fast_from must be greater than life_cycle.slow_from")
+        return self
+
+
+class OutlierConfig(_Strict):
+    """Demand points above median + k x robust scale of the non-zero demand are flagged (never deleted)."""
+
+    k: float = Field(5.0, gt=0.0)
+    exclude_from_sigma: bool = Field(False, description="Cap flagged points at the threshold before forecasting and sizing sigma.")
+
+
+class ShapeConfig(_Strict):
+    seasonal_from: float = Field(
+        0.3, ge=0.0, le=1.0, description="Seasonal strength below this: seasonal models are skipped for the SKU."
+    )
+
+
 class BuffercastConfig(_Strict):
     name: str = Field("default", description="Config name; also the MLflow run name prefix.")
     frequency: Frequency = "D"
@@ -229,6 +259,9 @@ class BuffercastConfig(_Strict):
     policy: PolicyConfig = PolicyConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     cost: CostConfig = CostConfig()
+    life_cycle: LifeCycleConfig = LifeCycleConfig()
+    outliers: OutlierConfig = OutlierConfig()
+    shape: ShapeConfig = ShapeConfig()
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -236,6 +269,10 @@ class BuffercastConfig(_Strict):
     def period_days(self) -> float:
         """Days in one period: the unit lead times are converted with."""
         return period_days(self.frequency)
+
+    def periods(self, days: float) -> int:
+        """Whole periods covering `days` (at least 1)."""
+        return max(1, math.ceil(days / self.period_days - 1e-9))
 
     @property
     def min_train_periods(self) -> int:

@@ -22,9 +22,9 @@ from prefect.runtime import flow_run
 from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
 from buffers.policy import PolicyThresholds
 from buffers.recommend import BufferSettings
-from features.abc import abc_classes, annual_value
 from features.calendar import series_keys, to_periods
-from features.sbc import demand_profile
+from features.outliers import cap_outliers
+from features.profile import ProfileSettings, build_profiles
 from flows import publish as publisher
 from flows.config import BuffercastConfig
 from flows.plots import sbc_quadrant_figure
@@ -79,11 +79,19 @@ def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.Data
     return Inputs(sales, master)
 
 
+@dataclass(frozen=True)
+class Profiled:
+    panel: pl.DataFrame  # demand per series and period, explicit zeros (outliers capped if config says so)
+    keys: pl.DataFrame  # unique_id -> sku_id, location_id of the planned series
+    left_out: pl.DataFrame  # series in the sales that cannot be planned (no positive sale)
+    attrs: pl.DataFrame  # SKU-master attributes per series, defaults filled
+    profiles: pl.DataFrame  # every demand feature per series
+    outlier_points: pl.DataFrame  # the flagged demand points
+
+
 @task(cache_policy=NO_CACHE)
-def profile(
-    cfg: BuffercastConfig, sales: pl.DataFrame, as_of: dt.date
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Demand panel (explicit zeros), keys of the planned series, their SBC profile, and the series left out.
+def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
+    """Calendar, SKU attributes and every demand feature per series.
 
     A series is left out when it has no positive sale up to the last complete period (only zero quantities,
     or a first sale inside a week or month the as-of date cuts short): there is no demand to plan from.
@@ -91,7 +99,6 @@ def profile(
     panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start)
     all_keys = series_keys(sales)
     keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
-    prof = demand_profile(panel, adi_cutoff=cfg.sbc.adi_cutoff, cv2_cutoff=cfg.sbc.cv2_cutoff, min_periods=cfg.sbc.min_periods)
     left_out = all_keys.join(keys, on="unique_id", how="anti")
     if left_out.height:
         get_run_logger().warning(
@@ -99,7 +106,27 @@ def profile(
             left_out.height,
             ", ".join(left_out["sku_id"].head(5)),
         )
-    return panel, keys, prof, left_out
+    attrs = sku_attributes(keys, master, SkuDefaults(**cfg.defaults.model_dump()))
+    lc = cfg.life_cycle
+    settings = ProfileSettings(
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+        min_periods=cfg.sbc.min_periods,
+        new_periods=cfg.periods(lc.new_days),
+        dead_periods=cfg.periods(lc.dead_days),
+        window_periods=cfg.periods(lc.window_days),
+        fast_from=lc.fast_from,
+        slow_from=lc.slow_from,
+        a_share=cfg.abc.a_share,
+        b_share=cfg.abc.b_share,
+        season_length=cfg.season_length,
+        outlier_k=cfg.outliers.k,
+    )
+    profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, s=settings)
+    outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")
+    if cfg.outliers.exclude_from_sigma:
+        panel = cap_outliers(flagged)
+    return Profiled(panel, keys, left_out, attrs, profiles, outlier_points)
 
 
 @task(cache_policy=NO_CACHE)
@@ -128,16 +155,7 @@ def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -
 
 
 @task(cache_policy=NO_CACHE)
-def recommend_buffers(
-    cfg: BuffercastConfig,
-    as_of: dt.date,
-    panel: pl.DataFrame,
-    prof: pl.DataFrame,
-    attrs: pl.DataFrame,
-    fc: ForecastResult,
-) -> pl.DataFrame:
-    values = annual_value(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of)
-    abc = abc_classes(values, a_share=cfg.abc.a_share, b_share=cfg.abc.b_share)
+def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> pl.DataFrame:
     settings = BufferSettings(
         period_days=cfg.period_days,
         holding_rate_per_year=cfg.cost.holding_rate_per_year,
@@ -147,9 +165,8 @@ def recommend_buffers(
     )
     return build_recommendations(
         as_of=as_of,
-        profile=prof,
-        abc=abc,
-        attrs=attrs,
+        profiles=p.profiles,
+        attrs=p.attrs,
         fc=fc,
         settings=settings,
         variable_from=cfg.volatility.variable_from,
@@ -157,21 +174,28 @@ def recommend_buffers(
     )
 
 
-def output_tables(
-    as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, keys: pl.DataFrame, inputs: Inputs
-) -> dict[str, pl.DataFrame]:
+def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs) -> dict[str, pl.DataFrame]:
     """The published tables in their contract shape, each validated by its pandera schema."""
-    key_cols = keys.select("unique_id", "sku_id", "location_id")
+    key_cols = p.keys.select("unique_id", "sku_id", "location_id")
     selected = fc.selection.select("unique_id", "model", selected=pl.lit(True))
+    stamp = pl.lit(as_of).alias("as_of")
+    volatility = recs.select("sku_id", "location_id", "error_cv", "volatility_class", "xyz_class")
     tables = {
         "recommendations": recs,
+        "profiles": p.profiles.join(key_cols, on="unique_id")
+        .join(volatility, on=["sku_id", "location_id"], nulls_equal=True)
+        .select(stamp, "sku_id", "location_id", pl.exclude("unique_id", "sku_id", "location_id"))
+        .sort("sku_id", "location_id"),
+        "outliers": p.outlier_points.join(key_cols, on="unique_id")
+        .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), pl.col("y").alias("quantity"), "outlier_threshold")
+        .sort("sku_id", "location_id", "date"),
         "forecasts": fc.forecasts.join(key_cols, on="unique_id")
-        .select(pl.lit(as_of).alias("as_of"), "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast")
+        .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast")
         .sort("sku_id", "location_id", "date"),
         "backtest_metrics": fc.metrics.join(key_cols, on="unique_id")
         .join(selected, on=["unique_id", "model"], how="left")
         .select(
-            pl.lit(as_of).alias("as_of"),
+            stamp,
             "sku_id",
             "location_id",
             "model",
@@ -192,7 +216,7 @@ def output_tables(
             [inputs.sales.quarantine.with_columns(input=pl.lit("sales"))]
             + ([inputs.master.quarantine.with_columns(input=pl.lit("sku_master"))] if inputs.master else []),
             how="vertical_relaxed",
-        ).select(pl.lit(as_of).alias("as_of"), "input", pl.exclude("input")),
+        ).select(stamp, "input", pl.exclude("input")),
     }
     return {name: validate_output(name, frame) for name, frame in tables.items()}
 
@@ -223,6 +247,7 @@ def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
         "volatility_class": counts("volatility_class"),
         "policy": counts("policy"),
         "abc_class": counts("abc_class"),
+        "life_cycle": counts("life_cycle"),
         "safety_stock_value": float(recs["safety_stock_value"].sum()),
         "holding_cost_per_year": float(recs["holding_cost_per_year"].sum()),
         "median_mase": recs["mase"].median(),
@@ -235,7 +260,7 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int]) -> dict[str
         "series_not_planned": summary["series_not_planned"],
         **{f"rows_{k}": v for k, v in n_rows.items()},
     }
-    for group in ("demand_class", "volatility_class", "policy", "abc_class"):
+    for group in ("demand_class", "volatility_class", "policy", "abc_class", "life_cycle"):
         metrics |= {f"skus_{group}_{k}": v for k, v in summary[group].items()}
     metrics["safety_stock_value_total"] = summary["safety_stock_value"]
     metrics["holding_cost_per_year_total"] = summary["holding_cost_per_year"]
@@ -262,13 +287,13 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()
 
-    panel, keys, prof, left_out = profile(cfg, sales, as_of)
     master = inputs.master.valid if inputs.master else None
-    defaults = SkuDefaults(**cfg.defaults.model_dump())
-    attrs = sku_attributes(keys, master, defaults)
-    fc = forecast(cfg, panel, forecast_inputs(prof, attrs, cfg.period_days, defaults.review_period_days))
-    recs = recommend_buffers(cfg, as_of, panel, prof, attrs, fc)
-    tables = output_tables(as_of, recs, fc, keys, inputs)
+    p = profile(cfg, sales, master, as_of)
+    fc = forecast(
+        cfg, p.panel, forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
+    )
+    recs = recommend_buffers(cfg, as_of, p, fc)
+    tables = output_tables(as_of, recs, fc, p, inputs)
 
     run_id = uuid.uuid4().hex
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
@@ -295,7 +320,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             "sku_master_in": inputs.master.rows_in if inputs.master else 0,
             "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
         }
-        summary = run_summary(recs) | {"series_not_planned": left_out.height}
+        summary = run_summary(recs) | {"series_not_planned": p.left_out.height}
         manifest = {
             "run_id": run_id,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -303,7 +328,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             "config_hash": cfg.fingerprint(),
             "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
             "input_rows": n_rows,
-            "series_not_planned": left_out.select("sku_id", "location_id").head(100).to_dicts(),
+            "series_not_planned": p.left_out.select("sku_id", "location_id").head(100).to_dicts(),
             "last_date_in_data": last_date.isoformat(),
             "frequency": cfg.frequency,
             "mlflow_run_id": mlflow_run_id,

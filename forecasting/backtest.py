@@ -8,15 +8,14 @@ one sample per backtest window.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 from statsforecast import StatsForecast
 from utilsforecast.losses import bias, mae, mase, mse, msse
 
-from forecasting.models import FALLBACK_ALIAS, POLARS_FREQ, ModelSpec, build_model, build_models
+from forecasting.models import FALLBACK_ALIAS, POLARS_FREQ, ModelSpec, build_model, build_models, without_season
 
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
@@ -39,6 +38,12 @@ class BacktestSettings:
     n_jobs: int
     fallback: str
     spec: ModelSpec
+    #: Seasonality of the MASE/RMSSE scale; None: spec.season_length. Fixed per frequency, so errors compare across SKUs.
+    mase_season: int | None = None
+
+    @property
+    def mase_season_length(self) -> int:
+        return self.mase_season or self.spec.season_length
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,13 @@ def lead_time_weights(step: pl.Expr, lead_time_periods: pl.Expr) -> pl.Expr:
 def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
     """Per SKU: forecast horizon, its bucket, the backtest step and how many windows its history allows.
 
-    `attrs`: unique_id, demand_class, n_periods, lead_time_periods, review_periods.
+    `attrs`: unique_id, demand_class, n_periods, lead_time_periods, review_periods, and optionally
+    `skip_backtest` (e.g. new products: default false) and `seasonal` (false: no seasonal models; default true).
     """
+    attrs = attrs.with_columns(
+        *([] if "skip_backtest" in attrs.columns else [pl.lit(False).alias("skip_backtest")]),
+        *([] if "seasonal" in attrs.columns else [pl.lit(True).alias("seasonal")]),
+    )
     buckets = sorted(b for b in s.horizon_buckets if b <= s.max_horizon_periods) or [s.max_horizon_periods]
     if buckets[-1] < s.max_horizon_periods:
         buckets.append(s.max_horizon_periods)
@@ -78,12 +88,14 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
         .with_columns(bucket=bucket)
         .with_columns(step=step)
         .with_columns(windows=windows.cast(pl.Int64))
-        .with_columns(backtested=(pl.col("windows") >= s.min_windows) & (pl.col("demand_class") != NOT_BACKTESTED))
+        .with_columns(
+            backtested=(pl.col("windows") >= s.min_windows) & (pl.col("demand_class") != NOT_BACKTESTED) & ~pl.col("skip_backtest")
+        )
         .with_columns(
             model_set=pl.when(pl.col("backtested")).then(pl.col("demand_class")).otherwise(pl.lit(NOT_BACKTESTED)),
             windows=pl.when(pl.col("backtested")).then(pl.col("windows")).otherwise(0),
         )
-        .select(ID, "demand_class", "lead_time_periods", "horizon", "bucket", "step", "windows", "backtested", "model_set")
+        .select(ID, "demand_class", "lead_time_periods", "horizon", "bucket", "step", "windows", "backtested", "model_set", "seasonal")
         .sort(ID)
     )
 
@@ -191,7 +203,7 @@ def _run_group(
             .drop("lead_time_periods")
             .sort(ID, "cutoff", DS)
         )
-        metrics = _window_metrics(cv, panel, models, s.spec.season_length)
+        metrics = _window_metrics(cv, panel, models, s.mase_season_length)
         cv_long = _long(cv, [ID, DS, "cutoff", Y], models, "forecast")
     else:
         cv_long, metrics, flags = empty, empty, empty
@@ -282,14 +294,17 @@ def backtest_and_forecast(
     `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
     n_periods, lead_time_periods, review_periods.
     """
+    s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
     plan = plan_horizons(attrs, s)
-    group_keys = ["model_set", "bucket", "windows", "step"]
+    group_keys = ["model_set", "seasonal", "bucket", "windows", "step"]
     cvs, metric_frames, flag_frames, fcs, one_steps = [], [], [], [], []
     for key, members in plan.group_by(group_keys, maintain_order=True):
         row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(members["backtested"][0])}
-        models = list(model_sets[row["model_set"]])
+        models, spec = list(model_sets[row["model_set"]]), s.spec
+        if not row["seasonal"]:
+            models, spec = without_season(models, s.spec, s.fallback)
         group_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-        cv, metrics, flags, fc = _run_group(group_panel, members, row, models, s)
+        cv, metrics, flags, fc = _run_group(group_panel, members, row, models, replace(s, spec=spec))
         fcs.append(fc)
         if row["backtested"]:
             cvs.append(cv)
@@ -358,25 +373,6 @@ def backtest_and_forecast(
         selection=selection.sort(ID),
         forecasts=future.select(ID, DS, "step", "model", "forecast").sort(ID, DS),
     )
-
-
-def volatility_classes(rmse: pl.Expr, mean_demand: pl.Expr, variable_from: float, erratic_from: float) -> tuple[pl.Expr, pl.Expr]:
-    """error CV = backtest RMSE / mean demand; X (stable) < variable_from <= Y (variable) < erratic_from <= Z (erratic).
-
-    A SKU with no backtest is `not_backtested`; zero mean demand with a non-zero error is erratic.
-    """
-    error_cv = pl.when(mean_demand > 0).then(rmse / mean_demand).when(rmse > 0).then(pl.lit(math.inf)).otherwise(pl.lit(0.0))
-    error_cv = pl.when(rmse.is_null()).then(None).otherwise(error_cv)
-    cls = (
-        pl.when(error_cv.is_null())
-        .then(pl.lit("not_backtested"))
-        .when(error_cv < variable_from)
-        .then(pl.lit("stable"))
-        .when(error_cv < erratic_from)
-        .then(pl.lit("variable"))
-        .otherwise(pl.lit("erratic"))
-    )
-    return error_cv, cls
 
 
 def _concat(frames: Sequence[pl.DataFrame], schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from statsforecast.models import (
@@ -34,6 +34,7 @@ class ModelSpec:
     """Everything needed to instantiate a model set; hashable, so groups can share it."""
 
     season_length: int
+    window_size: int | None = None  # WindowAverage's window; None: season_length
     ets_model: str = "ZNZ"
     tsb_alpha_d: float = 0.1
     tsb_alpha_p: float = 0.1
@@ -50,7 +51,7 @@ def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
         "SeasonalNaive": lambda: SeasonalNaive(season_length=s, alias=alias),
         "Naive": lambda: Naive(alias=alias),
         "HistoricAverage": lambda: HistoricAverage(alias=alias),
-        "WindowAverage": lambda: WindowAverage(window_size=s, alias=alias),
+        "WindowAverage": lambda: WindowAverage(window_size=spec.window_size or s, alias=alias),
         "CrostonClassic": lambda: CrostonClassic(alias=alias),
         "CrostonSBA": lambda: CrostonSBA(alias=alias),
         "CrostonOptimized": lambda: CrostonOptimized(alias=alias),
@@ -62,6 +63,17 @@ def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
         return factories[name]()
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(factories))}") from None
+
+
+#: Models that only make sense with a season: skipped for SKUs whose profile shows none.
+SEASONAL_ONLY = frozenset({"SeasonalNaive"})
+
+
+def without_season(names: Sequence[str], spec: ModelSpec, fallback: str) -> tuple[list[str], ModelSpec]:
+    """The model set and spec for a SKU with no seasonality: seasonal-only models dropped, the rest fitted
+    with season_length 1 (AutoETS then searches no seasonal component, which is also much faster)."""
+    kept = [n for n in names if n not in SEASONAL_ONLY] or [fallback]
+    return kept, replace(spec, season_length=1, window_size=spec.window_size or spec.season_length)
 
 
 def build_models(names: Sequence[str], spec: ModelSpec, fallback: str) -> tuple[list[Any], Any]:

@@ -26,7 +26,7 @@ JIT_SKU = {
     "unique_id": "S1", "demand_class": "smooth", "adi": 1.0, "cv2": 0.1, "error_cv": 0.3, "volatility_class": "stable",
     "abc_class": "B", "critical": False, "lead_time_days": 5.0, "lead_time_std_days": 0.5, "mean_demand_per_period": 20.0,
     "lead_time_demand": 100.0, "sigma_lead_time_demand": 10.0, "unit_cost": 2.0, "pack_size": None, "in_sku_master": True,
-    "model_fell_back": False,
+    "model_fell_back": False, "life_cycle": "active", "periods_since_last_sale": 0,
 }  # fmt: skip
 
 
@@ -148,3 +148,20 @@ def test_pack_size_rounds_the_buffer_up():
     rec = one(recommend(sku(critical=True, pack_size=24.0), SETTINGS))
     assert rec["safety_stock_units"] % 24 == 0
     assert rec["safety_stock_units"] >= stats.norm.ppf(0.98) * math.sqrt(10.0**2 + 20.0**2 * 0.5**2)
+
+
+def test_dead_skus_get_no_buffer_unless_critical():
+    dead = one(recommend(sku(life_cycle="dead", periods_since_last_sale=120, lead_time_days=45.0), SETTINGS))
+    assert (dead["policy"], dead["safety_stock_units"], dead["reorder_point_units"]) == ("JIT", 0.0, 0.0)
+    assert dead["flag_dead"] and dead["reasons"].startswith("JIT: dead: no sale in the last 120 days (obsolescence risk)")
+    assert "stable demand" not in dead["reasons"]
+    # A critical spare part that has not moved keeps its buffer, with the risk stated.
+    spare = one(recommend(sku(life_cycle="dead", periods_since_last_sale=120, critical=True), SETTINGS))
+    assert spare["policy"] == "JIC" and spare["safety_stock_units"] > 0 and spare["flag_dead"]
+    assert "buffer kept as the item is critical" in spare["reasons"]
+
+
+def test_new_skus_say_why_they_are_not_backtested():
+    new = one(recommend(sku(life_cycle="new", volatility_class="not_backtested", error_cv=None), SETTINGS))
+    assert new["policy"] == "hybrid" and new["flag_new"] and new["flag_no_backtest"]
+    assert "new product: first sale too recent to backtest" in new["reasons"]

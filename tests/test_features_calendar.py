@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from features.calendar import last_complete_period, period_days, series_keys, to_periods
+from features.calendar import detect_input_grain, last_complete_period, period_days, series_keys, to_periods
 
 D = dt.date
 
@@ -301,3 +301,130 @@ def test_series_keys_never_collide_across_sku_and_location():
     keys = series_keys(sales)
     assert keys.height == 2 and keys["unique_id"].n_unique() == 2
     assert to_periods(sales, freq="D", as_of=D(2024, 1, 1))["y"].sort().to_list() == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- input already at weekly or monthly grain
+
+MONDAYS = [D(2024, 1, 1), D(2024, 1, 8), D(2024, 1, 15), D(2024, 1, 22)]
+
+
+def test_weekly_grain_dated_mondays_keeps_the_as_of_week():
+    sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(MONDAYS)] + [("B", "L1", D(2024, 1, 22), 5.0)])
+    assert detect_input_grain(sales["date"], "W") == "period"
+    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 22))
+    expected = panel_frame([*[("A", day, float(i + 1)) for i, day in enumerate(MONDAYS)], ("B\x1fL1", D(2024, 1, 22), 5.0)])
+    assert_frame_equal(panel, expected)
+    # Read as daily rows, the week of the 22nd has one day of history and is dropped, with series B.
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 22), input_grain="daily"), expected.head(3))
+
+
+def test_weekly_grain_dated_sundays_maps_to_the_monday_week_that_ends_there():
+    sundays = [day + dt.timedelta(days=6) for day in MONDAYS]  # week-ending convention: 7, 14, 21, 28 Jan
+    sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(sundays)])
+    assert detect_input_grain(sales["date"], "W") == "period"
+    panel = to_periods(sales, freq="W", as_of=sundays[-1], week_start="mon")
+    assert_frame_equal(panel, panel_frame([("A", day, float(i + 1)) for i, day in enumerate(MONDAYS)]))
+    # as_of on the Saturday before the last Sunday: that week's row is dated after as_of but stands for the
+    # week containing as_of, which is complete at period grain: kept.
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 27)), panel)
+    # as_of a week earlier: the last week is a later period and is left out.
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 21)), panel.head(3))
+
+
+def test_monthly_grain_dated_the_first_keeps_the_as_of_month():
+    firsts = [D(2024, 1, 1), D(2024, 2, 1), D(2024, 4, 1)]
+    sales = sales_frame([("A", None, day, q) for day, q in zip(firsts, [3.0, 4.0, 6.0], strict=True)])
+    assert detect_input_grain(sales["date"], "M") == "period"
+    panel = to_periods(sales, freq="M", as_of=D(2024, 4, 1))
+    expected = panel_frame([("A", D(2024, 1, 1), 3.0), ("A", D(2024, 2, 1), 4.0), ("A", D(2024, 3, 1), 0.0), ("A", D(2024, 4, 1), 6.0)])
+    assert_frame_equal(panel, expected)
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 4, 1), input_grain="daily"), expected.head(3))
+
+
+def test_monthly_grain_dated_month_ends():
+    month_ends = [D(2023, 12, 31), D(2024, 1, 31), D(2024, 2, 29), D(2024, 3, 31)]  # different days of the month
+    sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(month_ends)])
+    assert detect_input_grain(sales["date"], "M") == "period"
+    expected = panel_frame([("A", day.replace(day=1), float(i + 1)) for i, day in enumerate(month_ends)])
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 31)), expected)
+    # as_of mid-March: the row dated 31 March stands for March, the month containing as_of: kept.
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15)), expected)
+    # Read as daily rows, mid-March cuts March short and the 31st is after as_of.
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15), input_grain="daily"), expected.head(3))
+
+
+def test_mixed_weekdays_are_daily():
+    sales = sales_frame([("A", None, D(2024, 1, 1), 1.0), ("A", None, D(2024, 1, 9), 2.0), ("A", None, D(2024, 1, 15), 3.0)])
+    assert detect_input_grain(sales["date"], "W") == "daily"
+    assert detect_input_grain(sales["date"], "M") == "daily"
+    # Daily rules: the week of the 15th is cut short by as_of and dropped.
+    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 15))
+    assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 1.0), ("A", D(2024, 1, 8), 2.0)]))
+    assert_frame_equal(panel, to_periods(sales, freq="W", as_of=D(2024, 1, 15), input_grain="daily"))
+
+
+@pytest.mark.parametrize(
+    ("dates", "freq", "expected"),
+    [
+        ([D(2024, 1, 1)], "W", "daily"),  # one distinct date: nothing to go by
+        ([D(2024, 1, 1), D(2024, 1, 1)], "W", "daily"),
+        ([D(2024, 1, 3), D(2024, 1, 17), None], "W", "period"),  # any fixed weekday; nulls ignored
+        ([D(2024, 1, 15), D(2024, 2, 15)], "M", "period"),  # any fixed day of the month
+        ([D(2024, 1, 30), D(2024, 2, 29)], "M", "daily"),  # 30 January is not a month end
+        ([D(2024, 1, 1), D(2024, 1, 8)], "M", "daily"),
+        ([D(2024, 1, 1), D(2024, 2, 1)], "D", "daily"),
+        ([], "M", "daily"),
+    ],
+)
+def test_detect_input_grain(dates, freq, expected):
+    assert detect_input_grain(pl.Series("date", dates, dtype=pl.Date), freq) == expected
+
+
+def test_detect_input_grain_accepts_datetimes_and_names_a_bad_freq():
+    stamps = pl.Series([dt.datetime(2024, 1, 1, 9), dt.datetime(2024, 1, 8, 17)])
+    assert detect_input_grain(stamps, "W") == "period"
+    with pytest.raises(ValueError, match="freq"):
+        detect_input_grain(stamps, "Q")  # type: ignore[arg-type]
+
+
+def test_explicit_input_grain_overrides_auto():
+    mondays = sales_frame([("A", None, day, 1.0) for day in MONDAYS])
+    assert to_periods(mondays, freq="W", as_of=MONDAYS[-1], input_grain="daily")["ds"].max() == MONDAYS[-2]
+    # Daily-looking rows forced to period grain: the week containing as_of (Wednesday 17th) is kept.
+    mixed = sales_frame([("A", None, D(2024, 1, 2), 1.0), ("A", None, D(2024, 1, 10), 2.0), ("A", None, D(2024, 1, 17), 4.0)])
+    panel = to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="period")
+    assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 1.0), ("A", D(2024, 1, 8), 2.0), ("A", D(2024, 1, 15), 4.0)]))
+    with pytest.raises(ValueError, match="input_grain"):
+        to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="weekly")  # type: ignore[arg-type]
+
+
+def test_freq_d_ignores_input_grain():
+    sales = sales_frame([("A", None, day, 1.0) for day in MONDAYS])
+    daily = to_periods(sales, freq="D", as_of=D(2024, 1, 20))
+    assert daily["ds"].max() == D(2024, 1, 20)
+    for grain in ("auto", "daily", "period"):
+        assert_frame_equal(to_periods(sales, freq="D", as_of=D(2024, 1, 20), input_grain=grain), daily)
+
+
+def _period_end(day: dt.date, freq: str, week_start: str) -> dt.date:
+    return _naive_next(_naive_start(day, freq, week_start), freq) - dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("freq", "week_start", "as_of"),
+    [
+        ("W", "mon", D(2024, 3, 13)),
+        ("W", "sun", D(2024, 3, 16)),
+        ("W", "thu", D(2024, 3, 20)),
+        ("M", "mon", D(2024, 3, 1)),
+        ("M", "mon", D(2024, 2, 14)),
+    ],
+)
+def test_period_grain_is_daily_rules_with_as_of_at_the_end_of_its_period(freq, week_start, as_of):
+    rows = _random_sales(seed=11)
+    sales = sales_frame(rows)
+    period = to_periods(sales, freq=freq, as_of=as_of, week_start=week_start, input_grain="period")
+    expected = to_periods(sales, freq=freq, as_of=_period_end(as_of, freq, week_start), week_start=week_start, input_grain="daily")
+    assert period.height > 100
+    assert period["ds"].max() == _naive_start(as_of, freq, week_start)
+    assert_frame_equal(period, expected)

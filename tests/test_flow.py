@@ -57,7 +57,13 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert recs.height == sales["sku_id"].n_unique() == result["skus"]
     assert recs["sku_id"].is_unique().all()
     assert (recs["safety_stock_units"] >= 0).all()
-    assert (recs["reorder_point_units"] >= recs["lead_time_demand"]).all()
+    buffered = recs.filter(~(pl.col("flag_dead") & ~pl.col("critical")))
+    assert (buffered["reorder_point_units"] >= buffered["lead_time_demand"]).all()
+    # Dead, non-critical SKUs: no buffer, nothing to reorder, and the reasons say why.
+    dead = recs.filter(pl.col("flag_dead") & ~pl.col("critical"))
+    assert dead.height >= 1 and (dead["safety_stock_units"] == 0).all() and (dead["reorder_point_units"] == 0).all()
+    assert dead["reasons"].str.contains("obsolescence risk").all()
+    assert set(recs["life_cycle"]) <= {"new", "active", "slow_moving", "dead"}
     assert recs["reasons"].str.starts_with(recs["policy"]).all()
     assert set(recs["policy"]) <= {"JIT", "JIC", "hybrid"}
     # SKUs missing from the master are planned with the config defaults, and the reasons say so.

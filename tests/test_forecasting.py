@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from features.xyz import volatility_classes
 from forecasting.backtest import (
     BacktestSettings,
     _flag_fallbacks,
@@ -16,7 +17,6 @@ from forecasting.backtest import (
     lead_time_weights,
     plan_horizons,
     select_models,
-    volatility_classes,
 )
 from forecasting.models import FALLBACK_ALIAS, ModelSpec
 
@@ -198,15 +198,15 @@ def test_fallback_flags_find_outputs_equal_to_the_fallback():
 
 
 @pytest.mark.parametrize(
-    ("rmse", "mean", "cv", "cls"),
-    [(0.49, 1.0, 0.49, "stable"), (0.5, 1.0, 0.5, "variable"), (0.99, 1.0, 0.99, "variable"), (1.0, 1.0, 1.0, "erratic"),
-     (2.0, 0.0, math.inf, "erratic"), (0.0, 0.0, 0.0, "stable"), (None, 1.0, None, "not_backtested")],
+    ("rmse", "mean", "cv", "cls", "xyz"),
+    [(0.49, 1.0, 0.49, "stable", "X"), (0.5, 1.0, 0.5, "variable", "Y"), (0.99, 1.0, 0.99, "variable", "Y"),
+     (1.0, 1.0, 1.0, "erratic", "Z"), (2.0, 0.0, math.inf, "erratic", "Z"), (0.0, 0.0, 0.0, "stable", "X"),
+     (None, 1.0, None, "not_backtested", None)],
 )  # fmt: skip
-def test_volatility_class_boundaries(rmse, mean, cv, cls):
+def test_volatility_class_boundaries(rmse, mean, cv, cls, xyz):
     frame = pl.DataFrame({"rmse": [rmse], "mean": [mean]}, schema={"rmse": pl.Float64, "mean": pl.Float64})
-    e, c = volatility_classes(pl.col("rmse"), pl.col("mean"), 0.5, 1.0)
-    out = frame.select(e.alias("e"), c.alias("c")).row(0)
-    assert out == (cv, cls)
+    e, c, x = volatility_classes(pl.col("rmse"), pl.col("mean"), 0.5, 1.0)
+    assert frame.select(e.alias("e"), c.alias("c"), x.alias("x")).row(0) == (cv, cls, xyz)
 
 
 def test_same_input_same_output_to_the_last_bit():
@@ -239,3 +239,20 @@ def test_not_backtested_skus_pick_the_best_one_step_model_every_time():
     assert trend["model"] == "Naive" and trend["one_step_rmse"] == pytest.approx(1.0)
     for _ in range(3):
         assert backtest_and_forecast(panel, attrs, sets, SETTINGS).selection.equals(sel)
+
+
+def test_profile_switches_skip_seasonal_models_and_the_backtest():
+    rng = np.random.default_rng(6)
+    panel = pl.concat([series("flat", rng.poisson(8, 200)), series("weekly", rng.poisson(8, 200) + 10 * (np.arange(200) % 7 == 5))])
+    attrs = attrs_for(panel, {"flat": "smooth", "weekly": "smooth"}, {"flat": 3.0, "weekly": 3.0}).with_columns(
+        seasonal=pl.col("unique_id") == "weekly"
+    )
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS)
+    models = {u: m for u, m in r.metrics.group_by("unique_id").agg(pl.col("model").sort()).iter_rows()}
+    assert models["flat"] == ["AutoETS", "HistoricAverage"]  # no SeasonalNaive where there is no season
+    assert models["weekly"] == ["AutoETS", "HistoricAverage", "SeasonalNaive"]
+    # New products skip the backtest whatever their history allows.
+    skipped = backtest_and_forecast(panel, attrs.with_columns(skip_backtest=pl.col("unique_id") == "flat"), MODEL_SETS, SETTINGS)
+    sel = skipped.selection.rows_by_key("unique_id", named=True, unique=True)
+    assert not sel["flat"]["backtested"] and sel["flat"]["sigma_method"] == "one_step_rmse_x_sqrt_lead_time"
+    assert sel["weekly"]["backtested"]
