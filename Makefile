@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: help install sample-data run test lint format ui clean
+.PHONY: help install sample-data run test lint format ui bench clean
 
 ## Show this help
 help:
@@ -54,6 +54,10 @@ format: install
 ## Open the MLflow UI on http://127.0.0.1:5000 for the runs in mlflow.db
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+## Run the benchmarks in bench/ (slow scale checks, never part of make test); results in bench/results/
+bench: install
+	$(BIN)/python bench/profile_m5.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)
 clean:

@@ -37,7 +37,9 @@ from pathlib import Path
 import polars as pl
 
 from features.calendar import to_periods
+from features.profile import ProfileSettings, build_profiles
 from features.sbc import DEMAND_CLASSES, demand_profile
+from flows.config import load_config
 
 M5_DAY_ONE = dt.date(2011, 1, 29)
 """Date of M5 day d_1 (M5 Competitors' Guide; d_1969 is 2016-06-19)."""
@@ -67,7 +69,30 @@ SALES_FEATURES: dict[str, SalesFeature] = {
 #: Functions of the daily panel (`unique_id`, `ds`, `y`).
 PANEL_FEATURES: dict[str, PanelFeature] = {
     "demand_profile": lambda panel, i: demand_profile(panel, min_periods=i.min_periods),
+    # Every feature of the `profiles` table (SBC, life cycle / FSN, ABC, shape, outliers) with the default
+    # config's daily settings, as the flow runs it; unit cost 1 for every series (M5 has no costs).
+    "build_profiles": lambda panel, i: build_profiles(
+        panel, panel.select("unique_id").unique().with_columns(unit_cost=pl.lit(1.0)), as_of=i.as_of, s=_profile_settings(i)
+    )[0],
 }
+
+
+def _profile_settings(i: BenchInputs) -> ProfileSettings:
+    cfg = load_config()
+    return ProfileSettings(
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+        min_periods=i.min_periods,
+        new_periods=cfg.periods(cfg.life_cycle.new_days),
+        dead_periods=cfg.periods(cfg.life_cycle.dead_days),
+        window_periods=cfg.periods(cfg.life_cycle.window_days),
+        fast_from=cfg.life_cycle.fast_from,
+        slow_from=cfg.life_cycle.slow_from,
+        a_share=cfg.abc.a_share,
+        b_share=cfg.abc.b_share,
+        season_length=cfg.season_length,
+        outlier_k=cfg.outliers.k,
+    )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,41 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert recs.filter(pl.col("backtest_windows") > 0).select("sku_id", "model").sort("sku_id").equals(chosen.sort("sku_id"))
 
 
+def test_profiles_and_outlier_points_are_published(default_run):
+    cfg, result = default_run
+    recs = read_table(cfg.output.folder, "recommendations", AS_OF)
+    profiles = read_table(cfg.output.folder, "profiles", AS_OF)
+    outliers = read_table(cfg.output.folder, "outliers", AS_OF)
+    assert profiles.select("sku_id", "location_id").equals(recs.select("sku_id", "location_id"))
+    assert outliers.height == recs["n_outliers"].sum() > 0
+    assert (outliers["quantity"] > outliers["outlier_threshold"]).all()
+    both = profiles.join(recs, on=["sku_id", "location_id"], suffix="_rec")
+    for col in ("demand_class", "life_cycle", "abc_class", "xyz_class", "seasonal_strength"):
+        assert both[col].equals(both[f"{col}_rec"], check_names=False), col
+    assert set(result["life_cycle"]) <= {"new", "active", "slow_moving", "dead"}
+
+
+def test_excluding_outliers_from_sigma_shrinks_a_spiky_buffer(tmp_path, make_config):
+    """A one-off bulk order inside the backtest: flagged either way; capped for sigma only when config says so."""
+    from flows.plan import plan_buffers
+
+    rng = np.random.default_rng(9)
+    days = pl.date_range(AS_OF - dt.timedelta(days=299), AS_OF, eager=True)
+    qty = rng.poisson(5, 300).astype(float)
+    qty[-20] = 400.0  # the bulk order, 20 days before the as-of date
+    path = tmp_path / "sales.parquet"
+    pl.DataFrame({"sku_id": "BULK", "date": days, "quantity": qty}).filter(pl.col("quantity") > 0).write_parquet(path)
+    sigma = {}
+    for exclude in (False, True):
+        cfg = make_config(path, None, outliers={"exclude_from_sigma": exclude}, output={"folder": str(tmp_path / f"out-{exclude}")})
+        plan_buffers(cfg)
+        rec = read_table(cfg.output.folder, "recommendations", AS_OF).row(0, named=True)
+        assert rec["n_outliers"] == 1
+        assert read_table(cfg.output.folder, "outliers", AS_OF)["quantity"].to_list() == [400.0]
+        sigma[exclude] = rec["sigma_lead_time_demand"]
+    assert sigma[True] < 0.5 * sigma[False]
+
+
 def test_manifest_counts_rows_in_as_used_plus_quarantined(default_run, small_catalogue):
     cfg, result = default_run
     manifest = read_manifest(cfg.output.folder, AS_OF)
