@@ -126,6 +126,29 @@ def format_summary(r: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server started when no PREFECT_API_URL is set.")] = 4200,
+) -> None:
+    """Serve the weekly deployment plan-buffers/plan-buffers-weekly (cron and time zone from the config) until Ctrl-C.
+
+    Uses PREFECT_API_URL when set; otherwise starts a Prefect server on 127.0.0.1:PORT for as long as it serves
+    (schedules never fire on Prefect's temporary server).
+    """
+    quiet_environment()
+    from flows.config import ConfigError
+    from flows.deploy import ServerError
+    from flows.deploy import serve as serve_deployment
+
+    try:
+        serve_deployment(str(config) if config else None, port=port)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except ServerError as exc:
+        raise _fail(str(exc), 1) from None
+
+
 @app.command("sample-data")
 def sample_data(
     out: Annotated[Path, typer.Option(help="Folder to write sales and sku_master into.")] = Path("data/sample"),

@@ -10,8 +10,10 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -209,9 +211,31 @@ class OutputConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is taken from the working directory.")
-    experiment: str = "buffercast"
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: a sqlite file, a folder or an http(s) server.")
+    experiment: str | None = Field(None, description="MLflow experiment; null: one per config, 'buffercast-<name>'.")
     artifact_location: str | None = Field("mlruns", description="Artifact root for a new experiment on a local store.")
+    retries: int = Field(2, ge=0, description="Retries of each tracking step (start, log) when MLflow fails.")
+    retry_delay_seconds: float | list[float] = Field([2.0, 10.0], description="Backoff between those retries (seconds).")
+    http_retries: int = Field(2, ge=0, description="MLflow's own HTTP retries per request (its default, 7, takes minutes).")
+
+    def experiment_name(self, config_name: str) -> str:
+        return self.experiment or f"buffercast-{config_name}"
+
+
+class DriftConfig(_Strict):
+    buffer_change_pct: float = Field(25.0, gt=0.0, description="A buffer moving by more than this % since the last run is a change.")
+
+
+class TimeoutConfig(_Strict):
+    """Seconds each stage may take before the run fails (a hung read or fit must not block next week's run)."""
+
+    pull: float = Field(900, gt=0)
+    validation: float = Field(900, gt=0)
+    profile: float = Field(900, gt=0)
+    forecast: float = Field(7200, gt=0)
+    recommend: float = Field(900, gt=0)
+    publish: float = Field(900, gt=0)
+    track: float = Field(600, gt=0)
 
 
 class LifeCycleConfig(_Strict):
@@ -243,6 +267,37 @@ class ShapeConfig(_Strict):
     )
 
 
+#: One cron field: numbers, names (MON, JAN), `*`, lists, ranges and steps; no Jenkins-style H or R.
+_CRON_FIELD = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
+
+
+class ScheduleConfig(_Strict):
+    """When the deployed flow runs (prefect.yaml, `buffercast serve`): a cron read in an IANA time zone."""
+
+    cron: str = Field("0 6 * * 1", description="Five fields: minute hour day-of-month month day-of-week; default Monday 06:00.")
+    timezone: str = Field("Europe/Berlin", description="IANA time zone the cron is read in, daylight saving included.")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5:
+            raise ValueError(f"a cron needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
+        bad = [f for f in fields if not _CRON_FIELD.match(f) or f.upper() in {"H", "R"}]
+        if bad:
+            raise ValueError(f"cron field(s) {bad} are not cron syntax (numbers, names, *, lists, ranges, /steps)")
+        return " ".join(fields)
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{v}' is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)") from None
+        return v
+
+
 class BuffercastConfig(_Strict):
     name: str = Field("default", description="Config name; also the MLflow run name prefix.")
     frequency: Frequency = "D"
@@ -262,8 +317,11 @@ class BuffercastConfig(_Strict):
     life_cycle: LifeCycleConfig = LifeCycleConfig()
     outliers: OutlierConfig = OutlierConfig()
     shape: ShapeConfig = ShapeConfig()
+    drift: DriftConfig = DriftConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @property
     def period_days(self) -> float:

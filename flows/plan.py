@@ -2,10 +2,10 @@
 
 Wiring only: every decision lives in features/, forecasting/ and buffers/; reading in flows/sources.py,
 validation in flows/schemas.py, writing in flows/publish.py, MLflow in flows/tracking.py.
-Only the pull is retried (it is the only step that talks to something that can flake).
+Only the pull and the MLflow steps are retried (they talk to things that can flake); every stage has a
+timeout from config. No `from __future__ import annotations` here: Prefect resolves the flow's parameter
+types at run time (a served flow run fails on a string annotation).
 """
-
-from __future__ import annotations
 
 import datetime as dt
 import subprocess
@@ -16,9 +16,11 @@ from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
+from buffers.drift import change_counts, compare_runs
 from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
 from buffers.policy import PolicyThresholds
 from buffers.recommend import BufferSettings
@@ -27,10 +29,10 @@ from features.outliers import cap_outliers
 from features.profile import ProfileSettings, build_profiles
 from flows import publish as publisher
 from flows.config import BuffercastConfig
-from flows.plots import sbc_quadrant_figure
+from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures
 from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
 from flows.sources import InputError, read_sales, read_sku_master
-from flows.tracking import Tracker
+from flows.tracking import Tracker, resolve_tracking_uri
 from forecasting.backtest import BacktestSettings, ForecastResult, backtest_and_forecast
 from forecasting.models import ModelSpec
 
@@ -81,7 +83,8 @@ def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.Data
 
 @dataclass(frozen=True)
 class Profiled:
-    panel: pl.DataFrame  # demand per series and period, explicit zeros (outliers capped if config says so)
+    panel: pl.DataFrame  # what is forecast: demand per series and period, explicit zeros (outliers capped if config says so)
+    demand: pl.DataFrame  # the demand as sold (never capped): what planners see in the report
     keys: pl.DataFrame  # unique_id -> sku_id, location_id of the planned series
     left_out: pl.DataFrame  # series in the sales that cannot be planned (no positive sale)
     attrs: pl.DataFrame  # SKU-master attributes per series, defaults filled
@@ -124,9 +127,8 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
     )
     profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, s=settings)
     outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")
-    if cfg.outliers.exclude_from_sigma:
-        panel = cap_outliers(flagged)
-    return Profiled(panel, keys, left_out, attrs, profiles, outlier_points)
+    forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
+    return Profiled(forecast_panel, panel, keys, left_out, attrs, profiles, outlier_points)
 
 
 @task(cache_policy=NO_CACHE)
@@ -251,22 +253,155 @@ def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
         "safety_stock_value": float(recs["safety_stock_value"].sum()),
         "holding_cost_per_year": float(recs["holding_cost_per_year"].sum()),
         "median_mase": recs["mase"].median(),
+        "service_level_targets": {
+            float(k): int(v) for k, v in recs.group_by("service_level_target").len().sort("service_level_target").iter_rows()
+        },
     }
 
 
-def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int]) -> dict[str, float]:
+def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dict[str, pl.DataFrame]) -> dict[str, float]:
+    """Flat MLflow metrics: counts per class, policy, life cycle and change kind; capital; accuracy."""
     metrics: dict[str, float] = {
         "skus": summary["skus"],
         "series_not_planned": summary["series_not_planned"],
         **{f"rows_{k}": v for k, v in n_rows.items()},
+        **{f"changes_{k}": v for k, v in summary["changes"].items()},
     }
     for group in ("demand_class", "volatility_class", "policy", "abc_class", "life_cycle"):
         metrics |= {f"skus_{group}_{k}": v for k, v in summary[group].items()}
     metrics["safety_stock_value_total"] = summary["safety_stock_value"]
     metrics["holding_cost_per_year_total"] = summary["holding_cost_per_year"]
-    if summary["median_mase"] is not None:
-        metrics["median_mase"] = summary["median_mase"]
+    recs = tables["recommendations"].filter(pl.col("mase").is_not_null() & pl.col("mase").is_finite())
+    if recs.height:
+        # Weighted by annual value: the error where the money is.
+        weights = recs["annual_value"] / recs["annual_value"].sum() if recs["annual_value"].sum() > 0 else None
+        metrics["median_mase"] = float(recs["mase"].median())
+        metrics["mean_mase"] = float(recs["mase"].mean())
+        metrics["weighted_mase"] = float((recs["mase"] * weights).sum()) if weights is not None else float(recs["mase"].mean())
+    rmsse = tables["backtest_metrics"].filter("selected")["rmsse"].drop_nulls()
+    if rmsse.len():
+        metrics["median_rmsse"] = float(rmsse.median())
     return metrics
+
+
+REPORT_FILE = "report.html"
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or written to; the outputs were published all the same."""
+
+
+def _tracking_retries(cfg: BuffercastConfig) -> dict[str, Any]:
+    return {
+        "retries": cfg.tracking.retries,
+        "retry_delay_seconds": cfg.tracking.retry_delay_seconds,
+        "timeout_seconds": cfg.timeouts.track,
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def start_tracking(cfg: BuffercastConfig, as_of: dt.date, run_id: str, prefect_run_id: str) -> Tracker:
+    """Open the run's MLflow run (retried by the caller's options: the tracking server may be restarting)."""
+    tracker = Tracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment_name(cfg.name),
+        cfg.tracking.artifact_location,
+        http_retries=cfg.tracking.http_retries,
+    )
+    tracker.start(
+        f"{cfg.name}-{as_of.isoformat()}",
+        tags={
+            "as_of": as_of.isoformat(),
+            "config_name": cfg.name,
+            "config_hash": cfg.fingerprint(),
+            "schema_version": str(publisher.SCHEMA_VERSION),
+            "git_commit": _git_commit(),
+            "prefect_flow_run_id": prefect_run_id,
+            "prefect_deployment": deployment.name or "none (local run)",
+            "buffercast_run_id": run_id,
+        },
+    )
+    return tracker
+
+
+@task(cache_policy=NO_CACHE)
+def log_run(
+    tracker: Tracker,
+    cfg: BuffercastConfig,
+    summary: dict[str, Any],
+    n_rows: dict[str, int],
+    tables: dict[str, pl.DataFrame],
+    inputs: Inputs,
+    pngs: dict[str, bytes],
+    report: str,
+) -> None:
+    """Everything a data scientist compares runs by: params, metrics, input lineage, tables, reasons, plots, report."""
+    tracker.log_params(cfg.flat())
+    tracker.log_metrics(summary_metrics(summary, n_rows, tables))
+    tracker.log_dataset(inputs.sales.valid, source=cfg.input.sales, name="sales", context="sales")
+    if inputs.master is not None and cfg.input.sku_master:
+        tracker.log_dataset(inputs.master.valid, source=cfg.input.sku_master, name="sku_master", context="sku_master")
+    for name, frame in tables.items():
+        tracker.log_table(name, frame)
+    reasons = tables["recommendations"].select(
+        "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "demand_class", "xyz_class", "abc_class",
+        "life_cycle", "reasons",
+    )  # fmt: skip
+    tracker.log_viewable_table(reasons, "reasons.json")
+    for file_name, png in pngs.items():
+        tracker.log_bytes(png, file_name)
+    tracker.log_text(report, f"report/{REPORT_FILE}")
+
+
+@task(cache_policy=NO_CACHE)
+def publish(
+    cfg: BuffercastConfig,
+    as_of: dt.date,
+    run_id: str,
+    tables: dict[str, pl.DataFrame],
+    manifest: dict[str, Any],
+    documents: dict[str, str],
+) -> dict[str, str]:
+    return publisher.publish_tables(cfg.output.folder, as_of, run_id, tables, manifest, documents)
+
+
+def publish_prefect_artifacts(recs: pl.DataFrame, summary: dict[str, Any], changes: pl.DataFrame, as_of: dt.date) -> None:
+    """What an operator sees in the Prefect UI: a markdown summary and the 20 largest buffers."""
+
+    def counts(title: str, values: dict[str, int]) -> str:
+        return f"| {title} | " + ", ".join(f"{k} {v}" for k, v in values.items()) + " |"
+
+    policy_changes = changes.filter(pl.col("change") == "policy")
+    lines = [
+        f"# buffercast plan as of {as_of}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| SKUs | {summary['skus']} |",
+        counts("demand class", summary["demand_class"]),
+        counts("volatility", summary["volatility_class"]),
+        counts("life cycle", summary["life_cycle"]),
+        counts("policy", summary["policy"]),
+        f"| safety stock value | {summary['safety_stock_value']:,.2f} |",
+        f"| holding cost per year | {summary['holding_cost_per_year']:,.2f} |",
+        counts("service level targets", {f"{k:.0%}": v for k, v in summary["service_level_targets"].items()}),
+        counts("changes since the last run", summary["changes"]),
+        "",
+        f"## SKUs whose policy changed ({policy_changes.height})",
+        "",
+        *[
+            f"- {row['sku_id']}{' @ ' + row['location_id'] if row['location_id'] else ''}: {row['reason']}"
+            for row in policy_changes.head(50).iter_rows(named=True)
+        ],
+    ]
+    create_markdown_artifact("\n".join(lines), key="plan-summary", description=f"buffercast plan as of {as_of}")
+    top = recs.sort("safety_stock_value", descending=True).head(20)
+    create_table_artifact(
+        top.select("sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "safety_stock_value", "reasons")
+        .to_dicts(),
+        key="top-buffers",
+        description=f"the 20 largest buffers by value, as of {as_of}",
+    )
 
 
 def _git_commit() -> str:
@@ -282,70 +417,89 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     """Sales history -> validated -> profiled -> backtested and forecast -> buffer recommendations -> published + tracked."""
     cfg = config
     logger = get_run_logger()
-    raw_sales, raw_master = pull(cfg)
-    inputs = validate(cfg, raw_sales, raw_master)
+    t = cfg.timeouts
+    raw_sales, raw_master = pull.with_options(timeout_seconds=t.pull)(cfg)
+    inputs = validate.with_options(timeout_seconds=t.validation)(cfg, raw_sales, raw_master)
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()
 
     master = inputs.master.valid if inputs.master else None
-    p = profile(cfg, sales, master, as_of)
-    fc = forecast(
+    p = profile.with_options(timeout_seconds=t.profile)(cfg, sales, master, as_of)
+    fc = forecast.with_options(timeout_seconds=t.forecast)(
         cfg, p.panel, forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
     )
-    recs = recommend_buffers(cfg, as_of, p, fc)
+    recs = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
     tables = output_tables(as_of, recs, fc, p, inputs)
 
     run_id = uuid.uuid4().hex
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
     prefect_run_id = str(flow_run.get_id() or "")
-    mlflow_run_id = tracker.start(
-        f"{cfg.name}-{as_of.isoformat()}",
-        tags={
-            "as_of": as_of.isoformat(),
-            "config_name": cfg.name,
-            "config_hash": cfg.fingerprint(),
-            "schema_version": str(publisher.SCHEMA_VERSION),
-            "git_commit": _git_commit(),
-            "prefect_flow_run_id": prefect_run_id,
-            "buffercast_run_id": run_id,
-        },
+    n_rows = {
+        "sales_in": inputs.sales.rows_in,
+        "sales_used": sales.height,
+        "sales_quarantined": inputs.sales.quarantine.height,
+        "sales_after_as_of": rows_after_as_of,
+        "sku_master_in": inputs.master.rows_in if inputs.master else 0,
+        "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
+    }
+    previous = publisher.previous_as_of(cfg.output.folder, as_of)
+    changes = compare_runs(
+        publisher.read_table(cfg.output.folder, "recommendations", previous) if previous else pl.DataFrame(),
+        recs,
+        buffer_change_pct=cfg.drift.buffer_change_pct,
     )
-    ok = False
-    try:
-        n_rows = {
-            "sales_in": inputs.sales.rows_in,
-            "sales_used": sales.height,
-            "sales_quarantined": inputs.sales.quarantine.height,
-            "sales_after_as_of": rows_after_as_of,
-            "sku_master_in": inputs.master.rows_in if inputs.master else 0,
-            "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
-        }
-        summary = run_summary(recs) | {"series_not_planned": p.left_out.height}
-        manifest = {
-            "run_id": run_id,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "config_name": cfg.name,
-            "config_hash": cfg.fingerprint(),
-            "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
-            "input_rows": n_rows,
-            "series_not_planned": p.left_out.select("sku_id", "location_id").head(100).to_dicts(),
-            "last_date_in_data": last_date.isoformat(),
-            "frequency": cfg.frequency,
-            "mlflow_run_id": mlflow_run_id,
-            "mlflow_tracking_uri": tracker.uri,
-            "prefect_flow_run_id": prefect_run_id,
-            "summary": summary,
-        }
-        paths = publisher.publish_tables(cfg.output.folder, as_of, run_id, tables, manifest)
-        logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
+    tables["changes"] = validate_output("changes", changes)
+    summary = run_summary(recs) | {"series_not_planned": p.left_out.height, "changes": change_counts(changes)}
 
-        tracker.log_params(cfg.flat())
-        tracker.log_metrics(summary_metrics(summary, n_rows))
-        tracker.log_table("recommendations", tables["recommendations"])
-        tracker.log_figure(sbc_quadrant_figure(recs, cfg.sbc.adi_cutoff, cfg.sbc.cv2_cutoff), "plots/sbc_quadrants.png")
-        ok = True
-    finally:
-        tracker.finish(ok)
+    # Tracking starts before publishing (its run id goes into the manifest); if the server is down, the outputs
+    # are still published and the run fails afterwards, saying where they are.
+    tracker, tracking_error = None, None
+    try:
+        tracker = start_tracking.with_options(**_tracking_retries(cfg))(cfg, as_of, run_id, prefect_run_id)
+    except Exception as exc:
+        tracking_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    manifest = {
+        "run_id": run_id,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config_name": cfg.name,
+        "config_hash": cfg.fingerprint(),
+        "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
+        "input_rows": n_rows,
+        "series_not_planned": p.left_out.select("sku_id", "location_id").head(100).to_dicts(),
+        "last_date_in_data": last_date.isoformat(),
+        "previous_as_of": previous.isoformat() if previous else None,
+        "frequency": cfg.frequency,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+        "mlflow_tracking_uri": resolve_tracking_uri(cfg.tracking.uri),
+        "tracking_error": tracking_error,
+        "prefect_flow_run_id": prefect_run_id,
+        "summary": summary,
+    }
+    history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
+    figures = report_figures(
+        recommendations=recs,
+        backtest_metrics=tables["backtest_metrics"],
+        history=history,
+        forecasts=tables["forecasts"],
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+    )
+    pngs = render_pngs(figures)
+    report = render_report(summary=summary, tables=tables, figures=pngs, changes=changes if previous else None, manifest=manifest)
+    paths = publish.with_options(timeout_seconds=cfg.timeouts.publish)(cfg, as_of, run_id, tables, manifest, {REPORT_FILE: report})
+    logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
+    publish_prefect_artifacts(recs, summary, changes, as_of)
+
+    out = Path(cfg.output.folder).resolve()
+    where = f"the outputs are published in {out} (manifest {publisher.manifest_path(out, as_of)}); nothing is lost"
+    if tracker is None:
+        raise TrackingError(f"MLflow tracking failed at {cfg.tracking.uri} ({tracking_error}); {where}")
+    try:
+        artifacts = {FIGURE_FILES[title]: png for title, png in pngs.items()}
+        log_run.with_options(**_tracking_retries(cfg))(tracker, cfg, summary, n_rows, tables, inputs, artifacts, report)
+    except Exception as exc:
+        tracker.finish(ok=False)
+        raise TrackingError(f"MLflow tracking failed at {cfg.tracking.uri} ({type(exc).__name__}: {exc}); {where}") from exc
+    tracker.finish(ok=True)
 
     return {
         **summary,
@@ -353,7 +507,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
         "input_rows": n_rows,
         "outputs": paths,
         "manifest": str(publisher.manifest_path(Path(cfg.output.folder).resolve(), as_of)),
-        "mlflow_run_id": mlflow_run_id,
+        "mlflow_run_id": tracker.run_id,
         "mlflow_tracking_uri": tracker.uri,
         "prefect_flow_run_id": prefect_run_id,
     }

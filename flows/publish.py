@@ -3,6 +3,7 @@
 Layout under the output folder:
 
     <table>/as_of=YYYY-MM-DD/part-0.parquet     one partition per as-of date and table
+    reports/as_of=YYYY-MM-DD/report.html         the planner's weekly report
     manifests/as_of=YYYY-MM-DD/manifest.json     what the run read, wrote and where it is tracked
 
 A run stages every partition in `_staging/<run_id>/` (outside every table's dataset root, so readers
@@ -25,6 +26,7 @@ import polars as pl
 SCHEMA_VERSION = 1
 STAGING = "_staging"
 MANIFESTS = "manifests"
+REPORTS = "reports"
 
 
 def partition_dir(root: Path, table: str, as_of: dt.date) -> Path:
@@ -41,11 +43,17 @@ def _mkdir_public(path: Path) -> None:
 
 
 def publish_tables(
-    root: str | Path, as_of: dt.date, run_id: str, tables: Mapping[str, pl.DataFrame], manifest: Mapping[str, Any]
+    root: str | Path,
+    as_of: dt.date,
+    run_id: str,
+    tables: Mapping[str, pl.DataFrame],
+    manifest: Mapping[str, Any],
+    documents: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Write every table's as-of partition and the manifest, all or nothing; returns table -> partition path.
+    """Write every table's as-of partition, the documents and the manifest, all or nothing; returns name -> path.
 
-    The manifest gets `tables` (path and row count per table) and `schema_version` added.
+    `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`. The manifest gets
+    `tables` (path and row count per table) and `schema_version` added.
     """
     root = Path(root).resolve()
     stage = root / STAGING / run_id
@@ -58,6 +66,12 @@ def publish_tables(
             _mkdir_public(part)
             frame.write_parquet(part / "part-0.parquet", statistics=True)
             written[name] = str(partition_dir(root, name, as_of))
+        if documents:
+            part = stage / "new" / REPORTS / f"as_of={as_of.isoformat()}"
+            _mkdir_public(part)
+            for file_name, text in documents.items():
+                (part / file_name).write_text(text, encoding="utf-8")
+                written[file_name] = str(partition_dir(root, REPORTS, as_of) / file_name)
         full_manifest = {
             **manifest,
             "schema_version": SCHEMA_VERSION,
@@ -66,7 +80,7 @@ def publish_tables(
         }
         (stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
         # Swap: every staged partition replaces its predecessor with a rename (atomic on one filesystem).
-        _swap_into_place(root, as_of, list(tables), stage)
+        _swap_into_place(root, as_of, [*tables, *([REPORTS] if documents else [])], stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         staging_root = root / STAGING
@@ -106,6 +120,20 @@ def read_table(root: str | Path, table: str, as_of: dt.date | None = None) -> pl
     base = Path(root) / table
     path = partition_dir(Path(root), table, as_of) if as_of else base
     return pl.scan_parquet(f"{path}/**/*.parquet", hive_partitioning=as_of is None).collect()
+
+
+def published_as_of_dates(root: str | Path, table: str = "recommendations") -> list[dt.date]:
+    """The as-of dates a table has a partition for, oldest first."""
+    base = Path(root) / table
+    if not base.is_dir():
+        return []
+    return sorted(dt.date.fromisoformat(p.name.removeprefix("as_of=")) for p in base.iterdir() if p.name.startswith("as_of="))
+
+
+def previous_as_of(root: str | Path, as_of: dt.date, table: str = "recommendations") -> dt.date | None:
+    """The latest published as-of date before `as_of`, if any: what a run compares itself with."""
+    earlier = [d for d in published_as_of_dates(root, table) if d < as_of]
+    return earlier[-1] if earlier else None
 
 
 def read_manifest(root: str | Path, as_of: dt.date) -> dict[str, Any]:

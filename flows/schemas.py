@@ -19,6 +19,7 @@ from pandera.api.polars.types import PolarsData
 from pandera.errors import SchemaErrors
 from pydantic import BaseModel
 
+from buffers.drift import CHANGE_KINDS
 from flows.config import SalesColumns, SkuMasterColumns
 from flows.sources import ROW_NUMBER, SOURCE_FILE, InputError
 
@@ -502,6 +503,23 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
         },
         name="outliers",
         unique=["sku_id", "location_id", "date"],
+        strict=True,
+        ordered=True,
+    ),
+    "changes": pa.DataFrameSchema(
+        {
+            "as_of": _col(pl.Date),
+            "previous_as_of": _col(pl.Date),
+            "sku_id": _col(pl.String),
+            "location_id": _col(pl.String, nullable=True),
+            "change": _col(pl.String, checks=pa.Check.isin(list(CHANGE_KINDS))),
+            "before": _col(pl.String, nullable=True),
+            "after": _col(pl.String, nullable=True),
+            "buffer_change_pct": _col(pl.Float64, nullable=True),
+            "reason": _col(pl.String),
+        },
+        name="changes",
+        unique=["sku_id", "location_id", "change"],
         strict=True,
         ordered=True,
     ),

@@ -6,6 +6,7 @@ the run early (its id goes into the manifest) and finish it after publishing.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import mlflow
 import polars as pl
-from mlflow.entities import RunStatus
+from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LENGTH = 6000
@@ -40,7 +41,13 @@ def _artifact_location(uri: str, artifact_location: str | None) -> str | None:
 class Tracker:
     """Thin wrapper over MlflowClient for one run."""
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+    def __init__(
+        self, uri: str, experiment: str, artifact_location: str | None = None, *, http_retries: int = 2, http_timeout_s: int = 30
+    ) -> None:
+        # MLflow's own HTTP client retries 7 times with backoff (minutes against a dead server); the flow retries
+        # whole tracking steps itself, so each call here fails fast. Read by mlflow at request time.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(http_timeout_s)
         self.uri = resolve_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -68,21 +75,34 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
+    def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> str:
+        """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run."""
+        dataset = mlflow.data.from_polars(frame, source=source, name=name)
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        return dataset.digest
+
+    def log_viewable_table(self, frame: pl.DataFrame, artifact_file: str) -> None:
+        """A table the MLflow UI shows in its artifact viewer (JSON, via `log_table`)."""
+        self.client.log_table(self.run_id, data=frame.to_pandas(), artifact_file=artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """A file's bytes (e.g. a PNG rendered once for both the report and MLflow) as `artifact_file`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
     def log_table(self, name: str, frame: pl.DataFrame, artifact_path: str = "tables") -> None:
         """A table as a Parquet artifact `<artifact_path>/<name>.parquet`."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.parquet"
             frame.write_parquet(path)
             self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_figure(self, figure: Any, file_name: str) -> None:
-        """Log a matplotlib figure as an image artifact, then release it (pyplot keeps every open figure)."""
-        import matplotlib.pyplot as plt
-
-        try:
-            self.client.log_figure(self.run_id, figure, file_name)
-        finally:
-            plt.close(figure)
 
     def finish(self, ok: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)

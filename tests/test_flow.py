@@ -138,6 +138,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.info.run_name == f"default-{AS_OF}"
+    assert client.get_experiment(run.info.experiment_id).name == "buffercast-default"
     assert run.data.params["sbc.adi_cutoff"] == "1.32"
     assert run.data.params["frequency"] == "D"
     assert len(run.data.params) == len(cfg.flat())
@@ -151,7 +152,9 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     }
-    assert artifacts == {"tables/recommendations.parquet", "plots/sbc_quadrants.png"}
+    tables = {"recommendations", "profiles", "outliers", "forecasts", "backtest_metrics", "quarantine", "changes"}
+    plots = {"sbc_quadrants", "policy_mix_by_abc", "error_distribution", "forecast_vs_actual", "service_level"}
+    assert artifacts == {f"tables/{t}.parquet" for t in tables} | {f"plots/{p}.png" for p in plots}
     local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
     assert pl.read_parquet(local).height == result["skus"]
 

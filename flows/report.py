@@ -1,0 +1,429 @@
+"""The weekly HTML report a planner can open: one self-contained static file (inline CSS, figures as PNG data URIs).
+
+No JavaScript and nothing fetched over the network. Every value that comes from data (SKU ids, reasons, class
+names, manifest fields) goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import polars as pl
+from matplotlib.figure import Figure
+
+from flows.plots import (
+    error_distribution_figure,
+    forecast_vs_actual_figure,
+    policy_mix_by_abc_figure,
+    sbc_quadrant_figure,
+    service_level_figure,
+)
+
+TOP_N = 20
+PERIOD_NAMES = {"D": "a day", "W": "a week", "M": "a month"}
+NUM_ATTR = ' class="num"'
+MAX_CHANGE_ROWS = 500  # a planner reads the first ones; the full list is the published `changes` table
+TOP_COLUMNS = {
+    "sku_id": "SKU",
+    "location_id": "location",
+    "policy": "policy",
+    "safety_stock_units": "safety stock (units)",
+    "reorder_point_units": "reorder point (units)",
+    "safety_stock_value": "safety-stock value",
+    "reasons": "reasons",
+}
+COUNT_GROUPS = {
+    "demand_class": "Demand class (SBC)",
+    "volatility_class": "Volatility class (backtest error)",
+    "life_cycle": "Life cycle",
+    "policy": "Buffer policy",
+    "abc_class": "ABC class",
+}
+INPUT_ROWS = {
+    "sales_in": "sales rows read",
+    "sales_used": "sales rows used",
+    "sales_quarantined": "sales rows quarantined",
+    "sales_after_as_of": "sales rows after the as-of date (not used)",
+    "sku_master_in": "SKU master rows read",
+    "sku_master_quarantined": "SKU master rows quarantined",
+}
+RUN_FACTS = {
+    "as_of": "as of",
+    "config_name": "config",
+    "config_hash": "config hash",
+    "run_id": "run id",
+    "mlflow_run_id": "MLflow run id",
+    "mlflow_tracking_uri": "MLflow tracking URI",
+    "prefect_flow_run_id": "Prefect flow run id",
+    "created_at": "created at",
+    "frequency": "period",
+    "last_date_in_data": "last date in the data",
+    "schema_version": "output schema version",
+}
+FIGURE_FILES = {  # report title -> MLflow artifact name, so the report and MLflow show the same plots
+    "Demand patterns (SBC quadrants)": "plots/sbc_quadrants.png",
+    "Buffer policy mix by ABC class": "plots/policy_mix_by_abc.png",
+    "Backtest error per model": "plots/error_distribution.png",
+    "Forecast vs actual: the 12 largest buffers": "plots/forecast_vs_actual.png",
+    "Service level": "plots/service_level.png",
+}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1f2933;
+       max-width: 1280px; margin: 0 auto; padding: 1.5rem 2rem 3rem; line-height: 1.4; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.25rem; border-bottom: 2px solid #e4e7eb; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+h3 { font-size: 1.02rem; margin: 1.2rem 0 0.4rem; }
+.sub { color: #616e7c; margin-top: 0; }
+nav a { margin-right: 1rem; color: #2a6f97; text-decoration: none; }
+table { border-collapse: collapse; font-size: 0.88rem; margin: 0.3rem 0 0.8rem; }
+th, td { padding: 0.28rem 0.6rem; border-bottom: 1px solid #e4e7eb; text-align: left; vertical-align: top; }
+th { background: #f5f7fa; font-weight: 600; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.reasons { max-width: 46rem; }
+table.facts th { background: none; font-weight: normal; color: #616e7c; white-space: nowrap; }
+table.facts td { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.84rem; }
+.grid { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
+.kpis { display: flex; flex-wrap: wrap; gap: 1rem; margin: 0.6rem 0 1rem; }
+.kpi { background: #f5f7fa; border-radius: 6px; padding: 0.6rem 1rem; min-width: 10rem; }
+.kpi .value { font-size: 1.35rem; font-weight: 600; }
+.kpi .label { color: #616e7c; font-size: 0.82rem; }
+figure { margin: 1rem 0 2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; }
+.note { color: #616e7c; font-style: italic; }
+.policy-JIT { color: #1d6f66; font-weight: 600; }
+.policy-hybrid { color: #9a7b1c; font-weight: 600; }
+.policy-JIC { color: #b5452b; font-weight: 600; }
+footer { margin-top: 3rem; color: #9aa5b1; font-size: 0.8rem; }
+"""
+
+
+# --- Formatting -------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    """A value as display text (not escaped): thousands separators, em dash for missing."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        if value.is_integer() or abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:,.2f}"
+        return f"{value:.3g}"
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(_fmt(value), quote=True)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "", cell_classes: Mapping[int, str] | None = None) -> str:
+    """An HTML table; headers and cells escaped, numbers right-aligned."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for i, v in enumerate(row):
+            classes = [c for c in (("num" if _is_num(v) else ""), (cell_classes or {}).get(i, "")) if c]
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{attr}>{_esc(v)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _facts(pairs: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{_esc(v)}</td></tr>" for label, v in pairs)
+    return f'<table class="facts"><tbody>{rows}</tbody></table>'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def figure_png(figure: Figure) -> bytes:
+    """A figure as PNG bytes at its own dpi."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figure.dpi)
+    return buffer.getvalue()
+
+
+def render_pngs(figures: Mapping[str, Figure]) -> dict[str, bytes]:
+    """Every figure rendered once to PNG bytes (for the report and MLflow alike), then closed."""
+    try:
+        return {title: figure_png(fig) for title, fig in figures.items()}
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
+# --- Sections -----------------------------------------------------------------------------------------------------------
+
+
+def _run_section(manifest: Mapping[str, Any]) -> str:
+    facts = [(label, manifest.get(key)) for key, label in RUN_FACTS.items()]
+    inputs = manifest.get("inputs") or {}
+    facts += [(f"{name} input", path) for name, path in inputs.items()]
+    rows = manifest.get("input_rows") or {}
+    known = [(label, rows[key]) for key, label in INPUT_ROWS.items() if key in rows]
+    known += [(key.replace("_", " "), v) for key, v in rows.items() if key not in INPUT_ROWS]
+    not_planned = manifest.get("series_not_planned") or []
+    parts = ['<section id="run"><h2>Run</h2><div class="grid"><div>', _facts(facts), "</div><div>", "<h3>Input rows</h3>"]
+    parts.append(_table(["input rows", "count"], known) if known else _note("input row counts not recorded"))
+    if not_planned:
+        shown = ", ".join(f"{r.get('sku_id')}" + (f" @ {r['location_id']}" if r.get("location_id") else "") for r in not_planned[:20])
+        more = f" (and {len(not_planned) - 20} more)" if len(not_planned) > 20 else ""
+        parts.append(f"<p>Series not planned (no positive sale): {html.escape(shown)}{html.escape(more)}</p>")
+    parts.append("</div></div></section>")
+    return "".join(parts)
+
+
+def _kpi(label: str, value: Any) -> str:
+    return f'<div class="kpi"><div class="value">{_esc(value)}</div><div class="label">{html.escape(label)}</div></div>'
+
+
+def _summary_section(summary: Mapping[str, Any]) -> str:
+    kpis = [
+        _kpi("SKUs planned", summary.get("skus")),
+        _kpi("total safety-stock value (currency of unit_cost)", summary.get("safety_stock_value")),
+        _kpi("holding cost per year", summary.get("holding_cost_per_year")),
+    ]
+    if "median_mase" in summary:
+        kpis.append(_kpi("median MASE of the chosen models", summary.get("median_mase")))
+    if summary.get("series_not_planned"):
+        kpis.append(_kpi("series not planned", summary.get("series_not_planned")))
+    shown = {"skus", "safety_stock_value", "holding_cost_per_year", "median_mase", "series_not_planned"}
+    groups = [(key, label) for key, label in COUNT_GROUPS.items() if isinstance(summary.get(key), Mapping)]
+    groups += [(k, k.replace("_", " ")) for k, v in summary.items() if isinstance(v, Mapping) and k not in COUNT_GROUPS]
+    tables = []
+    for key, label in groups:
+        counts = summary[key]
+        total = sum(v for v in counts.values() if _is_num(v)) or 0
+        rows = [(name, n, f"{n / total:.0%}" if total and _is_num(n) else "—") for name, n in counts.items()]
+        tables.append(
+            f"<div><h3>{html.escape(label)}</h3>{_table([key.replace('_', ' '), 'SKUs', 'share'], rows, cell_classes={2: 'num'})}</div>"
+        )
+    extra = [(k.replace("_", " "), v) for k, v in summary.items() if k not in shown and not isinstance(v, Mapping | list)]
+    parts = ['<section id="summary"><h2>Summary</h2><div class="kpis">', "".join(kpis), '</div><div class="grid">']
+    parts += tables
+    parts.append("</div>")
+    if extra:
+        parts.append(_facts(extra))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _figures_section(figures: Mapping[str, Figure | bytes]) -> str:
+    parts = ['<section id="figures"><h2>Figures</h2>']
+    if not figures:
+        parts.append(_note("no figures in this run"))
+    for title, figure in figures.items():
+        png = figure if isinstance(figure, bytes | bytearray) else figure_png(figure)
+        data = base64.b64encode(png).decode("ascii")
+        t = html.escape(title)
+        parts.append(f'<figure><h3>{t}</h3><img src="data:image/png;base64,{data}" alt="{t}"></figure>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _changes_section(changes: pl.DataFrame | None) -> str:
+    parts = ['<section id="changes"><h2>Changes since the previous run</h2>']
+    if changes is None or changes.is_empty():
+        parts.append(_note("first run: nothing to compare" if changes is None else "no SKU changed since the previous run"))
+    else:
+        # The run dates are the same on every row: said once above the table, not repeated in it.
+        frame = changes.drop([c for c in ("as_of", "previous_as_of") if c in changes.columns])
+        line = f"{changes.height:,} changes"
+        if "previous_as_of" in changes.columns:
+            previous = ", ".join(_fmt(d) for d in changes["previous_as_of"].unique().sort().to_list())
+            line += f" compared with the run as of {previous}"
+        if "change" in changes.columns:
+            kinds = changes.group_by("change").len().sort(["len", "change"], descending=[True, False]).iter_rows()
+            line += " (" + ", ".join(f"{_fmt(kind)}: {n:,}" for kind, n in kinds) + ")"
+        parts.append(f"<p>{html.escape(line)}.</p>")
+        parts.append(_table(frame.columns, frame.head(MAX_CHANGE_ROWS).iter_rows()))
+        if changes.height > MAX_CHANGE_ROWS:
+            parts.append(_note(f"first {MAX_CHANGE_ROWS} of {changes.height:,} shown; every change is in the published changes table"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _top_section(recommendations: pl.DataFrame | None) -> str:
+    parts = [f'<section id="top"><h2>Top {TOP_N} SKUs by safety-stock value</h2>']
+    if recommendations is None or recommendations.is_empty():
+        parts.append(_note("no recommendations in this run"))
+        return "".join([*parts, "</section>"])
+    recs = recommendations if "location_id" in recommendations.columns else recommendations.with_columns(location_id=pl.lit(None))
+    cols = [c for c in TOP_COLUMNS if c in recs.columns]
+    top = recs.sort("safety_stock_value", descending=True, nulls_last=True).head(TOP_N).select(cols)
+    policy_col = cols.index("policy") if "policy" in cols else -1
+    head = "".join(f"<th{NUM_ATTR if c.endswith(('_units', '_value')) else ''}>{html.escape(TOP_COLUMNS[c])}</th>" for c in cols)
+    body = []
+    for row in top.iter_rows():
+        cells = []
+        for i, (col, v) in enumerate(zip(cols, row, strict=True)):
+            cls = "num" if _is_num(v) else ""
+            if i == policy_col and v is not None:
+                cls = f"policy-{html.escape(str(v), quote=True)}"
+            elif col == "reasons":
+                cls = "reasons"
+            text = html.escape(f"{v:,.2f}") if col == "safety_stock_value" and _is_num(v) else _esc(v)
+            attr = f' class="{cls}"' if cls else ""
+            cells.append(f"<td{attr}>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return "".join([*parts, "</section>"])
+
+
+def quarantine_counts(quarantine: pl.DataFrame) -> pl.DataFrame:
+    """Rejected rows per input and failed check (`check` holds the failed checks `; `-joined: each counts once)."""
+    if quarantine.is_empty():
+        return pl.DataFrame(schema={"input": pl.String, "check": pl.String, "rows": pl.UInt32})
+    frame = quarantine if "input" in quarantine.columns else quarantine.with_columns(input=pl.lit("?"))
+    return (
+        frame.select(pl.col("input").cast(pl.String), pl.col("check").cast(pl.String).fill_null("?").str.split("; "))
+        .explode("check")
+        .with_columns(pl.col("check").str.strip_chars())
+        .group_by("input", "check")
+        .agg(rows=pl.len())
+        .sort(["rows", "input", "check"], descending=[True, False, False])
+    )
+
+
+def _quarantine_section(quarantine: pl.DataFrame | None) -> str:
+    parts = ['<section id="quarantine"><h2>Quarantined input rows per check</h2>']
+    if quarantine is None:
+        parts.append(_note("no quarantine table given"))
+    elif quarantine.is_empty():
+        parts.append(_note("no input row was quarantined"))
+    else:
+        parts.append(f"<p>{quarantine.height:,} rows quarantined (a row failing several checks counts under each).</p>")
+        parts.append(_table(["input", "check", "rows"], quarantine_counts(quarantine).iter_rows()))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# --- Public API ---------------------------------------------------------------------------------------------------------
+
+
+def report_title(manifest: Mapping[str, Any]) -> str:
+    return f"buffercast weekly report — {_fmt(manifest.get('config_name'))} — as of {_fmt(manifest.get('as_of'))}"
+
+
+def render_report(
+    *,
+    summary: dict,
+    tables: dict[str, pl.DataFrame],
+    figures: dict[str, Figure],
+    changes: pl.DataFrame | None,
+    manifest: dict,
+) -> str:
+    """The report as one self-contained HTML document.
+
+    - `summary`: the run summary (`manifest["summary"]`: `skus`, counts dicts per `demand_class`, `volatility_class`,
+      `life_cycle`, `policy`, `abc_class`, `safety_stock_value`, `holding_cost_per_year`, `median_mase`, ...).
+    - `tables`: the published tables by name; used: `recommendations` (top SKUs) and `quarantine` (counts per check).
+    - `figures`: title -> matplotlib Figure (or PNG bytes), in display order; every Figure is closed afterwards.
+    - `changes`: the run-to-run `changes` table (all its columns shown, `as_of` dropped); None on a first run.
+    - `manifest`: the run manifest (`as_of`, `run_id`, `mlflow_run_id`, `prefect_flow_run_id`, `config_hash`,
+      `input_rows`, ...).
+    """
+    try:
+        title = report_title(manifest)
+        period = PERIOD_NAMES.get(manifest.get("frequency"), manifest.get("frequency"))
+        body = [
+            f"<header><h1>{html.escape(title)}</h1>",
+            f'<p class="sub">Buffer stock recommendations per SKU: just in time (JIT), hybrid or just in case (JIC). '
+            f"Money in the currency of unit_cost; units are the unit of quantity; a period is {_esc(period)}.</p>",
+            '<nav><a href="#run">Run</a><a href="#summary">Summary</a><a href="#figures">Figures</a>'
+            '<a href="#changes">Changes</a><a href="#top">Top SKUs</a><a href="#quarantine">Quarantine</a></nav></header>',
+            _run_section(manifest),
+            _summary_section(summary),
+            _figures_section(figures),
+            _changes_section(changes),
+            _top_section(tables.get("recommendations")),
+            _quarantine_section(tables.get("quarantine")),
+            f"<footer>Generated by buffercast, run {_esc(manifest.get('run_id'))}, created {_esc(manifest.get('created_at'))}.</footer>",
+        ]
+    finally:
+        for figure in figures.values():
+            if isinstance(figure, Figure):
+                plt.close(figure)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def write_report(path: str | os.PathLike[str], html_text: str) -> Path:
+    """Write the report atomically (a temp file in the same folder, fsynced, then `os.replace`); the resolved path."""
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(html_text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def report_figures(
+    *,
+    recommendations: pl.DataFrame,
+    backtest_metrics: pl.DataFrame,
+    history: pl.DataFrame,
+    forecasts: pl.DataFrame,
+    adi_cutoff: float,
+    cv2_cutoff: float,
+    simulated: pl.DataFrame | None = None,
+) -> dict[str, Figure]:
+    """The report's figures, keyed by the titles in `FIGURE_FILES` (whose values name the MLflow artifacts).
+
+    `history` is demand per series and period (`sku_id`, `location_id`, `date`, `quantity`): e.g. the flow's panel
+    joined to its series keys, `ds` -> `date`, `y` -> `quantity`.
+    """
+    titles = list(FIGURE_FILES)
+    return {
+        titles[0]: sbc_quadrant_figure(recommendations, adi_cutoff, cv2_cutoff),
+        titles[1]: policy_mix_by_abc_figure(recommendations),
+        titles[2]: error_distribution_figure(backtest_metrics),
+        titles[3]: forecast_vs_actual_figure(history, forecasts, recommendations),
+        titles[4]: service_level_figure(recommendations, simulated),
+    }

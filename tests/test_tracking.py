@@ -1,0 +1,119 @@
+"""MLflow over HTTP: a real `mlflow server` on 127.0.0.1, and a tracking server that is down."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.publish import read_manifest, read_table
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+AS_OF = dt.date(2026, 6, 30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a SQLite backend in a temp folder, on a free loopback port; its whole process group ends after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_flow_tracks_to_a_real_mlflow_server_over_http(mlflow_server, small_catalogue, make_config):
+    from flows.plan import plan_buffers
+
+    cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"], tracking={"uri": mlflow_server, "artifact_location": None})
+    result = plan_buffers(cfg)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == cfg.tracking.experiment_name(cfg.name) == "buffercast-default"
+    assert run.info.run_name == f"{cfg.name}-{AS_OF}"
+    # params, metrics, tags
+    assert len(run.data.params) == len(cfg.flat())
+    assert run.data.metrics["skus"] == result["skus"]
+    assert {"skus_policy_JIC", "median_mase", "weighted_mase", "safety_stock_value_total"} <= set(run.data.metrics)
+    for tag in ("git_commit", "prefect_flow_run_id", "prefect_deployment", "schema_version", "as_of", "config_hash"):
+        assert tag in run.data.tags, tag
+    assert run.data.tags["prefect_flow_run_id"] == result["prefect_flow_run_id"]
+    # input lineage: the sales and SKU-master sources with their digests
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"sales", "sku_master"}
+    assert inputs["sales"].dataset.digest and small_catalogue["sales"].name in inputs["sales"].dataset.source
+    assert {t.value for t in inputs["sales"].tags} == {"sales"}
+    # artifacts: every published table, the per-SKU reasons, the plots and the report
+    paths = {a.path for top in ("tables", "plots", "report") for a in client.list_artifacts(run.info.run_id, top)}
+    paths |= {a.path for a in client.list_artifacts(run.info.run_id) if not a.is_dir}
+    for table in ("recommendations", "profiles", "outliers", "forecasts", "backtest_metrics", "quarantine", "changes"):
+        assert f"tables/{table}.parquet" in paths, table
+    assert "reasons.json" in paths
+    assert {"plots/sbc_quadrants.png", "report/report.html"} <= paths
+    local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
+    assert pl.read_parquet(local).height == result["skus"]
+
+
+def test_tracking_down_publishes_then_fails_saying_where_the_outputs_are(small_catalogue, make_config):
+    from flows.plan import TrackingError, plan_buffers
+
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    cfg = make_config(
+        small_catalogue["sales"],
+        small_catalogue["sku_master"],
+        tracking={"uri": dead, "artifact_location": None, "retries": 1, "retry_delay_seconds": 0, "http_retries": 0},
+    )
+    with pytest.raises(TrackingError) as err:
+        plan_buffers(cfg)
+    message = str(err.value)
+    assert "tracking failed" in message and dead in message and cfg.output.folder in message
+    # Nothing lost: every table and the manifest are published, and the manifest says tracking failed.
+    assert read_table(cfg.output.folder, "recommendations", AS_OF).height > 0
+    manifest = read_manifest(cfg.output.folder, AS_OF)
+    assert manifest["mlflow_run_id"] is None and manifest["tracking_error"]
