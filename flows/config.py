@@ -63,6 +63,9 @@ class InputConfig(_Strict):
     sales_columns: SalesColumns = SalesColumns()
     sku_master_columns: SkuMasterColumns = SkuMasterColumns()
     date_format: str | None = Field(None, description="strftime format of dates in CSV files; null tries ISO (YYYY-MM-DD).")
+    cache_hours: float = Field(
+        12.0, ge=0.0, description="Reuse the last read of unchanged input files for this long (a retried run); 0: always read."
+    )
     max_quarantine_share: float = Field(
         0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales (or SKU master) rows is quarantined."
     )

@@ -31,7 +31,7 @@ from flows import publish as publisher
 from flows.config import BuffercastConfig
 from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures
 from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
-from flows.sources import InputError, read_sales, read_sku_master
+from flows.sources import InputError, input_fingerprint, read_sales, read_sku_master
 from flows.tracking import Tracker, resolve_tracking_uri
 from forecasting.backtest import BacktestSettings, ForecastResult, backtest_and_forecast
 from forecasting.models import ModelSpec
@@ -54,9 +54,27 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
-def pull(cfg: BuffercastConfig) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store)."""
+def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """The inputs' fingerprint (files, sizes, modification times): a retried or repeated run whose files did not
+    change takes the cached read instead of reading again. None (no caching) when config turns it off."""
+    cfg: BuffercastConfig = parameters["cfg"]
+    if cfg.input.cache_hours <= 0:
+        return None
+    return f"buffercast-pull-{parameters['fingerprint']}"
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_worth_retrying,
+    cache_key_fn=_pull_cache_key,
+    persist_result=True,
+)
+def pull(cfg: BuffercastConfig, fingerprint: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store).
+
+    `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
+    """
     return read_sales(cfg.input), read_sku_master(cfg.input)
 
 
@@ -418,7 +436,10 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     cfg = config
     logger = get_run_logger()
     t = cfg.timeouts
-    raw_sales, raw_master = pull.with_options(timeout_seconds=t.pull)(cfg)
+    fingerprint = f"{input_fingerprint(cfg.input.sales)}-{input_fingerprint(cfg.input.sku_master)}"
+    raw_sales, raw_master = pull.with_options(
+        timeout_seconds=t.pull, cache_expiration=dt.timedelta(hours=max(cfg.input.cache_hours, 0.0))
+    )(cfg, fingerprint)
     inputs = validate.with_options(timeout_seconds=t.validation)(cfg, raw_sales, raw_master)
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()

@@ -6,6 +6,9 @@ from (`_source_file`, `_row_number`) so that validation can name the exact file 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import polars as pl
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
@@ -68,6 +71,23 @@ def read_table(location: str, *, what: str) -> pl.DataFrame:
         label = f"{base}/{path[len(root) :].lstrip('/')}"
         tables[label] = _read_file(fs, path, label, fmt, what)
     return _concat(tables, location, what)
+
+
+def input_fingerprint(location: str | None) -> str:
+    """A cheap identity of what `read_table(location)` would read: every file's path, size and modification time
+    (or ETag, on object stores), hashed. Same files, same fingerprint; a file rewritten, added or removed changes it.
+    """
+    if location is None:
+        return "none"
+    try:
+        fs, root = url_to_fs(location)
+        files = _folder_files(fs, root) if fs.isdir(root) else [root]
+        infos = [fs.info(path) for path in files]
+    except (OSError, ValueError, ImportError):
+        return f"unreadable:{location}"  # the read itself will raise the precise error (and not from a cache)
+    keys = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "created")
+    described = [[path, *[str(info.get(k)) for k in keys]] for path, info in zip(files, infos, strict=True)]
+    return hashlib.sha256(json.dumps([location, described]).encode()).hexdigest()
 
 
 def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str) -> pl.DataFrame:

@@ -170,11 +170,24 @@ def test_rerun_is_deterministic_and_replaces_its_partition(default_run):
         after = read_table(cfg.output.folder, name, AS_OF)
         diff = [c for c in frame.columns if not after[c].equals(frame[c])]
         assert not diff, (name, diff, after.filter(pl.any_horizontal(pl.col(c) != frame[c] for c in diff)).head(3).to_dicts())
+    # The inputs did not change: the second run took the pull from the cache (keyed by the files' fingerprint).
+    assert _task_states(second["prefect_flow_run_id"])["pull"] == "Cached"
+    assert _task_states(first["prefect_flow_run_id"])["pull"] == "Completed"
     # Still exactly one partition per table, one file in it, and no staging left behind.
     out = Path(cfg.output.folder)
     assert [p.name for p in (out / "recommendations").iterdir()] == [f"as_of={AS_OF}"]
     assert len(list((out / "recommendations" / f"as_of={AS_OF}").iterdir())) == 1
     assert not (out / "_staging").exists()
+
+
+def _task_states(flow_run_id: str) -> dict[str, str]:
+    """Task name (without its run suffix) -> state name, for one flow run, read from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
 def test_as_of_leaves_later_history_out(small_catalogue, make_config):
@@ -320,3 +333,30 @@ def test_cli_as_a_user_runs_it_bad_input_is_one_line_without_traceback(tmp_path)
     last = [line for line in proc.stderr.splitlines() if line.startswith("buffercast: error:")]
     assert len(last) == 1 and "missing column 'quantity'" in last[0] and "input.sales_columns.quantity" in last[0]
     assert not (tmp_path / "out" / "recommendations").exists()
+
+
+def test_second_run_publishes_what_changed_since_the_previous_as_of(small_catalogue, make_config):
+    from buffers.drift import compare_runs
+    from flows.plan import plan_buffers
+
+    earlier = AS_OF - dt.timedelta(days=28)
+    first_cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"], as_of=earlier.isoformat())
+    first = plan_buffers(first_cfg)
+    assert read_table(first_cfg.output.folder, "changes", earlier).height == 0  # nothing to compare with yet
+    assert read_manifest(first_cfg.output.folder, earlier)["previous_as_of"] is None
+
+    second_cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"])
+    second = plan_buffers(second_cfg)
+    out = second_cfg.output.folder
+    changes = read_table(out, "changes", AS_OF)
+    expected = compare_runs(read_table(out, "recommendations", earlier), read_table(out, "recommendations", AS_OF))
+    assert changes.equals(expected) and changes.height > 0
+    assert set(changes["previous_as_of"]) == {earlier}
+    assert read_manifest(out, AS_OF)["previous_as_of"] == earlier.isoformat()
+    assert second["changes"] == {k: changes.filter(pl.col("change") == k).height for k in second["changes"]}
+    metrics = MlflowClient(tracking_uri=second["mlflow_tracking_uri"]).get_run(second["mlflow_run_id"]).data.metrics
+    assert sum(v for k, v in metrics.items() if k.startswith("changes_")) == changes.height
+    # The planner's report, next to the outputs, shows the changes.
+    report = (Path(out) / "reports" / f"as_of={AS_OF}" / "report.html").read_text()
+    assert "buffercast weekly report" in report and changes["sku_id"][0] in report
+    assert first["mlflow_run_id"] != second["mlflow_run_id"]
