@@ -135,4 +135,6 @@ def reasons_expr(t: PolicyThresholds, period_days: float) -> pl.Expr:
         pl.when(~pl.col("in_sku_master")).then(pl.lit("not in the SKU master: lead time, its std and unit cost from config defaults")),
         pl.when(pl.col("model_fell_back")).then(pl.lit("the chosen model could not be fitted: fallback model used")),
     ]
-    return pl.concat_list(parts).list.drop_nulls().list.join("; ")
+    joined = pl.concat_list(parts).list.drop_nulls().list.join("; ")
+    # A dead SKU without a buffer needs one reason: the others (lead time, volatility) no longer decide anything.
+    return pl.when(no_buffer()).then(parts[0]).otherwise(joined)

@@ -62,6 +62,10 @@ class InputConfig(_Strict):
     sku_master: str | None = Field("data/sample/sku_master.parquet", description="File, folder or URL of the SKU master; null for none.")
     sales_columns: SalesColumns = SalesColumns()
     sku_master_columns: SkuMasterColumns = SkuMasterColumns()
+    grain: Literal["auto", "daily", "period"] = Field(
+        "auto",
+        description="'period': each date stands for its whole week/month (already aggregated); 'auto': detected from the dates.",
+    )
     date_format: str | None = Field(None, description="strftime format of dates in CSV files; null tries ISO (YYYY-MM-DD).")
     cache_hours: float = Field(
         12.0, ge=0.0, description="Reuse the last read of unchanged input files for this long (a retried run); 0: always read."

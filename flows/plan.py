@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
+from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
 from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
 from buffers.policy import PolicyThresholds
@@ -58,7 +59,7 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The inputs' fingerprint (files, sizes, modification times): a retried or repeated run whose files did not
     change takes the cached read instead of reading again. None (no caching) when config turns it off."""
     cfg: BuffercastConfig = parameters["cfg"]
-    if cfg.input.cache_hours <= 0:
+    if cfg.input.cache_hours <= 0 or parameters["fingerprint"] is None:
         return None
     return f"buffercast-pull-{parameters['fingerprint']}"
 
@@ -70,7 +71,7 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     cache_key_fn=_pull_cache_key,
     persist_result=True,
 )
-def pull(cfg: BuffercastConfig, fingerprint: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store).
 
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
@@ -117,7 +118,7 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
     A series is left out when it has no positive sale up to the last complete period (only zero quantities,
     or a first sale inside a week or month the as-of date cuts short): there is no demand to plan from.
     """
-    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start)
+    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start, input_grain=cfg.input.grain)
     all_keys = series_keys(sales)
     keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
     left_out = all_keys.join(keys, on="unique_id", how="anti")
@@ -305,6 +306,40 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
 REPORT_FILE = "report.html"
 
 
+def previous_changes(cfg: BuffercastConfig, as_of: dt.date, recs: pl.DataFrame) -> tuple[dt.date | None, pl.DataFrame]:
+    """The latest earlier published as-of date and what changed since; nothing to compare on a first run, or when
+    the previous table lacks columns the comparison needs (published by an older buffercast): then a warning."""
+    previous = publisher.previous_as_of(cfg.output.folder, as_of)
+    before = publisher.read_table(cfg.output.folder, "recommendations", previous) if previous else pl.DataFrame()
+    missing = [c for c in DRIFT_COLUMNS if c not in before.columns]
+    if previous and missing:
+        get_run_logger().warning("no drift against %s: its recommendations lack %s (an older schema)", previous, missing)
+        before = pl.DataFrame()
+    return previous, compare_runs(before, recs, buffer_change_pct=cfg.drift.buffer_change_pct)
+
+
+def planner_report(
+    cfg: BuffercastConfig,
+    p: Profiled,
+    tables: dict[str, pl.DataFrame],
+    summary: dict[str, Any],
+    changes: pl.DataFrame | None,
+    manifest: dict[str, Any],
+) -> tuple[dict[str, bytes], str]:
+    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report."""
+    history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
+    figures = report_figures(
+        recommendations=tables["recommendations"],
+        backtest_metrics=tables["backtest_metrics"],
+        history=history,
+        forecasts=tables["forecasts"],
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+    )
+    pngs = render_pngs(figures)
+    return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
+
+
 class TrackingError(RuntimeError):
     """MLflow could not be reached or written to; the outputs were published all the same."""
 
@@ -436,10 +471,10 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     cfg = config
     logger = get_run_logger()
     t = cfg.timeouts
-    fingerprint = f"{input_fingerprint(cfg.input.sales)}-{input_fingerprint(cfg.input.sku_master)}"
-    raw_sales, raw_master = pull.with_options(
-        timeout_seconds=t.pull, cache_expiration=dt.timedelta(hours=max(cfg.input.cache_hours, 0.0))
-    )(cfg, fingerprint)
+    fingerprint = input_fingerprint(cfg.input.sales, cfg.input.sku_master)
+    raw_sales, raw_master = pull.with_options(timeout_seconds=t.pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(
+        cfg, fingerprint
+    )
     inputs = validate.with_options(timeout_seconds=t.validation)(cfg, raw_sales, raw_master)
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()
@@ -462,12 +497,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
         "sku_master_in": inputs.master.rows_in if inputs.master else 0,
         "sku_master_quarantined": inputs.master.quarantine.height if inputs.master else 0,
     }
-    previous = publisher.previous_as_of(cfg.output.folder, as_of)
-    changes = compare_runs(
-        publisher.read_table(cfg.output.folder, "recommendations", previous) if previous else pl.DataFrame(),
-        recs,
-        buffer_change_pct=cfg.drift.buffer_change_pct,
-    )
+    previous, changes = previous_changes(cfg, as_of, recs)
     tables["changes"] = validate_output("changes", changes)
     summary = run_summary(recs) | {"series_not_planned": p.left_out.height, "changes": change_counts(changes)}
 
@@ -495,20 +525,22 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
         "prefect_flow_run_id": prefect_run_id,
         "summary": summary,
     }
-    history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
-    figures = report_figures(
-        recommendations=recs,
-        backtest_metrics=tables["backtest_metrics"],
-        history=history,
-        forecasts=tables["forecasts"],
-        adi_cutoff=cfg.sbc.adi_cutoff,
-        cv2_cutoff=cfg.sbc.cv2_cutoff,
-    )
-    pngs = render_pngs(figures)
-    report = render_report(summary=summary, tables=tables, figures=pngs, changes=changes if previous else None, manifest=manifest)
-    paths = publish.with_options(timeout_seconds=cfg.timeouts.publish)(cfg, as_of, run_id, tables, manifest, {REPORT_FILE: report})
-    logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
-    publish_prefect_artifacts(recs, summary, changes, as_of)
+    try:
+        # The report is for people: if it cannot be drawn, the tables are still published and the run says so.
+        try:
+            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest)
+        except Exception as exc:
+            logger.warning("the report could not be rendered (%s: %s); publishing the tables without it", type(exc).__name__, exc)
+            pngs, report = {}, None
+            manifest["report_error"] = f"{type(exc).__name__}: {exc}"
+        documents = {REPORT_FILE: report} if report is not None else {}
+        paths = publish.with_options(timeout_seconds=cfg.timeouts.publish)(cfg, as_of, run_id, tables, manifest, documents)
+        logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
+        publish_prefect_artifacts(recs, summary, changes, as_of)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish_quietly(ok=False)  # never leave the MLflow run RUNNING
+        raise
 
     out = Path(cfg.output.folder).resolve()
     where = f"the outputs are published in {out} (manifest {publisher.manifest_path(out, as_of)}); nothing is lost"
@@ -517,10 +549,10 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     try:
         artifacts = {FIGURE_FILES[title]: png for title, png in pngs.items()}
         log_run.with_options(**_tracking_retries(cfg))(tracker, cfg, summary, n_rows, tables, inputs, artifacts, report)
+        tracker.finish(ok=True)
     except Exception as exc:
-        tracker.finish(ok=False)
+        tracker.finish_quietly(ok=False)
         raise TrackingError(f"MLflow tracking failed at {cfg.tracking.uri} ({type(exc).__name__}: {exc}); {where}") from exc
-    tracker.finish(ok=True)
 
     return {
         **summary,

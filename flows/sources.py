@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import polars as pl
 from fsspec import AbstractFileSystem
@@ -73,21 +74,26 @@ def read_table(location: str, *, what: str) -> pl.DataFrame:
     return _concat(tables, location, what)
 
 
-def input_fingerprint(location: str | None) -> str:
-    """A cheap identity of what `read_table(location)` would read: every file's path, size and modification time
-    (or ETag, on object stores), hashed. Same files, same fingerprint; a file rewritten, added or removed changes it.
+def input_fingerprint(*locations: str | None) -> str | None:
+    """A cheap identity of what `read_table` would read from these locations: every file's path, size and
+    modification/change times (or ETag, on object stores), and this module's code, hashed. Same files and code,
+    same fingerprint; a file rewritten, added or removed changes it. None when a location cannot be listed
+    (then nothing may be cached: the read itself raises the precise error, or reads fresh data).
     """
-    if location is None:
-        return "none"
-    try:
-        fs, root = url_to_fs(location)
-        files = _folder_files(fs, root) if fs.isdir(root) else [root]
-        infos = [fs.info(path) for path in files]
-    except (OSError, ValueError, ImportError):
-        return f"unreadable:{location}"  # the read itself will raise the precise error (and not from a cache)
-    keys = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "created")
-    described = [[path, *[str(info.get(k)) for k in keys]] for path, info in zip(files, infos, strict=True)]
-    return hashlib.sha256(json.dumps([location, described]).encode()).hexdigest()
+    described: list = [hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]
+    keys = ("size", "mtime", "created", "LastModified", "last_modified", "ETag", "etag")
+    for location in locations:
+        if location is None:
+            described.append(None)
+            continue
+        try:
+            fs, root = url_to_fs(location)
+            files = _folder_files(fs, root) if fs.isdir(root) else [root]
+            infos = [fs.info(path) for path in files]
+        except (OSError, ValueError, ImportError):
+            return None
+        described.append([location, [[path, *[str(info.get(k)) for k in keys]] for path, info in zip(files, infos, strict=True)]])
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
 def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str) -> pl.DataFrame:

@@ -6,6 +6,7 @@ the run early (its id goes into the manifest) and finish it after publishing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -103,6 +104,11 @@ class Tracker:
             path = Path(tmp) / f"{name}.parquet"
             frame.write_parquet(path)
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish_quietly(self, ok: bool) -> None:
+        """`finish`, on a path that is already failing: an unreachable server must not hide the first error."""
+        with contextlib.suppress(Exception):
+            self.finish(ok)
 
     def finish(self, ok: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)

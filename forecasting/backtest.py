@@ -359,9 +359,13 @@ def backtest_and_forecast(
     selection = plan.select(ID, "model_set", "horizon", "windows", "backtested").join(chosen, on=ID, how="left")
     selection = selection.join(demand, on=ID, how="left").with_columns(
         lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
+        # Without a backtest, sigma_e is the one-step in-sample RMSE (DOMAIN.md), floored at the Poisson spread
+        # sqrt(mean demand): a new SKU with one sale, or a few equal ones, must not look certain (RMSE 0).
         sigma_lead_time_demand=pl.when(pl.col("backtested"))
         .then(pl.col("lead_time_rmse"))
-        .otherwise(pl.col("one_step_rmse") * pl.col("lead_time_periods").sqrt()),
+        .otherwise(
+            pl.max_horizontal(pl.col("one_step_rmse"), pl.col("mean_demand_per_period").sqrt()) * pl.col("lead_time_periods").sqrt()
+        ),
         sigma_method=pl.when(pl.col("backtested"))
         .then(pl.lit("backtest_lead_time_rmse"))
         .otherwise(pl.lit("one_step_rmse_x_sqrt_lead_time")),

@@ -154,7 +154,7 @@ def test_dead_skus_get_no_buffer_unless_critical():
     dead = one(recommend(sku(life_cycle="dead", periods_since_last_sale=120, lead_time_days=45.0), SETTINGS))
     assert (dead["policy"], dead["safety_stock_units"], dead["reorder_point_units"]) == ("JIT", 0.0, 0.0)
     assert dead["flag_dead"] and dead["reasons"].startswith("JIT: dead: no sale in the last 120 days (obsolescence risk)")
-    assert "stable demand" not in dead["reasons"]
+    assert "stable demand" not in dead["reasons"] and "long lead time" not in dead["reasons"]
     # A critical spare part that has not moved keeps its buffer, with the risk stated.
     spare = one(recommend(sku(life_cycle="dead", periods_since_last_sale=120, critical=True), SETTINGS))
     assert spare["policy"] == "JIC" and spare["safety_stock_units"] > 0 and spare["flag_dead"]

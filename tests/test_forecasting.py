@@ -113,11 +113,12 @@ def test_backtest_errors_and_lead_time_sigma_match_a_manual_computation():
     assert sel["smooth"]["runner_up_model"] not in (None, best["model"])
     assert sel["sparse"]["model"] in MODEL_SETS["intermittent"]
 
-    # Not backtested: sigma = one-step in-sample RMSE x sqrt(L); HistoricAverage's one-step error is the std (ddof 0).
+    # Not backtested: sigma = one-step in-sample RMSE x sqrt(L), HistoricAverage's one-step error being the std
+    # (ddof 0), floored at the Poisson spread sqrt(mean).
     short_y = panel.filter(pl.col("unique_id") == "short")["y"].to_numpy()
     assert not sel["short"]["backtested"]
     assert sel["short"]["sigma_method"] == "one_step_rmse_x_sqrt_lead_time"
-    assert sel["short"]["sigma_lead_time_demand"] == pytest.approx(short_y.std() * 2.0)
+    assert sel["short"]["sigma_lead_time_demand"] == pytest.approx(max(short_y.std(), math.sqrt(short_y.mean())) * 2.0)
     assert sel["short"]["lead_time_demand"] == pytest.approx(short_y.mean() * 4.0)
 
     # The future: one row per period of the horizon (L + R, whole periods), the chosen model only, never negative.
@@ -256,3 +257,13 @@ def test_profile_switches_skip_seasonal_models_and_the_backtest():
     sel = skipped.selection.rows_by_key("unique_id", named=True, unique=True)
     assert not sel["flat"]["backtested"] and sel["flat"]["sigma_method"] == "one_step_rmse_x_sqrt_lead_time"
     assert sel["weekly"]["backtested"]
+
+
+@pytest.mark.parametrize("y", [[7.0], [5.0, 5.0, 5.0]], ids=["one-sale", "equal-sales"])
+def test_a_sku_with_almost_no_history_never_looks_certain(y):
+    """One-step RMSE is 0 on one sale or equal sales; the buffer's sigma falls back to sqrt(mean demand)."""
+    panel = series("new", np.array(y))
+    r = backtest_and_forecast(panel, attrs_for(panel, {"new": "insufficient_history"}, {"new": 4.0}), MODEL_SETS, SETTINGS)
+    row = r.selection.row(0, named=True)
+    assert row["sigma_lead_time_demand"] == pytest.approx(math.sqrt(row["mean_demand_per_period"]) * 2.0)
+    assert row["sigma_lead_time_demand"] > 0
