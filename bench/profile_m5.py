@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -40,6 +40,7 @@ from features.calendar import to_periods
 from features.profile import ProfileSettings, build_profiles
 from features.sbc import DEMAND_CLASSES, demand_profile
 from flows.config import load_config
+from flows.plan import profile_settings
 
 M5_DAY_ONE = dt.date(2011, 1, 29)
 """Date of M5 day d_1 (M5 Competitors' Guide; d_1969 is 2016-06-19)."""
@@ -78,21 +79,8 @@ PANEL_FEATURES: dict[str, PanelFeature] = {
 
 
 def _profile_settings(i: BenchInputs) -> ProfileSettings:
-    cfg = load_config()
-    return ProfileSettings(
-        adi_cutoff=cfg.sbc.adi_cutoff,
-        cv2_cutoff=cfg.sbc.cv2_cutoff,
-        min_periods=i.min_periods,
-        new_periods=cfg.periods(cfg.life_cycle.new_days),
-        dead_periods=cfg.periods(cfg.life_cycle.dead_days),
-        window_periods=cfg.periods(cfg.life_cycle.window_days),
-        fast_from=cfg.life_cycle.fast_from,
-        slow_from=cfg.life_cycle.slow_from,
-        a_share=cfg.abc.a_share,
-        b_share=cfg.abc.b_share,
-        season_length=cfg.season_length,
-        outlier_k=cfg.outliers.k,
-    )
+    """The flow's daily settings, with the bench's min_periods."""
+    return replace(profile_settings(load_config()), min_periods=i.min_periods)
 
 
 @dataclass(frozen=True)

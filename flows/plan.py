@@ -111,6 +111,25 @@ class Profiled:
     outlier_points: pl.DataFrame  # the flagged demand points
 
 
+def profile_settings(cfg: BuffercastConfig) -> ProfileSettings:
+    """The profiling stage's settings from the config, life-cycle days converted to whole periods."""
+    lc = cfg.life_cycle
+    return ProfileSettings(
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+        min_periods=cfg.sbc.min_periods,
+        new_periods=cfg.periods(lc.new_days),
+        dead_periods=cfg.periods(lc.dead_days),
+        window_periods=cfg.periods(lc.window_days),
+        fast_from=lc.fast_from,
+        slow_from=lc.slow_from,
+        a_share=cfg.abc.a_share,
+        b_share=cfg.abc.b_share,
+        season_length=cfg.season_length,
+        outlier_k=cfg.outliers.k,
+    )
+
+
 @task(cache_policy=NO_CACHE)
 def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
     """Calendar, SKU attributes and every demand feature per series.
@@ -129,22 +148,7 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
             ", ".join(left_out["sku_id"].head(5)),
         )
     attrs = sku_attributes(keys, master, SkuDefaults(**cfg.defaults.model_dump()))
-    lc = cfg.life_cycle
-    settings = ProfileSettings(
-        adi_cutoff=cfg.sbc.adi_cutoff,
-        cv2_cutoff=cfg.sbc.cv2_cutoff,
-        min_periods=cfg.sbc.min_periods,
-        new_periods=cfg.periods(lc.new_days),
-        dead_periods=cfg.periods(lc.dead_days),
-        window_periods=cfg.periods(lc.window_days),
-        fast_from=lc.fast_from,
-        slow_from=lc.slow_from,
-        a_share=cfg.abc.a_share,
-        b_share=cfg.abc.b_share,
-        season_length=cfg.season_length,
-        outlier_k=cfg.outliers.k,
-    )
-    profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, s=settings)
+    profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, s=profile_settings(cfg))
     outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")
     forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
     return Profiled(forecast_panel, panel, keys, left_out, attrs, profiles, outlier_points)
