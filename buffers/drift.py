@@ -20,22 +20,6 @@ import polars as pl
 
 KEYS = ("sku_id", "location_id")
 
-#: Columns of `recommendations` that `compare_runs` reads; other columns are ignored.
-REQUIRED = (
-    "as_of",
-    "sku_id",
-    "location_id",
-    "policy",
-    "safety_stock_units",
-    "demand_class",
-    "adi",
-    "cv2",
-    "volatility_class",
-    "error_cv",
-    "life_cycle",
-    "reasons",
-)
-
 _TYPES = {
     "as_of": pl.Date,
     "sku_id": pl.String,
@@ -50,6 +34,8 @@ _TYPES = {
     "life_cycle": pl.String,
     "reasons": pl.String,
 }
+#: Columns of `recommendations` that `compare_runs` reads; other columns are ignored.
+REQUIRED = tuple(_TYPES)
 
 #: Every value of `changes.change`, in the order summaries list them.
 CHANGE_KINDS = ("demand_class", "volatility_class", "policy", "life_cycle", "buffer", "new_sku", "dropped_sku")

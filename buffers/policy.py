@@ -42,10 +42,15 @@ def _fmt(expr: pl.Expr, digits: int = 2) -> pl.Expr:
     return expr.round(digits).cast(pl.String)
 
 
+def _lead_time_cv() -> pl.Expr:
+    """Lead-time std / mean: how unreliable the supplier is (a missing std is a reliable lead time)."""
+    return pl.col("lead_time_std_days").fill_null(0.0) / pl.col("lead_time_days")
+
+
 def policy_flags(t: PolicyThresholds) -> list[pl.Expr]:
     """Boolean rule columns from critical, lead_time_days, lead_time_std_days, volatility_class, demand_class."""
     lt = pl.col("lead_time_days")
-    lt_cv = pl.col("lead_time_std_days").fill_null(0.0) / lt
+    lt_cv = _lead_time_cv()
     vol = pl.col("volatility_class")
     cls = pl.col("demand_class")
     return [
@@ -99,7 +104,7 @@ def reasons_expr(t: PolicyThresholds, period_days: float) -> pl.Expr:
     """Planner-readable reasons, most decisive first, joined by '; '."""
     since_last_sale = (pl.col("periods_since_last_sale") * period_days).round(0).cast(pl.Int64).cast(pl.String)
     lt = pl.col("lead_time_days")
-    lt_cv = pl.col("lead_time_std_days").fill_null(0.0) / lt
+    lt_cv = _lead_time_cv()
     err = _fmt(pl.col("error_cv"))
     parts = [
         pl.when(no_buffer()).then(

@@ -189,9 +189,7 @@ def _serve(cfg: BuffercastConfig) -> None:
             ),
             tags=DEPLOYMENT_TAGS,
         )
-        # `prefect.serve(deployment)`, not `plan_buffers.serve(...)`: Flow.serve runs each flow run from a
-        # cloudpickle of the in-memory flow that pickles our modules by value, and there the string annotation
-        # `config: BuffercastConfig` (plan.py has `from __future__ import annotations`) no longer resolves
-        # ("Plan_BuffersModel is not fully defined"). prefect.serve starts each run with `python -m
-        # prefect.engine` from the entrypoint, as a worker does. Ctrl-C pauses the schedule and returns.
+        # `prefect.serve(deployment)`, not `plan_buffers.serve(...)`: prefect.serve starts each run with `python -m
+        # prefect.engine` from the entrypoint, as a worker does, so a served run is exactly a deployed run (Flow.serve
+        # runs a cloudpickle of the in-memory flow instead). Ctrl-C pauses the schedule and returns.
         serve_deployments(deployment)

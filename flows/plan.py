@@ -30,7 +30,7 @@ from features.outliers import cap_outliers
 from features.profile import ProfileSettings, build_profiles
 from flows import publish as publisher
 from flows.config import BuffercastConfig
-from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures
+from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures, top_buffers
 from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
 from flows.sources import InputError, input_fingerprint, read_sales, read_sku_master
 from flows.tracking import Tracker, resolve_tracking_uri
@@ -452,7 +452,7 @@ def publish_prefect_artifacts(recs: pl.DataFrame, summary: dict[str, Any], chang
         ],
     ]
     create_markdown_artifact("\n".join(lines), key="plan-summary", description=f"buffercast plan as of {as_of}")
-    top = recs.sort("safety_stock_value", descending=True).head(20)
+    top = top_buffers(recs)
     create_table_artifact(
         top.select("sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "safety_stock_value", "reasons")
         .to_dicts(),

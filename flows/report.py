@@ -278,6 +278,11 @@ def _changes_section(changes: pl.DataFrame | None) -> str:
     return "".join(parts)
 
 
+def top_buffers(recommendations: pl.DataFrame, n: int = TOP_N) -> pl.DataFrame:
+    """The `n` SKUs with the largest safety-stock value: what the report and the Prefect artifact list."""
+    return recommendations.sort("safety_stock_value", descending=True, nulls_last=True).head(n)
+
+
 def _top_section(recommendations: pl.DataFrame | None) -> str:
     parts = [f'<section id="top"><h2>Top {TOP_N} SKUs by safety-stock value</h2>']
     if recommendations is None or recommendations.is_empty():
@@ -285,7 +290,7 @@ def _top_section(recommendations: pl.DataFrame | None) -> str:
         return "".join([*parts, "</section>"])
     recs = recommendations if "location_id" in recommendations.columns else recommendations.with_columns(location_id=pl.lit(None))
     cols = [c for c in TOP_COLUMNS if c in recs.columns]
-    top = recs.sort("safety_stock_value", descending=True, nulls_last=True).head(TOP_N).select(cols)
+    top = top_buffers(recs).select(cols)
     policy_col = cols.index("policy") if "policy" in cols else -1
     head = "".join(f"<th{NUM_ATTR if c.endswith(('_units', '_value')) else ''}>{html.escape(TOP_COLUMNS[c])}</th>" for c in cols)
     body = []

@@ -76,12 +76,11 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
-    def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> str:
+    def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> None:
         """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run."""
         dataset = mlflow.data.from_polars(frame, source=source, name=name)
         tags = [InputTag(key="mlflow.data.context", value=context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
-        return dataset.digest
 
     def log_viewable_table(self, frame: pl.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI shows in its artifact viewer (JSON, via `log_table`)."""
