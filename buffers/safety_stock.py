@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from numpy.typing import ArrayLike
 from scipy import optimize, stats
 
 
@@ -56,3 +57,74 @@ def round_up_units(units: pl.Expr, pack_size: pl.Expr | None = None) -> pl.Expr:
         return whole
     pack = pack_size.fill_null(1.0).clip(1.0, None)
     return (whole / pack - 1e-9).ceil().clip(0.0, None) * pack
+
+
+def _floats(*arrays: ArrayLike) -> list[np.ndarray]:
+    """Broadcast float arrays; None and polars nulls (NaN after to_numpy) become NaN."""
+    return np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in arrays))
+
+
+def safety_stock_cycle(z: ArrayLike, sigma_total: ArrayLike) -> np.ndarray:
+    """SS = z * sigma_total (DOMAIN.md), floored at 0: a safety stock is never negative.
+
+    Works for any safety factor: z = Phi^-1(alpha) for a cycle service level, or k from `safety_factor` for a fill
+    rate, which may be negative (SS is then 0). NaN in, NaN out (np.maximum propagates it). Not rounded.
+    """
+    z, sigma = _floats(z, sigma_total)
+    return np.maximum(z * sigma, 0.0)
+
+
+def safety_factor(target: ArrayLike, measure: ArrayLike, order_quantity: ArrayLike, sigma: ArrayLike) -> np.ndarray:
+    """The safety factor per SKU for its service measure (DOMAIN.md; Silver, Pyke & Thomas 2017, ch. 6):
+    "cycle" -> z = Phi^-1(alpha); "fill_rate" -> k with G(k) = (1 - beta) * Q / sigma (`k_for_fill_rate`).
+
+    Returns the raw factor, which may be negative: when Q is large relative to sigma the order cycle alone meets a
+    fill-rate target (beta 0.98, Q 5000, sigma 20 -> G(k) = 5 -> k = -5.0). The caller floors the safety stock
+    k * sigma at 0 (`safety_stock_cycle` and `order_up_to_level` do). sigma = 0 gives k = 0. A fill-rate row without
+    a positive order quantity (None, NaN, <= 0) or without sigma has no k: NaN. `order_quantity` is ignored on
+    "cycle" rows. Any other measure, or a target outside (0, 1), raises ValueError.
+    """
+    target, q, sigma = _floats(target, order_quantity, sigma)
+    measure = np.broadcast_to(np.asarray(measure, dtype=object), target.shape)
+    cycle, fill = measure == "cycle", measure == "fill_rate"
+    if not np.all(cycle | fill):
+        raise ValueError(f"service measure must be 'cycle' or 'fill_rate', got {sorted({str(m) for m in measure[~(cycle | fill)]})}")
+    out = np.full(target.shape, np.nan)
+    out[cycle] = z_for_cycle_service_level(target[cycle])
+    if np.any(fill & ~((target > 0) & (target < 1))):
+        raise ValueError("a fill rate must be strictly between 0 and 1")
+    solvable = fill & (q > 0) & (sigma >= 0)  # False for NaN
+    if solvable.any():  # scipy's vectorised newton fails on an empty array
+        out[solvable] = k_for_fill_rate(target[solvable], q[solvable], sigma[solvable])
+    return out
+
+
+def economic_order_quantity(annual_demand_units: ArrayLike, order_cost: ArrayLike, holding_cost_per_unit_year: ArrayLike) -> np.ndarray:
+    """EOQ = sqrt(2 D S / H) (Harris 1913; Silver, Pyke & Thomas 2017, sec. 4.2), units per order.
+
+    NaN (null back in polars) where undefined: order cost S or holding cost H missing or <= 0, or annual demand D
+    missing or <= 0 (nothing to order). The caller then needs another Q, e.g. the demand over a review period.
+    """
+    d, s, h = _floats(annual_demand_units, order_cost, holding_cost_per_unit_year)
+    ok = (d > 0) & (s > 0) & (h > 0)  # False for NaN
+    return np.where(ok, np.sqrt(2.0 * np.where(ok, d * s / np.where(ok, h, 1.0), 0.0)), np.nan)
+
+
+def order_up_to_level(review_lead_time_demand: ArrayLike, safety_factor: ArrayLike, sigma_review_lead_time: ArrayLike) -> np.ndarray:
+    """Periodic review (R, S): S = forecast over R + L + z * sigma over R + L (DOMAIN.md; Silver, Pyke & Thomas 2017, ch. 6).
+
+    The buffer term is floored at 0 like every safety stock here, so a negative fill-rate k never pulls S below the
+    forecast; S itself is never negative. NaN in, NaN out. Not rounded: `round_up_units` does that.
+    """
+    (forecast,) = _floats(review_lead_time_demand)
+    return np.maximum(forecast + safety_stock_cycle(safety_factor, sigma_review_lead_time), 0.0)
+
+
+def textbook_safety_stock(z: ArrayLike, sigma_demand_per_period: ArrayLike, lead_time_periods: ArrayLike) -> np.ndarray:
+    """The textbook baseline z * sigma_d * sqrt(L) (Chopra & Meindl, ch. 12): the demand std per period, no forecast
+    error, no lead-time variance. For comparison only; buffercast's SS is `safety_stock_cycle(z, sigma_total)`.
+
+    Floored at 0; NaN for a negative or missing lead time.
+    """
+    sigma_d, lead = _floats(sigma_demand_per_period, lead_time_periods)
+    return safety_stock_cycle(z, sigma_d * np.sqrt(np.where(lead >= 0, lead, np.nan)))

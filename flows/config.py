@@ -108,7 +108,7 @@ class AbcConfig(_Strict):
 
 
 ModelName = Literal[
-    "AutoETS", "AutoTheta", "AutoARIMA", "SeasonalNaive", "Naive", "HistoricAverage", "WindowAverage",
+    "AutoETS", "AutoTheta", "Theta", "AutoARIMA", "SeasonalNaive", "Naive", "HistoricAverage", "WindowAverage",
     "CrostonClassic", "CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA",
 ]
 
@@ -116,16 +116,27 @@ ModelName = Literal[
 class ModelsConfig(_Strict):
     """Which statsforecast models compete, per demand class."""
 
-    smooth: list[ModelName] = ["AutoETS", "SeasonalNaive", "HistoricAverage"]
-    erratic: list[ModelName] = ["AutoETS", "SeasonalNaive", "HistoricAverage"]
-    intermittent: list[ModelName] = ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"]
-    lumpy: list[ModelName] = ["CrostonSBA", "TSB", "ADIDA", "HistoricAverage"]
+    smooth: list[ModelName] = ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"]
+    erratic: list[ModelName] = ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"]
+    intermittent: list[ModelName] = ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"]
+    lumpy: list[ModelName] = ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"]
     insufficient_history: list[ModelName] = ["HistoricAverage"]
     fallback: ModelName = Field("HistoricAverage", description="Used for a SKU a model cannot fit; such SKUs are flagged.")
     ets_model: str = Field("ZNZ", pattern=r"^[ZAM][ZNAM][ZNAM]$", description="AutoETS model space (error, trend, season).")
     tsb_alpha_d: float = Field(0.1, gt=0.0, le=1.0)
     tsb_alpha_p: float = Field(0.1, gt=0.0, le=1.0)
     season_length: int | None = Field(None, ge=1, description="Null: 7 for D, 52 for W, 12 for M.")
+    quantiles: list[float] = Field(
+        [0.5, 0.9, 0.95, 0.99], description="Demand quantiles per forecast step, published as q50, q90, ... next to the mean."
+    )
+    empirical_window_days: int = Field(365, ge=7, description="Trailing demand behind the quantiles of models without native intervals.")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < p < 1.0 for p in v) or sorted(set(v)) != v:
+            raise ValueError("quantiles must be strictly increasing and strictly between 0 and 1")
+        return v
 
     @field_validator("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")
     @classmethod
@@ -152,6 +163,8 @@ class BacktestConfig(_Strict):
     )
     selection_metric: Literal["mae", "rmse", "mase", "rmsse", "lead_time_rmse"] = "mase"
     n_jobs: int = Field(1, description="Processes for statsforecast (-1: all cores).")
+    chunk_size: int = Field(2000, ge=1, description="SKUs per statsforecast call; bounds the memory of the backtest.")
+    combination_k: int = Field(2, ge=0, description="The mean of each SKU's best k models competes as 'Combination' (0 or 1: off).")
 
     @field_validator("horizon_buckets")
     @classmethod

@@ -154,9 +154,9 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
     return Profiled(forecast_panel, panel, keys, left_out, attrs, profiles, outlier_points)
 
 
-@task(cache_policy=NO_CACHE)
-def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -> ForecastResult:
-    settings = BacktestSettings(
+def backtest_settings(cfg: BuffercastConfig) -> BacktestSettings:
+    """The forecasting stage's settings from the config (the flow and bench/ use the same)."""
+    return BacktestSettings(
         freq=cfg.frequency,
         n_windows=cfg.backtest.n_windows,
         min_windows=cfg.backtest.min_windows,
@@ -174,9 +174,21 @@ def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -
             tsb_alpha_d=cfg.models.tsb_alpha_d,
             tsb_alpha_p=cfg.models.tsb_alpha_p,
         ),
+        quantiles=tuple(cfg.models.quantiles),
+        empirical_window=cfg.periods(cfg.models.empirical_window_days),
+        chunk_size=cfg.backtest.chunk_size,
+        combination_k=cfg.backtest.combination_k,
     )
-    model_sets = {c: getattr(cfg.models, c) for c in ("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")}
-    return backtest_and_forecast(panel, inputs, model_sets, settings)
+
+
+def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
+    """The competing models per demand class, from the config."""
+    return {c: list(getattr(cfg.models, c)) for c in ("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")}
+
+
+@task(cache_policy=NO_CACHE)
+def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -> ForecastResult:
+    return backtest_and_forecast(panel, inputs, model_sets(cfg), backtest_settings(cfg))
 
 
 @task(cache_policy=NO_CACHE)
@@ -215,7 +227,7 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
         .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), pl.col("y").alias("quantity"), "outlier_threshold")
         .sort("sku_id", "location_id", "date"),
         "forecasts": fc.forecasts.join(key_cols, on="unique_id")
-        .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast")
+        .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast", pl.col("^q\\d.*$"))
         .sort("sku_id", "location_id", "date"),
         "backtest_metrics": fc.metrics.join(key_cols, on="unique_id")
         .join(selected, on=["unique_id", "model"], how="left")
@@ -232,6 +244,8 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
             "rmsse",
             "lead_time_rmse",
             "lead_time_bias",
+            "review_lead_time_rmse",
+            pl.col("^coverage_q.*$"),
             "n_windows",
             "fell_back",
             "missing_forecasts",
@@ -301,9 +315,20 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
         metrics["median_mase"] = float(recs["mase"].median())
         metrics["mean_mase"] = float(recs["mase"].mean())
         metrics["weighted_mase"] = float((recs["mase"] * weights).sum()) if weights is not None else float(recs["mase"].mean())
-    rmsse = tables["backtest_metrics"].filter("selected")["rmsse"].drop_nulls()
+    selected = tables["backtest_metrics"].filter("selected")
+    rmsse = selected["rmsse"].drop_nulls()
     if rmsse.len():
         metrics["median_rmsse"] = float(rmsse.median())
+    # Calibration of the chosen models' quantiles: share of backtest actuals at or below each (q95 -> ~0.95).
+    coverage = [c for c in selected.columns if c.startswith("coverage_")]
+    classes = tables["recommendations"].select("sku_id", "location_id", "demand_class")
+    with_class = selected.join(classes, on=["sku_id", "location_id"], nulls_equal=True)
+    for c in coverage:
+        if selected[c].drop_nulls().len():
+            metrics[c] = float(selected[c].mean())
+        for (cls,), group in with_class.group_by("demand_class"):
+            if group[c].drop_nulls().len():
+                metrics[f"{c}_{cls}"] = float(group[c].mean())
     return metrics
 
 

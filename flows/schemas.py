@@ -382,8 +382,10 @@ VOLATILITY_CLASSES = ["stable", "variable", "erratic", "not_backtested"]
 POLICIES = ["JIT", "hybrid", "JIC"]
 
 
-def _col(dtype: pl.DataType | type, nullable: bool = False, checks: pa.Check | list[pa.Check] | None = None) -> pa.Column:
-    return pa.Column(dtype, nullable=nullable, checks=checks)
+def _col(
+    dtype: pl.DataType | type, nullable: bool = False, checks: pa.Check | list[pa.Check] | None = None, regex: bool = False
+) -> pa.Column:
+    return pa.Column(dtype, nullable=nullable, checks=checks, regex=regex)
 
 
 _NON_NEGATIVE = pa.Check.ge(0.0)
@@ -530,6 +532,9 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "step": _col(pl.Int64, checks=pa.Check.ge(1)),
             "model": _col(pl.String),
             "forecast": _col(pl.Float64, checks=_NON_NEGATIVE),
+            # One column per quantile in config (models.quantiles): q50, q90, q95, q99 by default; null where the
+            # model gave no interval.
+            r"^q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE, regex=True),
         },
         name="forecasts",
         unique=["sku_id", "location_id", "date"],
@@ -549,6 +554,9 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "rmsse": _col(pl.Float64, nullable=True),
             "lead_time_rmse": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
             "lead_time_bias": _col(pl.Float64, nullable=True),
+            "review_lead_time_rmse": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+            # Share of backtest actuals at or below each forecast quantile (lead-time steps): q95 well calibrated -> ~0.95.
+            r"^coverage_q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL, regex=True),
             "n_windows": _col(pl.Int64, checks=pa.Check.ge(1)),
             "fell_back": _col(pl.Boolean),
             "missing_forecasts": _col(pl.Boolean),

@@ -15,7 +15,7 @@ import polars as pl
 from statsforecast import StatsForecast
 from utilsforecast.losses import bias, mae, mase, mse, msse
 
-from forecasting.models import FALLBACK_ALIAS, POLARS_FREQ, ModelSpec, build_model, build_models, without_season
+from forecasting.models import FALLBACK_ALIAS, NATIVE_INTERVALS, POLARS_FREQ, ModelSpec, build_model, build_models, without_season
 
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
@@ -40,6 +40,16 @@ class BacktestSettings:
     spec: ModelSpec
     #: Seasonality of the MASE/RMSSE scale; None: spec.season_length. Fixed per frequency, so errors compare across SKUs.
     mase_season: int | None = None
+    #: Demand quantiles per forecast step (columns q50, q90, ...): native intervals, else empirical (`empirical_quantiles`).
+    quantiles: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
+    #: Trailing periods of demand behind the empirical quantiles of models without native intervals.
+    empirical_window: int = 365
+    #: SKUs per statsforecast call: the backtest of a chunk is reduced to its metrics before the next chunk starts.
+    chunk_size: int = 2000
+    #: Mean of the best k models per SKU competes as model "Combination" (k < 2: off).
+    combination_k: int = 2
+    #: Keep the backtest rows of every model (tests, diagnostics) or only of the chosen one (bounded memory).
+    keep_all_backtests: bool = False
 
     @property
     def mase_season_length(self) -> int:
@@ -49,10 +59,61 @@ class BacktestSettings:
 @dataclass(frozen=True)
 class ForecastResult:
     plan: pl.DataFrame  # one row per SKU: horizon, bucket, windows, model set, backtested
-    cv: pl.DataFrame  # long: unique_id, cutoff, ds, step, y, model, forecast
-    metrics: pl.DataFrame  # long: unique_id, model, mae, rmse, bias, mase, rmsse, lead_time_rmse, ... fell_back
+    cv: pl.DataFrame  # long: unique_id, cutoff, ds, step, y, model, forecast, q..: the chosen model's backtest (steps <= L + R)
+    metrics: pl.DataFrame  # long: unique_id, model, mae, rmse, bias, mase, rmsse, lead_time_rmse, coverage_q.., fell_back
     selection: pl.DataFrame  # one row per SKU: the chosen model, its runner-up, its errors and lead-time sigma
-    forecasts: pl.DataFrame  # the chosen model's future: unique_id, ds, step, model, forecast
+    forecasts: pl.DataFrame  # the chosen model's future: unique_id, ds, step, model, forecast, q..
+
+
+#: Name of the mean-of-the-best-k model in metrics and selection.
+COMBINATION = "Combination"
+
+
+def quantile_name(p: float) -> str:
+    """Column of the p-quantile: 0.95 -> "q95", 0.975 -> "q97.5"."""
+    return f"q{round(p * 100, 6):g}"
+
+
+def _level(p: float) -> int | float:
+    """statsforecast's central-interval level whose upper (p > 0.5) or lower (p < 0.5) bound is the p-quantile."""
+    lv = round(abs(200 * p - 100), 6)
+    return int(lv) if lv == int(lv) else lv
+
+
+def interval_levels(quantiles: Sequence[float]) -> list[int | float]:
+    return sorted({_level(p) for p in quantiles if p != 0.5})
+
+
+def _quantile_expr(model: str, p: float) -> pl.Expr:
+    """The p-quantile of a model's forecast, never negative: from its native interval (symmetric: the median is the
+    mean), else the empirical quantile column joined next to it (`_empirical_q..`)."""
+    if model not in NATIVE_INTERVALS and model != FALLBACK_ALIAS:
+        col = pl.col(f"_empirical_{quantile_name(p)}")
+    else:
+        col = pl.col(model) if p == 0.5 else pl.col(f"{model}-{'hi' if p > 0.5 else 'lo'}-{_level(p)}")
+    return col.clip(0.0, None).alias(quantile_name(p))
+
+
+def empirical_quantiles(panel: pl.DataFrame, quantiles: Sequence[float], window: int) -> pl.DataFrame:
+    """Per SKU and period: the quantiles of its demand over the trailing `window` periods up to and including it.
+
+    The per-step quantiles of models without native intervals (Croston family, TSB, ADIDA, IMAPA): for intermittent
+    demand the demand of one period is a draw from the SKU's recent per-period distribution, most of it zeros; a
+    bootstrap of that distribution is its empirical quantile. Linear interpolation: discrete demand never lands on
+    the exact level, and the interpolated quantile covers at least the demand values below it.
+    Columns `_empirical_q..`, to join on the forecast origin (the cutoff, or the last period).
+    """
+    return panel.sort(ID, DS).select(
+        ID,
+        DS,
+        *[
+            pl.col(Y)
+            .rolling_quantile(p, interpolation="linear", window_size=window, min_samples=1)
+            .over(ID)
+            .alias(f"_empirical_{quantile_name(p)}")
+            for p in quantiles
+        ],
+    )
 
 
 def lead_time_weights(step: pl.Expr, lead_time_periods: pl.Expr) -> pl.Expr:
@@ -72,6 +133,7 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
     attrs = attrs.with_columns(
         *([] if "skip_backtest" in attrs.columns else [pl.lit(False).alias("skip_backtest")]),
         *([] if "seasonal" in attrs.columns else [pl.lit(True).alias("seasonal")]),
+        *([] if "review_periods" in attrs.columns else [pl.lit(0.0).alias("review_periods")]),
     )
     buckets = sorted(b for b in s.horizon_buckets if b <= s.max_horizon_periods) or [s.max_horizon_periods]
     if buckets[-1] < s.max_horizon_periods:
@@ -81,7 +143,7 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
     for b in reversed(buckets):
         bucket = pl.when(pl.col("horizon") <= b).then(pl.lit(b, pl.Int64)).otherwise(bucket)
     step = pl.lit(s.step_periods, pl.Int64) if s.step_periods else (pl.col("bucket") + 1).floordiv(2).clip(1, None)
-    room = pl.col("n_periods") - s.min_train_periods - pl.col("bucket")
+    room = pl.col("n_periods").cast(pl.Int64) - s.min_train_periods - pl.col("bucket")
     windows = pl.when(room >= 0).then((room.floordiv(pl.col("step")) + 1).clip(0, s.n_windows)).otherwise(0)
     return (
         attrs.with_columns(horizon=horizon)
@@ -95,13 +157,34 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
             model_set=pl.when(pl.col("backtested")).then(pl.col("demand_class")).otherwise(pl.lit(NOT_BACKTESTED)),
             windows=pl.when(pl.col("backtested")).then(pl.col("windows")).otherwise(0),
         )
-        .select(ID, "demand_class", "lead_time_periods", "horizon", "bucket", "step", "windows", "backtested", "model_set", "seasonal")
+        .select(
+            ID,
+            "demand_class",
+            "lead_time_periods",
+            "review_periods",
+            "horizon",
+            "bucket",
+            "step",
+            "windows",
+            "backtested",
+            "model_set",
+            "seasonal",
+        )
         .sort(ID)
     )
 
 
 def _long(wide: pl.DataFrame, index: list[str], models: Sequence[str], value: str) -> pl.DataFrame:
     return wide.unpivot(index=index, on=list(models), variable_name="model", value_name=value)
+
+
+def _long_with_quantiles(wide: pl.DataFrame, index: list[str], models: Sequence[str], quantiles: Sequence[float]) -> pl.DataFrame:
+    """One row per index and model: the point forecast and its quantiles."""
+    frames = [
+        wide.select(*index, pl.lit(m).alias("model"), pl.col(m).alias("forecast"), *[_quantile_expr(m, p) for p in quantiles])
+        for m in models
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame()
 
 
 def in_row_order(expr: pl.Expr) -> pl.Expr:
@@ -120,7 +203,7 @@ def _window_metrics(cv: pl.DataFrame, train: pl.DataFrame, models: Sequence[str]
     change in the last bits between runs (see `in_row_order`); pandas' groupby sums in row order.
     """
     key = [ID, "cutoff"]
-    cv_pd, train_pd = cv.to_pandas(), train.to_pandas()
+    cv_pd, train_pd = cv.select(ID, DS, "cutoff", Y, *models).to_pandas(), train.to_pandas()
 
     def loss(fn, name, *args):
         return _long(pl.from_pandas(fn(cv_pd, models, *args)), key, models, name)
@@ -160,61 +243,104 @@ def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> p
     return _long(flags, [ID], models, "fell_back")
 
 
-def _cross_validate(
-    panel: pl.DataFrame, models: Sequence[str], fallback: str, row: Mapping, refit: bool, s: BacktestSettings, n_jobs: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One statsforecast cross_validation call: the wide backtest and the fallback flags of its models."""
+def _statsforecast(models: Sequence[str], fallback: str, s: BacktestSettings, n_jobs: int) -> StatsForecast:
     sf_models, fallback_model = build_models(models, s.spec, fallback)
-    sf = StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
-    cv = sf.cross_validation(h=int(row["bucket"]), df=panel, n_windows=int(row["windows"]), step_size=int(row["step"]), refit=refit)
-    return cv.drop(FALLBACK_ALIAS), _flag_fallbacks(cv, models, fallback)
+    return StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
 
 
-def _run_group(
-    panel: pl.DataFrame, members: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The backtest (one statsforecast call, two when refit=False) and the forecast (one call) of a group of SKUs.
+def _drop_fallback(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.drop(c for c in frame.columns if c.startswith(FALLBACK_ALIAS))
 
-    Returns the backtest (long, lead-time steps only), the per-window metrics (or, without a backtest, the
-    one-step in-sample RMSE per model), the fallback flags and the forecasts (long).
+
+def _calls(models: Sequence[str], s: BacktestSettings, refit: bool) -> list[tuple[list[str], str, bool, bool]]:
+    """How a model set splits into statsforecast calls: (models, fallback, refit, with intervals).
+
+    statsforecast raises when `level=` reaches a model without native intervals, and with refit=False when a model
+    lacks `forward`: models with native intervals go in a call with `level=`, the others in one without; with
+    refit=False the models without `forward` (Croston family, averages: cheap) are refit per window in a call of
+    their own. A forward call falls back to Naive, which has `forward` and intervals too.
+    """
+    native = [m for m in models if m in NATIVE_INTERVALS]
+    others = [m for m in models if m not in NATIVE_INTERVALS]
+    calls = []
+    for names, with_level in ((native, bool(s.quantiles)), (others, False)):
+        if refit:
+            calls.append((names, s.fallback, True, with_level))
+            continue
+        fwd = [m for m in names if hasattr(build_model(m, s.spec), "forward")]
+        calls += [(fwd, "Naive", False, with_level), ([m for m in names if m not in fwd], s.fallback, True, with_level)]
+    return [c for c in calls if c[0]]
+
+
+def _backtest(
+    panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings, n_jobs: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The wide backtest of a chunk (one statsforecast call per `_calls` part) and the fallback flags of its models."""
+    levels = interval_levels(s.quantiles)
+    cv, flags = None, []
+    for names, fallback, refit, with_level in _calls(models, s, s.refit):
+        part = _statsforecast(names, fallback, s, n_jobs).cross_validation(
+            h=int(row["bucket"]),
+            df=panel,
+            n_windows=int(row["windows"]),
+            step_size=int(row["step"]),
+            refit=refit,
+            **({"level": levels} if with_level else {}),
+        )
+        flags.append(_flag_fallbacks(part, names, fallback))
+        part = _drop_fallback(part)
+        cv = part if cv is None else cv.join(part, on=[ID, DS, "cutoff", Y], how="inner")
+    return cv, pl.concat(flags)
+
+
+def _forecast(
+    panel: pl.DataFrame, h: int, models: Sequence[str], s: BacktestSettings, n_jobs: int, fitted: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The wide future of a chunk (a call with intervals, one without) and, if `fitted`, the in-sample fitted values."""
+    levels = interval_levels(s.quantiles)
+    fc, fits = None, None
+    for names, _, _, with_level in _calls(models, s, refit=True):
+        sf = _statsforecast(names, s.fallback, s, n_jobs)
+        part = _drop_fallback(sf.forecast(h=h, df=panel, fitted=fitted, **({"level": levels} if with_level else {})))
+        fc = part if fc is None else fc.join(part, on=[ID, DS], how="inner")
+        if fitted:
+            fit = sf.forecast_fitted_values().select(ID, DS, Y, *names)
+            fits = fit if fits is None else fits.join(fit.drop(Y), on=[ID, DS], how="inner")
+    return fc, fits
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    metrics: pl.DataFrame  # per SKU and model (backtested: window means; else one-step RMSE)
+    chosen: pl.DataFrame  # per SKU: the chosen model, its runner-up and its metrics
+    cv: pl.DataFrame  # the kept backtest rows, long
+    forecasts: pl.DataFrame  # the chosen model's future, long
+
+
+def _run_chunk(
+    panel: pl.DataFrame, members: pl.DataFrame, row: Mapping, models: Sequence[str], model_sets: Mapping[str, Sequence[str]],
+    s: BacktestSettings,
+) -> _Chunk:  # fmt: skip
+    """Backtest, score, select and forecast one chunk of SKUs sharing a model set, horizon bucket and windows.
+
+    The bucket may be longer than the lead time: the models are scored on the lead-time steps only (DOMAIN.md:
+    the backtest horizon is the lead time); the rows up to L + R are kept for the order-up-to level's sigma.
     """
     n_jobs = s.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
-    empty = pl.DataFrame()
-    if row["backtested"]:
-        if s.refit:
-            cv, flags = _cross_validate(panel, models, s.fallback, row, True, s, n_jobs)
-        else:
-            # refit=False needs models with `forward` (statsforecast raises otherwise): the others are cheap
-            # (Croston family, averages) and are refit per window in a second call. The forward call falls back
-            # to Naive, which has `forward` too.
-            fwd = [m for m in models if hasattr(build_model(m, s.spec), "forward")]
-            rest = [m for m in models if m not in fwd]
-            parts = [_cross_validate(panel, fwd, "Naive", row, False, s, n_jobs)] if fwd else []
-            parts += [_cross_validate(panel, rest, s.fallback, row, True, s, n_jobs)] if rest else []
-            cv = parts[0][0]
-            for other, _ in parts[1:]:
-                cv = cv.join(other, on=[ID, DS, "cutoff", Y], how="inner")
-            flags = pl.concat([f for _, f in parts])
-        # The bucket may be longer than the lead time: the models are scored on the lead-time steps only
-        # (DOMAIN.md: the backtest horizon is the lead time). Sorted: float means depend on the row order.
-        cv = (
-            cv.join(members.select(ID, "lead_time_periods"), on=ID, how="left")
-            .filter(pl.col(DS).rank("ordinal").over(ID, "cutoff") <= pl.col("lead_time_periods").ceil().clip(1, None))
-            .drop("lead_time_periods")
-            .sort(ID, "cutoff", DS)
-        )
-        metrics = _window_metrics(cv, panel, models, s.mase_season_length)
-        cv_long = _long(cv, [ID, DS, "cutoff", Y], models, "forecast")
-    else:
-        cv_long, metrics, flags = empty, empty, empty
-    sf_models, fallback_model = build_models(models, s.spec, s.fallback)
-    sf = StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
-    fc = sf.forecast(h=int(row["bucket"]), df=panel, fitted=not row["backtested"])
-    fc_long = _long(fc.drop(FALLBACK_ALIAS), [ID, DS], models, "forecast")
+    h = int(row["bucket"])
+    sets = members.select(ID, "model_set")
+    periods = members.select(ID, "lead_time_periods", "review_periods")
+    empirical = empirical_quantiles(panel, s.quantiles, s.empirical_window) if any(m not in NATIVE_INTERVALS for m in models) else None
+    fc, fitted = _forecast(panel, h, models, s, n_jobs, fitted=not row["backtested"])
+    if empirical is not None:  # the quantiles at the forecast origin, the last period
+        fc = fc.join(empirical.group_by(ID).agg(pl.exclude(DS).last()), on=ID, how="left")
+    future = _long_with_quantiles(fc, [ID, DS], models, s.quantiles).with_columns(
+        step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64)
+    )
+
     if not row["backtested"]:
         # DOMAIN.md: without a backtest, sigma_e is the one-step (in-sample) RMSE; periods a model cannot fit
         # in-sample (Naive's first, SeasonalNaive's first season) are left out.
-        fitted = sf.forecast_fitted_values().drop(FALLBACK_ALIAS)
         metrics = (
             _long(fitted, [ID, DS, Y], models, "fitted")
             .filter(pl.col("fitted").is_not_null() & pl.col("fitted").is_not_nan())
@@ -222,54 +348,140 @@ def _run_group(
             .group_by(ID, "model", maintain_order=True)
             .agg(one_step_rmse=in_row_order((pl.col("fitted") - pl.col(Y)) ** 2).list.mean().sqrt())
         )
-    return cv_long, metrics, flags, fc_long
+        metrics = _with_missing(metrics.with_columns(fell_back=pl.lit(False)), future)
+        chosen = select_models(metrics.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set")
+        return _Chunk(metrics, chosen, pl.DataFrame(), _chosen_rows(future, chosen))
+
+    wide, flags = _backtest(panel, row, models, s, n_jobs)
+    wide = (
+        wide.join(periods, on=ID, how="left")
+        .with_columns(step=pl.col(DS).rank("ordinal").over(ID, "cutoff").cast(pl.Int64))
+        .filter(pl.col("step") <= (pl.col("lead_time_periods") + pl.col("review_periods")).ceil().clip(1, None))
+        .sort(ID, "cutoff", DS)
+    )
+    if empirical is not None:  # the quantiles at each window's origin, from the demand before it only
+        wide = wide.join(empirical.rename({DS: "cutoff"}), on=[ID, "cutoff"], how="left")
+    on_lead_time = pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)
+    index = [ID, DS, "cutoff", Y, "step", "lead_time_periods", "review_periods"]
+    cv = _long_with_quantiles(wide, index, models, s.quantiles)
+    metrics = _aggregate_metrics(_window_metrics(wide.filter(on_lead_time), panel, models, s.mase_season_length), cv, s.quantiles)
+    metrics = _with_missing(
+        metrics.join(flags, on=[ID, "model"], how="left"),
+        pl.concat([cv.select(ID, "model", "forecast"), future.select(ID, "model", "forecast")]),
+    )
+    chosen = select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric)
+    if s.combination_k >= 2:
+        combo_cv, combo_future, combo_metrics, parts = _combination(metrics.join(sets, on=ID), model_sets, cv, future, panel, s)
+        if combo_metrics.height:
+            cv, future = pl.concat([cv, combo_cv], how="diagonal_relaxed"), pl.concat([future, combo_future], how="diagonal_relaxed")
+            metrics = pl.concat([metrics, combo_metrics], how="diagonal_relaxed").sort(ID, "model")
+            chosen = select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric).join(parts, on=[ID, "model"], how="left")
+    kept = cv if s.keep_all_backtests else _chosen_rows(cv, chosen)
+    return _Chunk(
+        metrics.sort(ID, "model"), chosen.drop("model_set"), kept.drop("lead_time_periods", "review_periods"), _chosen_rows(future, chosen)
+    )
 
 
-def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame) -> pl.DataFrame:
-    """Per SKU and model: mean of the window errors, plus the cumulative lead-time error over the windows."""
+def _chosen_rows(frame: pl.DataFrame, chosen: pl.DataFrame) -> pl.DataFrame:
+    return frame.join(chosen.select(ID, "model"), on=[ID, "model"], how="semi")
+
+
+def _with_missing(metrics: pl.DataFrame, forecasts: pl.DataFrame) -> pl.DataFrame:
+    """missing_forecasts: a model left a forecast null or NaN (backtest or future); fell_back null -> false."""
+    missing = forecasts.group_by(ID, "model").agg(missing_forecasts=(pl.col("forecast").is_null() | pl.col("forecast").is_nan()).any())
+    return metrics.join(missing, on=[ID, "model"], how="left").with_columns(
+        pl.col("fell_back", "missing_forecasts").fill_null(False), pl.selectors.float().fill_nan(None)
+    )
+
+
+def _combination(
+    metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], cv: pl.DataFrame, future: pl.DataFrame, panel: pl.DataFrame,
+    s: BacktestSettings,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """The mean of each SKU's best k eligible models (forecasts and quantiles averaged), backtested like a model.
+
+    Returns its backtest rows, its future, its metrics and the models it combines per SKU (`combined_models`).
+    SKUs with fewer than k eligible models get none.
+    """
+    k = s.combination_k
+    ranked = _rank(metrics, model_sets, s.selection_metric).filter(~pl.col("_excluded") & pl.col("_score").is_not_null())
+    top = ranked.filter(pl.col("_rank") < k).filter(pl.len().over(ID) == k).select(ID, "model")
+    if top.is_empty():
+        return pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
+    qs = [quantile_name(p) for p in s.quantiles]
+
+    def mean_of(frame: pl.DataFrame, keys: list[str], first: list[str]) -> pl.DataFrame:
+        return (
+            frame.join(top, on=[ID, "model"], how="semi")
+            .sort(*keys, "model")
+            .group_by(keys, maintain_order=True)
+            .agg(*[pl.col(c).first() for c in first], *[in_row_order(pl.col(c)).list.mean().alias(c) for c in ["forecast", *qs]])
+            .with_columns(model=pl.lit(COMBINATION))
+        )
+
+    combo_cv = mean_of(cv, [ID, "cutoff", DS], [Y, "step", "lead_time_periods", "review_periods"])
+    combo_future = mean_of(future, [ID, DS], ["step"])
+    wide = combo_cv.filter(pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)).rename({"forecast": COMBINATION})
+    combo_metrics = _aggregate_metrics(_window_metrics(wide, panel, [COMBINATION], s.mase_season_length), combo_cv, s.quantiles)
+    combo_metrics = combo_metrics.with_columns(fell_back=pl.lit(False), missing_forecasts=pl.lit(False))
+    parts = top.sort(ID, "model").group_by(ID, maintain_order=True).agg(combined_models=pl.col("model").str.join("+"))
+    return combo_cv, combo_future, combo_metrics, parts.with_columns(model=pl.lit(COMBINATION))
+
+
+def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame, quantiles: Sequence[float] = ()) -> pl.DataFrame:
+    """Per SKU and model: mean of the window errors, the cumulative error over the lead time L and over L + R,
+    and the coverage of each quantile (share of backtest actuals at or below it, over the lead-time steps)."""
     # Sorted and order-kept so the float means sum in the same order on every run (joins and group_by
     # otherwise leave the row order arbitrary): same input, same output to the last bit.
-    per_model = window_metrics.sort(ID, "model", "cutoff").group_by(ID, "model", maintain_order=True).agg(
-        mae=in_row_order(pl.col("mae")).list.mean(),
-        rmse=in_row_order(pl.col("mse")).list.mean().sqrt(),
-        bias=in_row_order(pl.col("bias")).list.mean(),
-        mase=in_row_order(pl.col("mase")).list.mean(),
-        rmsse=in_row_order(pl.col("msse")).list.mean().sqrt(),
-        n_windows=pl.len().cast(pl.Int64),
+    per_model = (
+        window_metrics.sort(ID, "model", "cutoff")
+        .group_by(ID, "model", maintain_order=True)
+        .agg(
+            mae=in_row_order(pl.col("mae")).list.mean(),
+            rmse=in_row_order(pl.col("mse")).list.mean().sqrt(),
+            bias=in_row_order(pl.col("bias")).list.mean(),
+            mase=in_row_order(pl.col("mase")).list.mean(),
+            rmsse=in_row_order(pl.col("msse")).list.mean().sqrt(),
+            n_windows=pl.len().cast(pl.Int64),
+        )
     )
-    w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
-    lead = (
+    lead, review_lead = pl.col("lead_time_periods"), pl.col("lead_time_periods") + pl.col("review_periods")
+    w, wr = lead_time_weights(pl.col("step"), lead), lead_time_weights(pl.col("step"), review_lead)
+    error = pl.col("forecast") - pl.col(Y)
+    on_lead_time = pl.col("step") <= lead.ceil().clip(1, None)
+    per_window = (
         cv.sort(ID, "model", "cutoff", "step")
         .group_by(ID, "model", "cutoff", maintain_order=True)
         .agg(
-            lead_error=in_row_order(w * (pl.col("forecast") - pl.col(Y))).list.sum(),
+            lead_error=in_row_order(w * error).list.sum(),
             weight=in_row_order(w).list.sum(),
-            lead_time_periods=pl.col("lead_time_periods").first(),
-        )
-        .group_by(ID, "model", maintain_order=True)
-        .agg(
-            # Scaled up when the horizon is capped below the lead time (variance grows with the periods covered).
-            lead_time_rmse=in_row_order(pl.col("lead_error") ** 2).list.mean().sqrt()
-            * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
-            lead_time_bias=in_row_order(pl.col("lead_error")).list.mean(),
+            review_lead_error=in_row_order(wr * error).list.sum(),
+            review_weight=in_row_order(wr).list.sum(),
+            lead_time_periods=lead.first(),
+            review_lead_time_periods=review_lead.first(),
+            **{f"covered_{quantile_name(p)}": (pl.col(Y) <= pl.col(quantile_name(p))).filter(on_lead_time).sum() for p in quantiles},
+            n_steps=on_lead_time.sum(),
         )
     )
-    return per_model.join(lead, on=[ID, "model"], how="left")
+    cumulative = per_window.group_by(ID, "model", maintain_order=True).agg(
+        # Scaled up when the horizon is capped below the lead time (variance grows with the periods covered).
+        lead_time_rmse=in_row_order(pl.col("lead_error") ** 2).list.mean().sqrt()
+        * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
+        lead_time_bias=in_row_order(pl.col("lead_error")).list.mean(),
+        review_lead_time_rmse=in_row_order(pl.col("review_lead_error") ** 2).list.mean().sqrt()
+        * (pl.col("review_lead_time_periods") / pl.col("review_weight")).first().sqrt(),
+        **{f"coverage_{quantile_name(p)}": pl.col(f"covered_{quantile_name(p)}").sum() / pl.col("n_steps").sum() for p in quantiles},
+    )
+    return per_model.join(cumulative, on=[ID, "model"], how="left")
 
 
-def select_models(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], metric: str) -> pl.DataFrame:
-    """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the order of the SKU's own model
-    set in the config, then by name.
-
-    `metrics` needs unique_id, model_set, model, `metric`, fell_back and missing_forecasts. A model that fell
-    back or left forecasts missing (e.g. a seasonal model on less than a season of history) is not a candidate
-    unless nothing else is left.
-    """
+def _rank(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], metric: str) -> pl.DataFrame:
+    """Models ranked per SKU (`_rank` 0 = best): eligible first, then by score, the SKU's own set order, name."""
     order = pl.DataFrame(
         [{"model_set": k, "model": m, "_order": i} for k, ms in model_sets.items() for i, m in enumerate(ms)],
         schema={"model_set": pl.String, "model": pl.String, "_order": pl.Int64},
     )
-    ranked = (
+    return (
         metrics.join(order, on=["model_set", "model"], how="left")
         .with_columns(
             _score=pl.col(metric).fill_nan(None),
@@ -278,9 +490,24 @@ def select_models(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]]
         .sort([ID, "_excluded", "_score", "_order", "model"], nulls_last=True)
         .with_columns(_rank=pl.int_range(pl.len()).over(ID))
     )
+
+
+def select_models(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], metric: str) -> pl.DataFrame:
+    """Per SKU the model with the lowest `metric`; ties (and nulls) broken by the order of the SKU's own model
+    set in the config, then by name (the combination, in no set, loses ties to single models).
+
+    `metrics` needs unique_id, model_set, model, `metric`, fell_back and missing_forecasts. A model that fell
+    back or left forecasts missing (e.g. a seasonal model on less than a season of history) is not a candidate
+    unless nothing else is left.
+    """
+    ranked = _rank(metrics, model_sets, metric)
     best = ranked.filter(pl.col("_rank") == 0).drop("_order", "_score", "_excluded", "_rank")
     runner_up = ranked.filter(pl.col("_rank") == 1).select(ID, runner_up_model=pl.col("model"))
     return best.join(runner_up, on=ID, how="left")
+
+
+def _chunks(members: pl.DataFrame, size: int) -> list[pl.DataFrame]:
+    return [members.slice(i, size) for i in range(0, members.height, max(size, 1))]
 
 
 def backtest_and_forecast(
@@ -292,104 +519,95 @@ def backtest_and_forecast(
     """Backtest every SKU with its class's model set, pick a model per SKU and forecast its horizon.
 
     `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
-    n_periods, lead_time_periods, review_periods.
+    n_periods, lead_time_periods, review_periods. SKUs go through statsforecast in chunks of `s.chunk_size`
+    per group (model set, seasonality, horizon bucket, windows): each chunk is reduced to its metrics, its
+    chosen model and that model's backtest and future before the next starts, so memory stays bounded.
     """
     s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
     plan = plan_horizons(attrs, s)
     group_keys = ["model_set", "seasonal", "bucket", "windows", "step"]
-    cvs, metric_frames, flag_frames, fcs, one_steps = [], [], [], [], []
-    for key, members in plan.group_by(group_keys, maintain_order=True):
-        row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(members["backtested"][0])}
+    chunks: list[_Chunk] = []
+    for key, group in plan.group_by(group_keys, maintain_order=True):
+        row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(group["backtested"][0])}
         models, spec = list(model_sets[row["model_set"]]), s.spec
         if not row["seasonal"]:
             models, spec = without_season(models, s.spec, s.fallback)
-        group_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-        cv, metrics, flags, fc = _run_group(group_panel, members, row, models, replace(s, spec=spec))
-        fcs.append(fc)
-        if row["backtested"]:
-            cvs.append(cv)
-            metric_frames.append(metrics)
-            flag_frames.append(flags)
-        else:
-            one_steps.append(metrics)
+        for members in _chunks(group, s.chunk_size):
+            chunk_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
+            chunks.append(_run_chunk(chunk_panel, members, row, models, model_sets, replace(s, spec=spec)))
 
-    cv_all = _concat(cvs, {ID: pl.String, DS: pl.Date, "cutoff": pl.Date, Y: pl.Float64, "model": pl.String, "forecast": pl.Float64})
-    cv_all = cv_all.join(plan.select(ID, "lead_time_periods"), on=ID, how="left").with_columns(
-        step=pl.col(DS).rank("ordinal").over(ID, "cutoff", "model").cast(pl.Int64)
-    )
-    forecasts = _concat(fcs).with_columns(step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64))
-    missing = (
-        pl.concat([cv_all.select(ID, "model", "forecast"), forecasts.select(ID, "model", "forecast")])
-        .group_by(ID, "model")
-        .agg(missing_forecasts=pl.col("forecast").is_null().any() | pl.col("forecast").is_nan().any())
-    )
-
-    def flagged(frame: pl.DataFrame) -> pl.DataFrame:
-        return (
-            frame.join(missing, on=[ID, "model"], how="left")
-            .with_columns(pl.col("fell_back", "missing_forecasts").fill_null(False), pl.selectors.float().fill_nan(None))
-            .sort(ID, "model")
-        )
-
-    metrics = _aggregate_metrics(_concat(metric_frames), cv_all) if metric_frames else _empty_metrics()
-    metrics = flagged(metrics.join(_concat(flag_frames), on=[ID, "model"], how="left") if flag_frames else metrics)
-    one_step = flagged(
-        _concat(one_steps, {ID: pl.String, "model": pl.String, "one_step_rmse": pl.Float64}).with_columns(fell_back=pl.lit(False))
-    )
-    sets = plan.select(ID, "model_set")
-    chosen = pl.concat(
-        [
-            select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric).drop("model_set"),
-            select_models(one_step.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set"),
-        ],
-        how="diagonal_relaxed",
-    )
-    selected = chosen.select(ID, "model")
+    metrics = _concat([c.metrics for c in chunks if "mae" in c.metrics.columns])
+    metrics = metrics if metrics.height else _empty_metrics(s.quantiles)
+    chosen = _concat([c.chosen for c in chunks])
     future = (
-        forecasts.join(selected, on=[ID, "model"], how="semi")
-        .join(plan.select(ID, "horizon", "lead_time_periods"), on=ID)
+        _concat([c.forecasts for c in chunks])
+        .join(plan.select(ID, "horizon", "lead_time_periods", "review_periods"), on=ID)
         .filter(pl.col("step") <= pl.col("horizon"))
         .with_columns(pl.col("forecast").clip(0.0, None))
     )
     w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
-    demand = future.sort(ID, "step").group_by(ID, maintain_order=True).agg(
-        mean_demand_per_period=in_row_order(w * pl.col("forecast")).list.sum() / in_row_order(w).list.sum(),
-        lead_time_periods=pl.col("lead_time_periods").first(),
+    wr = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
+    demand = (
+        future.sort(ID, "step")
+        .group_by(ID, maintain_order=True)
+        .agg(
+            mean_demand_per_period=in_row_order(w * pl.col("forecast")).list.sum() / in_row_order(w).list.sum(),
+            review_lead_time_demand=in_row_order(wr * pl.col("forecast")).list.sum(),
+            lead_time_periods=pl.col("lead_time_periods").first(),
+            review_periods=pl.col("review_periods").first(),
+        )
     )
     selection = plan.select(ID, "model_set", "horizon", "windows", "backtested").join(chosen, on=ID, how="left")
-    selection = selection.join(demand, on=ID, how="left").with_columns(
-        lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
-        # Without a backtest, sigma_e is the one-step in-sample RMSE (DOMAIN.md), floored at the Poisson spread
-        # sqrt(mean demand): a new SKU with one sale, or a few equal ones, must not look certain (RMSE 0).
-        sigma_lead_time_demand=pl.when(pl.col("backtested"))
-        .then(pl.col("lead_time_rmse"))
-        .otherwise(
-            pl.max_horizontal(pl.col("one_step_rmse"), pl.col("mean_demand_per_period").sqrt()) * pl.col("lead_time_periods").sqrt()
-        ),
-        sigma_method=pl.when(pl.col("backtested"))
-        .then(pl.lit("backtest_lead_time_rmse"))
-        .otherwise(pl.lit("one_step_rmse_x_sqrt_lead_time")),
+    one_step = pl.max_horizontal(pl.col("one_step_rmse"), pl.col("mean_demand_per_period").sqrt())
+    backtested = pl.col("backtested")
+    selection = (
+        selection.join(demand, on=ID, how="left")
+        .with_columns(
+            *[
+                pl.lit(None, pl.Float64).alias(c)
+                for c in ("one_step_rmse", "lead_time_rmse", "review_lead_time_rmse")
+                if c not in selection.columns
+            ]
+        )
+        .with_columns(
+            *([] if "combined_models" in selection.columns else [pl.lit(None, pl.String).alias("combined_models")]),
+            lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
+            # Without a backtest, sigma_e is the one-step in-sample RMSE (DOMAIN.md), floored at the Poisson spread
+            # sqrt(mean demand): a new SKU with one sale, or a few equal ones, must not look certain (RMSE 0).
+            sigma_lead_time_demand=pl.when(backtested)
+            .then(pl.col("lead_time_rmse"))
+            .otherwise(one_step * pl.col("lead_time_periods").sqrt()),
+            sigma_review_lead_time_demand=pl.when(backtested)
+            .then(pl.col("review_lead_time_rmse"))
+            .otherwise(one_step * (pl.col("lead_time_periods") + pl.col("review_periods")).sqrt()),
+            sigma_method=pl.when(backtested).then(pl.lit("backtest_lead_time_rmse")).otherwise(pl.lit("one_step_rmse_x_sqrt_lead_time")),
+        )
     )
+    cv_schema = {ID: pl.String, DS: pl.Date, "cutoff": pl.Date, Y: pl.Float64, "step": pl.Int64, "model": pl.String, "forecast": pl.Float64}
+    cv_schema |= {quantile_name(p): pl.Float64 for p in s.quantiles}
+    cv = _concat([c.cv for c in chunks], cv_schema)
     return ForecastResult(
         plan=plan,
-        cv=cv_all.drop("lead_time_periods").sort(ID, "model", "cutoff", DS),
-        metrics=metrics,
+        cv=cv.select(list(cv_schema)).sort(ID, "model", "cutoff", DS),
+        metrics=metrics.sort(ID, "model"),
         selection=selection.sort(ID),
-        forecasts=future.select(ID, DS, "step", "model", "forecast").sort(ID, DS),
+        forecasts=future.select(ID, DS, "step", "model", "forecast", *[quantile_name(p) for p in s.quantiles]).sort(ID, DS),
     )
 
 
 def _concat(frames: Sequence[pl.DataFrame], schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
     frames = [f for f in frames if f.height]
     if frames:
-        return pl.concat(frames, how="vertical_relaxed")
+        return pl.concat(frames, how="diagonal_relaxed")
     return pl.DataFrame(schema=schema or {})
 
 
-def _empty_metrics() -> pl.DataFrame:
+def _empty_metrics(quantiles: Sequence[float] = ()) -> pl.DataFrame:
     return pl.DataFrame(
         schema={
             ID: pl.String, "model": pl.String, "mae": pl.Float64, "rmse": pl.Float64, "bias": pl.Float64, "mase": pl.Float64,
-            "rmsse": pl.Float64, "n_windows": pl.Int64, "lead_time_rmse": pl.Float64, "lead_time_bias": pl.Float64, "fell_back": pl.Boolean,
+            "rmsse": pl.Float64, "n_windows": pl.Int64, "lead_time_rmse": pl.Float64, "lead_time_bias": pl.Float64,
+            "review_lead_time_rmse": pl.Float64, **{f"coverage_{quantile_name(p)}": pl.Float64 for p in quantiles},
+            "fell_back": pl.Boolean, "missing_forecasts": pl.Boolean,
         }
     )  # fmt: skip

@@ -19,6 +19,7 @@ from statsforecast.models import (
     HistoricAverage,
     Naive,
     SeasonalNaive,
+    Theta,
     WindowAverage,
 )
 
@@ -40,6 +41,12 @@ class ModelSpec:
     tsb_alpha_p: float = 0.1
 
 
+#: Models whose statsforecast `forecast(level=...)` computes intervals natively (from the model's own error
+#: distribution). The others (Croston family, TSB, ADIDA, IMAPA, WindowAverage) have none: their quantiles are the
+#: empirical quantiles of the SKU's recent demand per period (forecasting/backtest.py, `empirical_quantiles`).
+NATIVE_INTERVALS = frozenset({"AutoETS", "AutoTheta", "Theta", "AutoARIMA", "SeasonalNaive", "Naive", "HistoricAverage"})
+
+
 def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
     """One statsforecast model by its class name; `alias` names its output column."""
     alias = alias or name
@@ -47,6 +54,7 @@ def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
     factories = {
         "AutoETS": lambda: AutoETS(season_length=s, model=spec.ets_model, alias=alias),
         "AutoTheta": lambda: AutoTheta(season_length=s, alias=alias),
+        "Theta": lambda: Theta(season_length=s, alias=alias),
         "AutoARIMA": lambda: AutoARIMA(season_length=s, alias=alias),
         "SeasonalNaive": lambda: SeasonalNaive(season_length=s, alias=alias),
         "Naive": lambda: Naive(alias=alias),

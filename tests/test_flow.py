@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import json
 import os
 import subprocess
@@ -51,7 +52,11 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     for name, schema in OUTPUT_SCHEMAS.items():
         table = pl.read_parquet(out / name / f"as_of={AS_OF}")
         schema.validate(table, lazy=True)
-        assert table.columns == list(schema.columns), name
+        expected = [m for c, col in schema.columns.items() for m in ([t for t in table.columns if re.fullmatch(c, t)] if col.regex else [c])]
+        assert table.columns == expected, name
+    quantiles = [f"q{round(p * 100):d}" for p in cfg.models.quantiles]
+    assert set(quantiles) <= set(pl.read_parquet(out / "forecasts" / f"as_of={AS_OF}").columns)
+    assert {f"coverage_{q}" for q in quantiles} <= set(pl.read_parquet(out / "backtest_metrics" / f"as_of={AS_OF}").columns)
     recs = read_table(out, "recommendations", AS_OF)
     # One row per SKU that sold, non-negative buffers, reorder point covers the lead-time demand.
     assert recs.height == sales["sku_id"].n_unique() == result["skus"]

@@ -23,6 +23,7 @@ from forecasting.models import FALLBACK_ALIAS, ModelSpec
 SETTINGS = BacktestSettings(
     freq="D", n_windows=4, min_windows=2, step_periods=None, refit=True, min_train_periods=28, max_horizon_periods=120,
     horizon_buckets=[1, 2, 4, 8, 16, 32, 64], selection_metric="mase", n_jobs=1, fallback="HistoricAverage", spec=ModelSpec(7),
+    combination_k=0, keep_all_backtests=True,
 )  # fmt: skip
 MODEL_SETS = {
     "smooth": ["AutoETS", "SeasonalNaive", "HistoricAverage"],
