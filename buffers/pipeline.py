@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
+from buffers.evaluate import Scenario, simulate_recommendations, stress_test
 from buffers.recommend import BufferSettings, recommend
 from features.xyz import volatility_classes
 from forecasting.backtest import ForecastResult
@@ -48,9 +50,10 @@ def sku_attributes(keys: pl.DataFrame, master: pl.DataFrame | None, d: SkuDefaul
         pl.col("unit_cost").fill_null(d.unit_cost),
         pl.col("lead_time_days").fill_null(d.lead_time_days),
         # A master row without a lead-time std means a reliable lead time; only a missing row takes the default.
-        pl.when(in_master).then(pl.col("lead_time_std_days").fill_null(0.0)).otherwise(pl.lit(d.lead_time_std_days)).alias(
-            "lead_time_std_days"
-        ),
+        pl.when(in_master)
+        .then(pl.col("lead_time_std_days").fill_null(0.0))
+        .otherwise(pl.lit(d.lead_time_std_days))
+        .alias("lead_time_std_days"),
         pl.col("critical").fill_null(False),
         "pack_size",
         "supplier_id",
@@ -82,17 +85,23 @@ def forecast_inputs(
 
 #: The published `recommendations` table, schema version 1, in order (README documents each column).
 RECOMMENDATION_COLUMNS = (
-    "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "service_level_target",
+    "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "order_up_to_units",
+    "min_units", "max_units", "order_quantity_units", "service_level_target", "service_level_measure", "expected_service_level",
+    "safety_stock_method",
     "demand_class", "adi", "cv2", "volatility_class", "xyz_class", "error_cv", "abc_class", "annual_value", "critical",
     "life_cycle", "fsn_class", "movement_frequency", "periods_since_last_sale", "trend_strength", "seasonal_strength",
     "n_outliers", "outlier_threshold",
-    "model", "runner_up_model", "mase", "rmse", "mae", "bias", "backtest_windows", "sigma_method",
-    "lead_time_days", "lead_time_std_days", "lead_time_periods", "mean_demand_per_period", "lead_time_demand",
-    "sigma_lead_time_demand", "sigma_total", "safety_factor_z", "unit_cost", "pack_size", "supplier_id", "in_sku_master",
-    "safety_stock_value", "holding_cost_per_year", "reasons",
+    "model", "runner_up_model", "combined_models", "mase", "rmse", "mae", "bias", "backtest_windows", "sigma_method",
+    "lead_time_days", "lead_time_std_days", "lead_time_periods", "review_periods", "mean_demand_per_period", "lead_time_demand",
+    "review_lead_time_demand", "sigma_lead_time_demand", "sigma_review_lead_time_demand", "sigma_total", "safety_factor_z",
+    "economic_order_quantity", "unit_cost", "pack_size", "supplier_id", "in_sku_master",
+    "safety_stock_value", "holding_cost_per_year", "capital_tied_up", "expected_turns", "capital_at_risk",
+    "textbook_safety_stock_units", "textbook_safety_stock_value", "order_up_to_jit_units", "order_up_to_jic_units",
+    "simulated_cycle_service_level", "simulated_fill_rate", "simulated_average_on_hand", "simulated_stockout_periods",
+    "reasons",
     "flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand",
     "flag_moderate_lead_time", "flag_variable_lead_time", "flag_variable_error", "flag_irregular_demand", "flag_no_backtest",
-    "flag_dead", "flag_new", "model_fell_back", "n_periods", "n_nonzero",
+    "flag_dead", "flag_new", "flag_declining", "flag_obsolescence_risk", "model_fell_back", "n_periods", "n_nonzero",
 )  # fmt: skip
 
 
@@ -105,9 +114,14 @@ def build_recommendations(
     settings: BufferSettings,
     variable_from: float,
     erratic_from: float,
+    panel: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per series: profile (SBC, ABC, life cycle, shape, outliers) + chosen model and its errors + master
-    attributes -> buffer decision."""
+    attributes -> buffer decision, replayed over the SKU's held-out backtest demand (`buffers.evaluate`).
+
+    `panel` (unique_id, ds, y): the demand behind the bootstrap buffers of intermittent and lumpy SKUs and the
+    simulation; without it every SKU gets the normal formula and the simulated columns are null.
+    """
     error_cv, volatility, xyz = volatility_classes(pl.col("rmse"), pl.col("mean_demand"), variable_from, erratic_from)
     skus = (
         profiles.join(attrs, on=ID, how="left")
@@ -116,15 +130,19 @@ def build_recommendations(
                 ID,
                 "model",
                 "runner_up_model",
+                "combined_models",
                 "mase",
                 "rmse",
                 "mae",
                 "bias",
                 "sigma_method",
                 "lead_time_periods",
+                "review_periods",
                 "mean_demand_per_period",
                 "lead_time_demand",
+                "review_lead_time_demand",
                 "sigma_lead_time_demand",
+                "sigma_review_lead_time_demand",
                 backtest_windows=pl.col("windows"),
                 model_fell_back=pl.col("fell_back").fill_null(False),
             ),
@@ -133,4 +151,27 @@ def build_recommendations(
         )
         .with_columns(error_cv=error_cv, volatility_class=volatility, xyz_class=xyz)
     )
-    return recommend(skus, settings).with_columns(as_of=pl.lit(as_of)).select(RECOMMENDATION_COLUMNS).sort("sku_id", "location_id")
+    recs = recommend(skus, settings, panel)
+    simulated = ["simulated_cycle_service_level", "simulated_fill_rate", "simulated_average_on_hand", "simulated_stockout_periods"]
+    if panel is not None:
+        sim = simulate_recommendations(recs, panel, fc.plan, seed=settings.seed, cv=fc.cv).select(
+            ID,
+            "simulated_cycle_service_level",
+            "simulated_fill_rate",
+            simulated_average_on_hand="average_on_hand",
+            simulated_stockout_periods=pl.col("stockout_periods").cast(pl.Int64),
+        )
+        recs = recs.join(sim, on=ID, how="left")
+    else:
+        recs = recs.with_columns(*[pl.lit(None, pl.Float64).alias(c) for c in simulated[:3]], pl.lit(None, pl.Int64).alias(simulated[3]))
+    return recs.with_columns(as_of=pl.lit(as_of)).select(RECOMMENDATION_COLUMNS).sort("sku_id", "location_id")
+
+
+def build_scenarios(
+    *, as_of: dt.date, recs: pl.DataFrame, keys: pl.DataFrame, panel: pl.DataFrame, fc: ForecastResult, scenarios: Sequence[Scenario],
+    seed: int, holding_rate: float,
+) -> pl.DataFrame:  # fmt: skip
+    """The published `scenarios` table: each disruption under JIT, JIC and the recommended policy (`buffers.evaluate`)."""
+    with_ids = recs.join(keys, on=["sku_id", "location_id"], how="inner", nulls_equal=True)
+    table = stress_test(with_ids, panel, fc.plan, scenarios, seed=seed, holding_rate=holding_rate, cv=fc.cv)
+    return table.select(pl.lit(as_of).alias("as_of"), pl.all())

@@ -133,9 +133,7 @@ def reasons_expr(t: PolicyThresholds, period_days: float) -> pl.Expr:
         pl.when("flag_new").then(pl.lit("new product: first sale too recent to backtest")),
         pl.when("flag_no_backtest").then(pl.lit("too little history to backtest: sigma from one-step error x sqrt(lead time)")),
         pl.when((pl.col("policy") == "JIT") & ~no_buffer()).then(
-            pl.format(
-                "stable demand (error CV {}), smooth pattern, short reliable lead time ({} d), not critical", err, _fmt(lt, 1)
-            )
+            pl.format("stable demand (error CV {}), smooth pattern, short reliable lead time ({} d), not critical", err, _fmt(lt, 1))
         ),
         pl.when(~pl.col("in_sku_master")).then(pl.lit("not in the SKU master: lead time, its std and unit cost from config defaults")),
         pl.when(pl.col("model_fell_back")).then(pl.lit("the chosen model could not be fitted: fallback model used")),

@@ -1,14 +1,25 @@
-"""Per-SKU buffer recommendation: policy, service level, safety stock, reorder point, cost (DOMAIN.md)."""
+"""Per-SKU buffer recommendation: policy, service level, safety stock, reorder point, order-up-to level, cost, risk (DOMAIN.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
+import polars.selectors as cs
+from scipy import stats
 
+from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
 from buffers.policy import PolicyThresholds, buffered_components, no_buffer, policy_expr, policy_flags, reasons_expr
-from buffers.safety_stock import round_up_units, sigma_total, z_for_cycle_service_level
+from buffers.safety_stock import (
+    economic_order_quantity,
+    round_up_units,
+    safety_factor,
+    sigma_total,
+    textbook_safety_stock,
+    z_for_cycle_service_level,
+)
 
 
 @dataclass(frozen=True)
@@ -16,9 +27,25 @@ class BufferSettings:
     period_days: float
     holding_rate_per_year: float
     jit_service_level: float
-    #: cycle service level targets: {"critical": {"A": .99, ...}, "non_critical": {...}}
+    #: service level targets: {"critical": {"A": .99, ...}, "non_critical": {...}}
     service_levels: Mapping[str, Mapping[str, float]]
     thresholds: PolicyThresholds = field(default_factory=PolicyThresholds)
+    #: what each target measures, same shape: "cycle" (no stock-out in a cycle) or "fill_rate" (share of demand served)
+    service_measures: Mapping[str, Mapping[str, str]] | None = None
+    #: cost of placing one order; None: no EOQ, the order quantity is the demand over a review period
+    order_cost: float | None = None
+    #: demand classes buffered by the bootstrap quantile of lead-time demand instead of the normal formula
+    empirical_classes: Sequence[str] = ("intermittent", "lumpy")
+    bootstrap_samples: int = 2000
+    bootstrap_history_periods: int | None = 365
+    seed: int = 0
+    #: obsolescence: a significant trend (strength >= this) with the forecast below `declining_ratio` x last year's rate
+    declining_trend_strength: float = 0.4
+    declining_ratio: float = 0.75
+
+    @property
+    def periods_per_year(self) -> float:
+        return 365.0 / self.period_days
 
 
 #: Columns `recommend` needs, one row per series, and their types.
@@ -28,27 +55,117 @@ REQUIRED: dict[str, pl.DataType] = {
     "lead_time_std_days": pl.Float64(), "mean_demand_per_period": pl.Float64(), "lead_time_demand": pl.Float64(),
     "sigma_lead_time_demand": pl.Float64(), "unit_cost": pl.Float64(), "pack_size": pl.Float64(), "in_sku_master": pl.Boolean(),
     "model_fell_back": pl.Boolean(), "life_cycle": pl.String(), "periods_since_last_sale": pl.Int64(),
+    "lead_time_periods": pl.Float64(), "review_periods": pl.Float64(), "review_lead_time_demand": pl.Float64(),
+    "sigma_review_lead_time_demand": pl.Float64(),
+    "std_demand": pl.Float64(), "annual_units": pl.Float64(), "trend_strength": pl.Float64(),
 }  # fmt: skip
 
 
-def _service_level_table(levels: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+def _cells(levels: Mapping[str, Mapping[str, float]], measures: Mapping[str, Mapping[str, str]] | None) -> pl.DataFrame:
     return pl.DataFrame(
         [
-            {"abc_class": abc, "critical": crit == "critical", "_matrix_level": float(v)}
+            {
+                "abc_class": abc,
+                "critical": crit == "critical",
+                "_matrix_level": float(v),
+                "_matrix_measure": (measures or {}).get(crit, {}).get(abc, "cycle"),
+            }
             for crit, cells in levels.items()
             for abc, v in cells.items()
         ],
-        schema={"abc_class": pl.String, "critical": pl.Boolean, "_matrix_level": pl.Float64},
+        schema={"abc_class": pl.String, "critical": pl.Boolean, "_matrix_level": pl.Float64, "_matrix_measure": pl.String},
     )
 
 
-def recommend(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
-    """Adds policy, flags, service_level_target, safety_stock_units, reorder_point_units, costs and reasons.
+def _numpy(fn: Callable[..., np.ndarray], *columns: str) -> pl.Expr:
+    """A vectorised numpy function of several columns as a polars expression (NaN results become null)."""
+    return pl.struct(*columns).map_batches(
+        lambda s: pl.Series(fn(*(s.struct.field(c).to_numpy() for c in columns)), nan_to_null=True), return_dtype=pl.Float64
+    )
 
-    Safety stock = z(alpha) x sigma of the buffered variance terms, where the full
-    sigma_total = sqrt(sigma_LT^2 + d^2 sigma_L^2) (DOMAIN.md) and hybrid buffers cover only
-    their variable part; rounded up to whole units and pack sizes, never negative.
-    ROP = lead-time demand + safety stock, rounded up to whole units. A dead, non-critical SKU gets neither.
+
+def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, s: BufferSettings, levels: list[float]) -> pl.DataFrame:
+    """Quantiles of lead-time (L) and review + lead-time (R + L) demand for the empirical SKUs, at every target level.
+
+    Lead-time variability enters only where the policy buffers it (hybrid without a variable supplier: std 0).
+    """
+    emp = skus.filter(pl.col("_empirical"))
+    if emp.is_empty():
+        return pl.DataFrame(schema={"unique_id": pl.String})
+    sub = panel.join(emp.select("unique_id"), on="unique_id", how="semi")
+    std = pl.when(pl.col("_lead_time_part")).then(pl.col("lead_time_std_periods")).otherwise(0.0)
+    out = None
+    for name, lead in (("lt", pl.col("lead_time_periods")), ("rlt", pl.col("lead_time_periods") + pl.col("review_periods"))):
+        lt = emp.select("unique_id", lead_time_periods=lead, lead_time_std_periods=std)
+        b = bootstrap_lead_time_demand(
+            sub, lt, levels, seed=s.seed, n_samples=s.bootstrap_samples, history_periods=s.bootstrap_history_periods
+        )
+        b = b.select(
+            "unique_id",
+            pl.col("bootstrap_mean").alias(f"_{name}_mean"),
+            *[pl.col(quantile_column(q)).alias(f"_{name}_{q}") for q in levels],
+        )
+        out = b if out is None else out.join(b, on="unique_id")
+    return out
+
+
+def _at_target(prefix: str, levels: list[float], target: str = "service_level_target") -> pl.Expr:
+    """The bootstrap quantile column `_{prefix}_{level}` matching each SKU's target."""
+    expr = pl.lit(None, pl.Float64)
+    for q in levels:
+        expr = pl.when(pl.col(target) == q).then(pl.col(f"_{prefix}_{q}")).otherwise(expr)
+    return expr
+
+
+def _pct(expr: pl.Expr) -> pl.Expr:
+    return (expr * 100).round(1).cast(pl.String) + "%"
+
+
+def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
+    """How the buffer was sized, when it is not the plain normal formula, and what it risks."""
+    return [
+        pl.when(pl.col("safety_stock_method") == "bootstrap_quantile").then(
+            pl.format(
+                "{} demand is not normal: buffer = the {} quantile of bootstrapped lead-time demand minus its mean",
+                pl.col("demand_class"),
+                _pct(pl.col("service_level_target")),
+            )
+        ),
+        pl.when(pl.col("safety_stock_method") == "normal_fill_rate").then(
+            pl.format("target is a {} fill rate (safety factor from the normal loss function)", _pct(pl.col("service_level_target")))
+        ),
+        pl.when((pl.col("expected_service_level") < pl.col("service_level_target") - 1e-9) & (pl.col("safety_stock_units") > 0)).then(
+            pl.format(
+                "hybrid buffer covers the variable part only: about {} of cycles without stock-out (full target {})",
+                _pct(pl.col("expected_service_level")),
+                _pct(pl.col("service_level_target")),
+            )
+        ),
+        pl.when(pl.col("flag_declining") & pl.col("flag_obsolescence_risk")).then(
+            pl.format(
+                "declining demand (trend strength {}): buffer value {} at risk",
+                pl.col("trend_strength").round(2),
+                pl.col("capital_at_risk").round(2),
+            )
+        ),
+    ]
+
+
+def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Adds policy, flags, service level, safety stock, reorder point, order-up-to level, min/max, order quantity,
+    costs, risks and reasons (DOMAIN.md "Safety stock and reorder point", "What a buffer costs and risks").
+
+    - Normal method: SS = k x sigma of the buffered variance terms, sigma_total = sqrt(sigma_LT^2 + d^2 sigma_L^2);
+      k = z(alpha) for a cycle-service target, k with G(k) = (1 - beta) Q / sigma for a fill-rate target (Q: EOQ
+      where an order cost is given, else the demand over a review period). Hybrid buffers only the variable part.
+    - Intermittent and lumpy SKUs (`empirical_classes`, needs `panel`): SS = the target quantile of bootstrapped
+      lead-time demand (own history, lead times drawn from the SKU's distribution, seeded) minus its mean. A
+      fill-rate target takes the same quantile (conservative: a cycle service level alpha serves at least alpha).
+    - ROP = lead-time demand + SS (continuous review); S = demand over R + L + SS over R + L (periodic review);
+      min = ROP, max = ROP + Q. Never negative; SS rounded up to whole units and pack sizes.
+    - A dead, non-critical SKU gets no buffer and nothing to reorder.
+    - Internal columns for the stress test: `order_up_to_jit_units`, `order_up_to_jic_units` (every SKU at the JIT
+      level / with the full buffer at its matrix target).
     """
     missing = [c for c in REQUIRED if c not in skus.columns]
     if missing:
@@ -57,39 +174,134 @@ def recommend(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
     out = (
         skus.cast(REQUIRED)
         .with_columns(pl.col("critical").fill_null(False))
-        .join(_service_level_table(s.service_levels), on=["abc_class", "critical"], how="left")
+        .join(_cells(s.service_levels, s.service_measures), on=["abc_class", "critical"], how="left")
         .with_columns(lead_time_std_periods=pl.col("lead_time_std_days").fill_null(0.0) / s.period_days)
         .with_columns(policy_flags(t))
         .with_columns(policy=policy_expr())
         .with_columns(
-            service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(s.jit_service_level)).otherwise("_matrix_level")
+            service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(s.jit_service_level)).otherwise("_matrix_level"),
+            service_level_measure=pl.when(pl.col("policy") == "JIT").then(pl.lit("cycle")).otherwise("_matrix_measure"),
         )
     )
     if out["service_level_target"].null_count():
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
     demand_part, lead_time_part = buffered_components()
-    d = pl.col("mean_demand_per_period")
+    d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
+    unit_holding = pl.col("unit_cost") * s.holding_rate_per_year
     out = out.with_columns(
-        safety_factor_z=pl.col("service_level_target").map_batches(
-            lambda a: pl.Series(z_for_cycle_service_level(a.to_numpy())), return_dtype=pl.Float64
-        ),
+        _demand_part=demand_part,
+        _lead_time_part=lead_time_part,
+        _empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(panel is not None),
         sigma_total=sigma_total(pl.col("sigma_lead_time_demand"), d, pl.col("lead_time_std_periods")),
+        _sigma_review_total=sigma_total(pl.col("sigma_review_lead_time_demand"), d, pl.col("lead_time_std_periods")),
+        annual_demand_units=d * s.periods_per_year,
+        _review_quantity=(d * r).clip(1e-9, None),
+    ).with_columns(
         sigma_buffered=sigma_total(
-            pl.when(demand_part).then(pl.col("sigma_lead_time_demand")).otherwise(0.0),
+            pl.when("_demand_part").then(pl.col("sigma_lead_time_demand")).otherwise(0.0),
             d,
-            pl.when(lead_time_part).then(pl.col("lead_time_std_periods")).otherwise(0.0),
+            pl.when("_lead_time_part").then(pl.col("lead_time_std_periods")).otherwise(0.0),
+        ),
+        _sigma_review_buffered=sigma_total(
+            pl.when("_demand_part").then(pl.col("sigma_review_lead_time_demand")).otherwise(0.0),
+            d,
+            pl.when("_lead_time_part").then(pl.col("lead_time_std_periods")).otherwise(0.0),
+        ),
+        economic_order_quantity=_numpy(
+            lambda demand, cost: economic_order_quantity(
+                demand, np.nan if s.order_cost is None else s.order_cost, cost * s.holding_rate_per_year
+            ),
+            "annual_demand_units",
+            "unit_cost",
         ),
     )
-    buffer = round_up_units(pl.col("safety_factor_z") * pl.col("sigma_buffered"), pl.col("pack_size"))
-    reorder_point = round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units"))
-    return (
-        out.with_columns(safety_stock_units=pl.when(no_buffer()).then(0.0).otherwise(buffer))
-        .with_columns(reorder_point_units=pl.when(no_buffer()).then(0.0).otherwise(reorder_point))
+    out = out.with_columns(order_quantity=pl.coalesce("economic_order_quantity", "_review_quantity"))
+    out = out.with_columns(
+        safety_factor_z=_numpy(safety_factor, "service_level_target", "service_level_measure", "order_quantity", "sigma_buffered"),
+        _factor_review=_numpy(safety_factor, "service_level_target", "service_level_measure", "_review_quantity", "_sigma_review_buffered"),
+        _factor_jic=_numpy(safety_factor, "_matrix_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
+        _z_jit=pl.lit(float(z_for_cycle_service_level(s.jit_service_level))),
+    )
+    levels = sorted({float(v) for cells in s.service_levels.values() for v in cells.values()} | {s.jit_service_level})
+    boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
+    out = out.join(boot, on="unique_id", how="left")
+    empirical = pl.col("_empirical") & pl.col("_lt_mean").is_not_null() if "_lt_mean" in out.columns else pl.lit(False)
+    normal_ss = (pl.col("safety_factor_z") * pl.col("sigma_buffered")).clip(0.0, None)
+    normal_review_ss = (pl.col("_factor_review") * pl.col("_sigma_review_buffered")).clip(0.0, None)
+    if "_lt_mean" in out.columns:
+        emp_ss = (_at_target("lt", levels) - pl.col("_lt_mean")).clip(0.0, None)
+        emp_review_ss = (_at_target("rlt", levels) - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_jit = (pl.col(f"_rlt_{s.jit_service_level}") - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_jic = (_at_target("rlt", levels, "_matrix_level") - pl.col("_rlt_mean")).clip(0.0, None)
+    else:
+        emp_ss = emp_review_ss = emp_jit = emp_jic = pl.lit(None, pl.Float64)
+    # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.
+    covered = pl.when(pl.col("sigma_total") > 0).then(pl.col("safety_factor_z") * pl.col("sigma_buffered") / pl.col("sigma_total"))
+    out = out.with_columns(_covered=covered).with_columns(
+        expected_service_level=pl.when((pl.col("policy") == "hybrid") & ~empirical & (pl.col("service_level_measure") == "cycle"))
+        .then(_numpy(stats.norm.cdf, "_covered").fill_null(pl.col("service_level_target")))
+        .otherwise(pl.col("service_level_target"))
+    )
+    review_demand = pl.col("review_lead_time_demand")
+    out = out.with_columns(
+        safety_stock_method=pl.when(empirical)
+        .then(pl.lit("bootstrap_quantile"))
+        .when(pl.col("service_level_measure") == "fill_rate")
+        .then(pl.lit("normal_fill_rate"))
+        .otherwise(pl.lit("normal_cycle")),
+        _ss=pl.when(empirical).then(emp_ss).otherwise(normal_ss),
+        _review_ss=pl.when(empirical).then(emp_review_ss).otherwise(normal_review_ss),
+        _jit_ss=pl.when(empirical).then(emp_jit).otherwise((pl.col("_z_jit") * pl.col("_sigma_review_total")).clip(0.0, None)),
+        _jic_ss=pl.when(empirical).then(emp_jic).otherwise((pl.col("_factor_jic") * pl.col("_sigma_review_total")).clip(0.0, None)),
+    )
+    pack = pl.col("pack_size")
+    buffer = round_up_units(pl.col("_ss"), pack)
+    nothing = no_buffer()
+    out = (
+        out.with_columns(safety_stock_units=pl.when(nothing).then(0.0).otherwise(buffer))
         .with_columns(
-            safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
-            holding_cost_per_year=pl.col("safety_stock_units") * pl.col("unit_cost") * s.holding_rate_per_year,
-            reasons=pl.format("{}: ", pl.col("policy")) + reasons_expr(t, s.period_days),
+            reorder_point_units=pl.when(nothing)
+            .then(0.0)
+            .otherwise(round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units"))),
+            order_up_to_units=pl.when(nothing)
+            .then(0.0)
+            .otherwise(round_up_units(review_demand + round_up_units(pl.col("_review_ss"), pack))),
+            order_up_to_jit_units=round_up_units(review_demand + pl.col("_jit_ss")),
+            order_up_to_jic_units=round_up_units(review_demand + pl.col("_jic_ss")),
+            order_quantity_units=pl.when(nothing).then(0.0).otherwise(round_up_units(pl.col("order_quantity"), pack)),
         )
-        .drop("_matrix_level")
+        .with_columns(
+            min_units=pl.col("reorder_point_units"),
+            max_units=pl.col("reorder_point_units") + pl.col("order_quantity_units"),
+            textbook_safety_stock_units=round_up_units(
+                _numpy(textbook_safety_stock, "safety_factor_z", "std_demand", "lead_time_periods").fill_null(0.0)
+            ),
+        )
+    )
+    average_stock = pl.col("safety_stock_units") + pl.col("order_quantity_units") / 2
+    recent_rate = pl.col("annual_units") / s.periods_per_year
+    declining = (pl.col("trend_strength").fill_null(0.0) >= s.declining_trend_strength) & (d < s.declining_ratio * recent_rate)
+    out = out.with_columns(
+        safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
+        holding_cost_per_year=pl.col("safety_stock_units") * unit_holding,
+        capital_tied_up=average_stock * pl.col("unit_cost"),
+        expected_turns=pl.when(average_stock > 0).then(pl.col("annual_demand_units") / average_stock),
+        textbook_safety_stock_value=pl.col("textbook_safety_stock_units") * pl.col("unit_cost"),
+        flag_declining=declining,
+    ).with_columns(
+        flag_obsolescence_risk=(pl.col("flag_dead") | pl.col("flag_declining")) & (pl.col("safety_stock_units") > 0),
+    )
+    return (
+        out.with_columns(
+            capital_at_risk=pl.when("flag_obsolescence_risk").then(pl.col("safety_stock_value")).otherwise(0.0),
+        )
+        .with_columns(
+            # A dead SKU without a buffer keeps its one reason (see `reasons_expr`).
+            reasons=pl.format("{}: ", pl.col("policy"))
+            + pl.when(no_buffer())
+            .then(reasons_expr(t, s.period_days))
+            .otherwise(pl.concat_list(reasons_expr(t, s.period_days), *_method_reasons(s)).list.drop_nulls().list.join("; ")),
+        )
+        .drop(cs.starts_with("_"))
     )

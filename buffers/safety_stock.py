@@ -36,9 +36,7 @@ def k_for_fill_rate(beta: np.ndarray | float, order_quantity: np.ndarray | float
         raise ValueError("a fill rate must be strictly between 0 and 1")
     positive = sigma > 0
     target = np.where(positive, (1.0 - beta) * q / np.where(positive, sigma, 1.0), 1.0)
-    k = optimize.newton(
-        lambda k: normal_loss(k) - target, x0=-target - 1.0, fprime=lambda k: -stats.norm.sf(k), tol=1e-12, maxiter=200
-    )
+    k = optimize.newton(lambda k: normal_loss(k) - target, x0=-target - 1.0, fprime=lambda k: -stats.norm.sf(k), tol=1e-12, maxiter=200)
     return np.where(positive, k, 0.0)
 
 

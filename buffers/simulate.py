@@ -125,7 +125,8 @@ def simulate_order_up_to(
     """Simulate a periodic-review (R, s, S) policy with backorders over `demand` (n SKUs x T periods).
 
     demand: actual units per period, >= 0; NaN only as a prefix (a shorter held-out history).
-    order_up_to S, review_periods R (whole, >= 1), lead_time_mean/std (periods, fractional allowed),
+    order_up_to S (per SKU, or (n, T): the level each period's review orders up to, e.g. from the forecast of the
+    latest origin), review_periods R (whole, >= 1), lead_time_mean/std (periods, fractional allowed),
     reorder_point s <= S (default S: pure (R, S)), initial_on_hand (default S, nothing on order),
     lead_time_multiplier (default 1, scales mean and std), delivery_blocked (n, T) bool (supplier outage),
     keys (stable per-SKU ids for the lead-time streams): scalars or (n,) arrays. Timing, lead-time draws
@@ -147,11 +148,22 @@ def simulate_order_up_to(
         if rows.any():
             raise ValueError(f"demand: {int(rows.sum())} of {n} SKU rows {what}; first bad row {int(np.argmax(rows))}")
 
-    s_up = _per_sku("order_up_to", order_up_to, n, minimum=0.0)
+    # S may change over time, (n, T): the order-up-to level each review period uses (the forecast is updated).
+    levels = np.asarray(order_up_to, dtype=float)
+    varying = levels.ndim == 2
+    if varying:
+        if levels.shape != demand.shape or not np.isfinite(levels).all() or (levels < 0).any():
+            raise ValueError(f"order_up_to: a time-varying level needs shape {demand.shape}, finite and >= 0; got {levels.shape}")
+        levels_t = np.ascontiguousarray(levels.T)
+        s_up = levels_t[np.minimum(first, max(horizon - 1, 0)), np.arange(n)] if horizon else np.zeros(n)
+    else:
+        s_up = _per_sku("order_up_to", order_up_to, n, minimum=0.0)
     review = _per_sku("review_periods", review_periods, n, minimum=1.0, integer=True).astype(np.int64)
     multiplier = _per_sku("lead_time_multiplier", 1.0 if lead_time_multiplier is None else lead_time_multiplier, n, minimum=0.0)
     lt_mean = _per_sku("lead_time_mean", lead_time_mean, n, minimum=0.0) * multiplier
     lt_std = _per_sku("lead_time_std", lead_time_std, n, minimum=0.0) * multiplier
+    if varying and reorder_point is not None:
+        raise ValueError("reorder_point: not supported with a time-varying order_up_to (pure (R, S) only)")
     s_low = s_up if reorder_point is None else _per_sku("reorder_point", reorder_point, n)
     if (above := s_low > s_up).any():
         raise ValueError(f"reorder_point: {int(above.sum())} of {n} SKU rows exceed order_up_to; first bad row {int(np.argmax(above))}")
@@ -202,6 +214,8 @@ def simulate_order_up_to(
         cycle_short |= short_now
         stockout_periods += short_now
         position = on_hand - backorders + on_order
+        if varying:
+            s_up = s_low = levels_t[t]
         place = active & ((t - first) % review == 0) & (position <= s_low) & (s_up > position)
         if place.any():
             rows = np.flatnonzero(place)

@@ -108,8 +108,20 @@ class AbcConfig(_Strict):
 
 
 ModelName = Literal[
-    "AutoETS", "AutoTheta", "Theta", "AutoARIMA", "SeasonalNaive", "Naive", "HistoricAverage", "WindowAverage",
-    "CrostonClassic", "CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA",
+    "AutoETS",
+    "AutoTheta",
+    "Theta",
+    "AutoARIMA",
+    "SeasonalNaive",
+    "Naive",
+    "HistoricAverage",
+    "WindowAverage",
+    "CrostonClassic",
+    "CrostonSBA",
+    "CrostonOptimized",
+    "TSB",
+    "ADIDA",
+    "IMAPA",
 ]
 
 
@@ -174,11 +186,20 @@ class BacktestConfig(_Strict):
         return v
 
 
+ServiceMeasure = Literal["cycle", "fill_rate"]
+
+
+class ServiceMeasureConfig(_Strict):
+    critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "cycle"}
+    non_critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "fill_rate"}
+
+
 class ServiceLevelConfig(_Strict):
-    """Cycle service level targets over ABC class x criticality (DOMAIN.md)."""
+    """Service level targets over ABC class x criticality (DOMAIN.md), each a cycle service level or a fill rate."""
 
     critical: dict[AbcClass, float] = {"A": 0.99, "B": 0.98, "C": 0.97}
     non_critical: dict[AbcClass, float] = {"A": 0.97, "B": 0.95, "C": 0.90}
+    measure: ServiceMeasureConfig = ServiceMeasureConfig()
     jit: float = Field(0.80, description="Cycle service level of the minimal JIT buffer.")
 
     @model_validator(mode="after")
@@ -224,6 +245,30 @@ class DefaultsConfig(_Strict):
 
 class CostConfig(_Strict):
     holding_rate_per_year: float = Field(0.25, ge=0.0, le=5.0)
+    order_cost: float | None = Field(
+        None, gt=0.0, description="Cost of placing one order; null: no EOQ (order quantity = review-period demand)."
+    )
+
+
+class BuffersConfig(_Strict):
+    empirical_classes: list[DemandClass] = Field(
+        ["intermittent", "lumpy"], description="Buffered by the bootstrap quantile of lead-time demand instead of the normal formula."
+    )
+    bootstrap_samples: int = Field(2000, ge=100)
+    bootstrap_history_days: int = Field(365, ge=7, description="Trailing demand the bootstrap draws from.")
+    declining_trend_strength: float = Field(0.4, ge=0.0, le=1.0, description="Declining: trend at least this strong ...")
+    declining_ratio: float = Field(0.75, gt=0.0, le=1.0, description="... and the forecast below this share of last year's rate.")
+
+
+class ScenarioConfig(_Strict):
+    """A disruption replayed over the held-out demand (buffers/evaluate.py)."""
+
+    name: str
+    kind: Literal["baseline", "lead_time", "outage", "demand_spike"]
+    factor: float = Field(1.0, ge=0.0, description="lead_time: lead time x factor; demand_spike: demand x factor.")
+    start_day: int = Field(0, ge=0, description="outage, demand_spike: days after the start of the held-out demand.")
+    days: int = Field(0, ge=0, description="outage, demand_spike: how long.")
+    suppliers: list[str] | None = Field(None, description="Supplier ids hit; null: every SKU.")
 
 
 class OutputConfig(_Strict):
@@ -282,9 +327,7 @@ class OutlierConfig(_Strict):
 
 
 class ShapeConfig(_Strict):
-    seasonal_from: float = Field(
-        0.3, ge=0.0, le=1.0, description="Seasonal strength below this: seasonal models are skipped for the SKU."
-    )
+    seasonal_from: float = Field(0.3, ge=0.0, le=1.0, description="Seasonal strength below this: seasonal models are skipped for the SKU.")
 
 
 #: One cron field: numbers, names (MON, JAN), `*`, lists, ranges and steps; no Jenkins-style H or R.
@@ -334,6 +377,13 @@ class BuffercastConfig(_Strict):
     policy: PolicyConfig = PolicyConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     cost: CostConfig = CostConfig()
+    buffers: BuffersConfig = BuffersConfig()
+    scenarios: list[ScenarioConfig] = [
+        ScenarioConfig(name="baseline", kind="baseline"),
+        ScenarioConfig(name="lead_time_x2", kind="lead_time", factor=2.0),
+        ScenarioConfig(name="supplier_outage_30d", kind="outage", start_day=14, days=30),
+        ScenarioConfig(name="demand_spike_50pct_4w", kind="demand_spike", factor=1.5, start_day=14, days=28),
+    ]
     life_cycle: LifeCycleConfig = LifeCycleConfig()
     outliers: OutlierConfig = OutlierConfig()
     shape: ShapeConfig = ShapeConfig()

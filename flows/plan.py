@@ -22,7 +22,8 @@ from prefect.runtime import deployment, flow_run
 
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
-from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
+from buffers.evaluate import Scenario
+from buffers.pipeline import SkuDefaults, build_recommendations, build_scenarios, forecast_inputs, sku_attributes
 from buffers.policy import PolicyThresholds
 from buffers.recommend import BufferSettings
 from features.calendar import series_keys, to_periods
@@ -191,24 +192,62 @@ def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -
     return backtest_and_forecast(panel, inputs, model_sets(cfg), backtest_settings(cfg))
 
 
-@task(cache_policy=NO_CACHE)
-def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> pl.DataFrame:
-    settings = BufferSettings(
+def buffer_settings(cfg: BuffercastConfig) -> BufferSettings:
+    """The buffer engine's settings from the config (the flow, tests and bench/ use the same)."""
+    sl, b = cfg.service_levels, cfg.buffers
+    return BufferSettings(
         period_days=cfg.period_days,
         holding_rate_per_year=cfg.cost.holding_rate_per_year,
-        jit_service_level=cfg.service_levels.jit,
-        service_levels={"critical": cfg.service_levels.critical, "non_critical": cfg.service_levels.non_critical},
+        jit_service_level=sl.jit,
+        service_levels={"critical": sl.critical, "non_critical": sl.non_critical},
+        service_measures={"critical": sl.measure.critical, "non_critical": sl.measure.non_critical},
         thresholds=PolicyThresholds(**cfg.policy.model_dump()),
+        order_cost=cfg.cost.order_cost,
+        empirical_classes=tuple(b.empirical_classes),
+        bootstrap_samples=b.bootstrap_samples,
+        bootstrap_history_periods=cfg.periods(b.bootstrap_history_days),
+        seed=cfg.seed,
+        declining_trend_strength=b.declining_trend_strength,
+        declining_ratio=b.declining_ratio,
     )
-    return build_recommendations(
+
+
+def scenarios(cfg: BuffercastConfig) -> list[Scenario]:
+    """The disruption scenarios of the config, in periods."""
+
+    def periods(days: int) -> int:
+        return cfg.periods(days) if days > 0 else 0
+
+    return [
+        Scenario(sc.name, sc.kind, sc.factor, periods(sc.start_day), periods(sc.days), tuple(sc.suppliers) if sc.suppliers else None)
+        for sc in cfg.scenarios
+    ]
+
+
+@task(cache_policy=NO_CACHE)
+def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The recommendations (simulated over the held-out demand) and the disruption stress test."""
+    recs = build_recommendations(
         as_of=as_of,
         profiles=p.profiles,
         attrs=p.attrs,
         fc=fc,
-        settings=settings,
+        settings=buffer_settings(cfg),
         variable_from=cfg.volatility.variable_from,
         erratic_from=cfg.volatility.erratic_from,
+        panel=p.panel,
     )
+    stress = build_scenarios(
+        as_of=as_of,
+        recs=recs,
+        keys=p.keys,
+        panel=p.panel,
+        fc=fc,
+        scenarios=scenarios(cfg),
+        seed=cfg.seed,
+        holding_rate=cfg.cost.holding_rate_per_year,
+    )
+    return recs, stress
 
 
 def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs) -> dict[str, pl.DataFrame]:
@@ -319,6 +358,7 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
     rmsse = selected["rmsse"].drop_nulls()
     if rmsse.len():
         metrics["median_rmsse"] = float(rmsse.median())
+    metrics |= simulation_metrics(tables["recommendations"], tables.get("scenarios"))
     # Calibration of the chosen models' quantiles: share of backtest actuals at or below each (q95 -> ~0.95).
     coverage = [c for c in selected.columns if c.startswith("coverage_")]
     classes = tables["recommendations"].select("sku_id", "location_id", "demand_class")
@@ -330,6 +370,35 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
             if group[c].drop_nulls().len():
                 metrics[f"{c}_{cls}"] = float(group[c].mean())
     return metrics
+
+
+def simulation_metrics(recs: pl.DataFrame, scenarios: pl.DataFrame | None) -> dict[str, float]:
+    """Proof by simulation in MLflow: achieved vs target per target (the measure the target is set in), per demand
+    class, the capital against the textbook buffer, and each disruption scenario under each policy."""
+    out: dict[str, float] = {
+        "capital_tied_up_total": float(recs["capital_tied_up"].sum()),
+        "capital_at_risk_total": float(recs["capital_at_risk"].sum()),
+        "textbook_safety_stock_value_total": float(recs["textbook_safety_stock_value"].sum()),
+    }
+    achieved = (
+        pl.when(pl.col("service_level_measure") == "fill_rate").then("simulated_fill_rate").otherwise("simulated_cycle_service_level")
+    )
+    buffered = recs.filter(pl.col("safety_stock_units") > 0).with_columns(_achieved=achieved)
+    for (measure, target), group in buffered.group_by("service_level_measure", "service_level_target"):
+        values = group["_achieved"].drop_nulls()
+        if values.len():
+            name = f"simulated_{measure}_target_{round(target * 100, 1):g}"
+            out[name] = float(values.mean())
+            out[f"{name}_gap"] = float(values.mean()) - float(target)
+    for (cls,), group in buffered.group_by("demand_class"):
+        for column in ("simulated_cycle_service_level", "simulated_fill_rate"):
+            if group[column].drop_nulls().len():
+                out[f"{column}_{cls}"] = float(group[column].mean())
+    for row in (scenarios if scenarios is not None else pl.DataFrame()).iter_rows(named=True):
+        for column in ("simulated_cycle_service_level", "simulated_fill_rate", "holding_cost_per_year"):
+            if row[column] is not None:
+                out[f"scenario_{row['scenario']}_{row['policy']}_{column.removeprefix('simulated_')}"] = float(row[column])
+    return out
 
 
 REPORT_FILE = "report.html"
@@ -364,6 +433,14 @@ def planner_report(
         forecasts=tables["forecasts"],
         adi_cutoff=cfg.sbc.adi_cutoff,
         cv2_cutoff=cfg.sbc.cv2_cutoff,
+        # Achieved in the measure each target is set in: cycle service level, or fill rate.
+        simulated=tables["recommendations"].select(
+            "sku_id",
+            "location_id",
+            simulated_cycle_service_level=pl.when(pl.col("service_level_measure") == "fill_rate")
+            .then("simulated_fill_rate")
+            .otherwise("simulated_cycle_service_level"),
+        ),
     )
     pngs = render_pngs(figures)
     return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
@@ -479,8 +556,9 @@ def publish_prefect_artifacts(recs: pl.DataFrame, summary: dict[str, Any], chang
     create_markdown_artifact("\n".join(lines), key="plan-summary", description=f"buffercast plan as of {as_of}")
     top = top_buffers(recs)
     create_table_artifact(
-        top.select("sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "safety_stock_value", "reasons")
-        .to_dicts(),
+        top.select(
+            "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "safety_stock_value", "reasons"
+        ).to_dicts(),
         key="top-buffers",
         description=f"the 20 largest buffers by value, as of {as_of}",
     )
@@ -513,8 +591,8 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     fc = forecast.with_options(timeout_seconds=t.forecast)(
         cfg, p.panel, forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
     )
-    recs = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
-    tables = output_tables(as_of, recs, fc, p, inputs)
+    recs, stress = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
+    tables = output_tables(as_of, recs, fc, p, inputs) | {"scenarios": validate_output("scenarios", stress)}
 
     run_id = uuid.uuid4().hex
     prefect_run_id = str(flow_run.get_id() or "")

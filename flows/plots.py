@@ -386,7 +386,7 @@ def service_level_figure(recommendations: pl.DataFrame, simulated: pl.DataFrame 
     )
     if simulated is None:
         return _service_level_targets(recs)
-    title = "Simulated cycle service level vs target"
+    title = "Simulated service level vs target"
     sim = _with_location(simulated).with_columns(pl.col("location_id").cast(pl.String)).select(*KEY, "simulated_cycle_service_level")
     both = recs.join(sim, on=list(KEY), how="inner", nulls_equal=True).filter(
         pl.col("simulated_cycle_service_level").is_not_null() & pl.col("service_level_target").is_not_null()
@@ -415,8 +415,8 @@ def service_level_figure(recommendations: pl.DataFrame, simulated: pl.DataFrame 
     ax.set_xlim(low, 100.5)
     ax.set_ylim(low, 100.5)
     met = both.filter(pl.col("simulated_cycle_service_level") >= pl.col("service_level_target")).height
-    ax.set_xlabel("service-level target (% of cycles without stock-out; classes dodged ±0.3 points)")
-    ax.set_ylabel("simulated cycle service level (%)")
+    ax.set_xlabel("service-level target (% of cycles without stock-out, or fill rate; classes dodged ±0.3 points)")
+    ax.set_ylabel("simulated over the held-out demand (%)")
     ax.set_title(f"{title}: {met} of {both.height} SKUs at or above target")
     ax.legend(title="ABC class", frameon=False, fontsize=8, loc="lower right")
     ax.spines[["top", "right"]].set_visible(False)

@@ -26,7 +26,9 @@ JIT_SKU = {
     "unique_id": "S1", "demand_class": "smooth", "adi": 1.0, "cv2": 0.1, "error_cv": 0.3, "volatility_class": "stable",
     "abc_class": "B", "critical": False, "lead_time_days": 5.0, "lead_time_std_days": 0.5, "mean_demand_per_period": 20.0,
     "lead_time_demand": 100.0, "sigma_lead_time_demand": 10.0, "unit_cost": 2.0, "pack_size": None, "in_sku_master": True,
-    "model_fell_back": False, "life_cycle": "active", "periods_since_last_sale": 0,
+    "model_fell_back": False, "life_cycle": "active", "periods_since_last_sale": 0, "lead_time_periods": 5.0, "review_periods": 7.0,
+    "review_lead_time_demand": 240.0, "sigma_review_lead_time_demand": 16.0, "std_demand": 6.0, "annual_units": 7300.0,
+    "trend_strength": 0.1,
 }  # fmt: skip
 
 

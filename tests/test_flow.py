@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +52,9 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     for name, schema in OUTPUT_SCHEMAS.items():
         table = pl.read_parquet(out / name / f"as_of={AS_OF}")
         schema.validate(table, lazy=True)
-        expected = [m for c, col in schema.columns.items() for m in ([t for t in table.columns if re.fullmatch(c, t)] if col.regex else [c])]
+        expected = [
+            m for c, col in schema.columns.items() for m in ([t for t in table.columns if re.fullmatch(c, t)] if col.regex else [c])
+        ]
         assert table.columns == expected, name
     quantiles = [f"q{round(p * 100):d}" for p in cfg.models.quantiles]
     assert set(quantiles) <= set(pl.read_parquet(out / "forecasts" / f"as_of={AS_OF}").columns)
@@ -153,11 +155,14 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     assert sum(v for k, v in metrics.items() if k.startswith("skus_demand_class_")) == result["skus"]
     assert metrics["safety_stock_value_total"] == pytest.approx(result["safety_stock_value"])
     assert "median_mase" in metrics
+    # Interval coverage, simulated service levels per target and class, the disruption scenarios (issue 6's metrics).
+    assert {"coverage_q95", "coverage_q95_smooth", "simulated_cycle_target_95", "textbook_safety_stock_value_total"} <= set(metrics)
+    assert "scenario_lead_time_x2_recommended_fill_rate" in metrics
     assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "1"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     }
-    tables = {"recommendations", "profiles", "outliers", "forecasts", "backtest_metrics", "quarantine", "changes"}
+    tables = {"recommendations", "profiles", "outliers", "forecasts", "backtest_metrics", "quarantine", "changes", "scenarios"}
     plots = {"sbc_quadrants", "policy_mix_by_abc", "error_distribution", "forecast_vs_actual", "service_level"}
     assert artifacts == {f"tables/{t}.parquet" for t in tables} | {f"plots/{p}.png" for p in plots}
     local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
@@ -217,9 +222,7 @@ def _bad_sales_csv(path: Path) -> Path:
         for loc in ("north", "south"):
             for i in range(120):
                 day = start + dt.timedelta(days=i)
-                rows.append(
-                    {"sku": sku, "store": loc, "day": day.isoformat(), "qty": str(int(rng.poisson(6))), "line": f"{sku}-{loc}-{i}"}
-                )
+                rows.append({"sku": sku, "store": loc, "day": day.isoformat(), "qty": str(int(rng.poisson(6))), "line": f"{sku}-{loc}-{i}"})
     bad = [
         {"sku": "A-1", "store": "north", "day": "2026-06-01", "qty": "-3", "line": "bad-negative"},
         {"sku": "A-1", "store": "north", "day": "2026-06-02", "qty": "2", "line": "A-1-north-0"},  # repeated line_id

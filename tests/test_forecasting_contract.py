@@ -5,6 +5,7 @@ competes fairly."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -42,8 +43,10 @@ def series(uid: str, y: np.ndarray, end: dt.date = END) -> pl.DataFrame:
 
 
 def attrs(panel: pl.DataFrame, demand_class: str, lead: float = 14.0, review: float = 7.0) -> pl.DataFrame:
-    return panel.group_by("unique_id").agg(n_periods=pl.len()).with_columns(
-        demand_class=pl.lit(demand_class), lead_time_periods=pl.lit(lead), review_periods=pl.lit(review)
+    return (
+        panel.group_by("unique_id")
+        .agg(n_periods=pl.len())
+        .with_columns(demand_class=pl.lit(demand_class), lead_time_periods=pl.lit(lead), review_periods=pl.lit(review))
     )
 
 
@@ -64,7 +67,7 @@ def test_every_model_set_gives_every_awkward_series_a_forecast_and_quantiles(dem
     q = r.forecasts.select("forecast", *QS)
     assert q.null_count().sum_horizontal().item() == 0
     assert (q.min_horizontal() >= 0).all()
-    for lo, hi in zip(QS, QS[1:], strict=False):
+    for lo, hi in itertools.pairwise(QS):
         assert (r.forecasts[hi] >= r.forecasts[lo] - 1e-9).all(), (lo, hi)
     # The all-zero series forecasts zero.
     assert r.forecasts.filter(pl.col("unique_id") == "all-zero")["forecast"].max() == pytest.approx(0.0, abs=1e-9)

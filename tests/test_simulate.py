@@ -291,3 +291,21 @@ def test_input_validation(change: dict, message: str) -> None:
     kwargs = {"demand": np.ones((2, 2)), "order_up_to": 10.0, "review_periods": 1, "lead_time_mean": 1.0, "lead_time_std": 0.0, "seed": 0}
     with pytest.raises(ValueError, match=message):
         simulate_order_up_to(**(kwargs | change))
+
+
+def test_a_time_varying_order_up_to_level_is_used_at_each_review():
+    """The replay of a policy whose forecast is updated: S per SKU and period; a constant matrix is the scalar case."""
+    rng = np.random.default_rng(4)
+    demand = rng.poisson(10.0, (6, 300)).astype(float)
+    scalar = simulate_order_up_to(demand, order_up_to=130.0, review_periods=7, lead_time_mean=5.0, lead_time_std=1.0, seed=3)
+    matrix = simulate_order_up_to(demand, order_up_to=np.full(demand.shape, 130.0), review_periods=7, lead_time_mean=5.0,
+                                  lead_time_std=1.0, seed=3)  # fmt: skip
+    for name in ("cycle_service_level", "fill_rate", "average_on_hand", "units_short", "orders"):
+        np.testing.assert_array_equal(getattr(matrix, name), getattr(scalar, name))
+    # Halving S from period 150 on: fewer units on hand afterwards, more short.
+    step = np.full(demand.shape, 130.0)
+    step[:, 150:] = 65.0
+    lower = simulate_order_up_to(demand, order_up_to=step, review_periods=7, lead_time_mean=5.0, lead_time_std=1.0, seed=3)
+    assert (lower.average_on_hand < scalar.average_on_hand).all() and lower.units_short.sum() > scalar.units_short.sum()
+    with pytest.raises(ValueError, match="time-varying"):
+        simulate_order_up_to(demand, order_up_to=step[:, :10], review_periods=7, lead_time_mean=5.0, lead_time_std=1.0, seed=3)
