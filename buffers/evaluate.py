@@ -108,7 +108,7 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     )
     matched = (
         grid.sort("ds")
-        .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward")
+        .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
         .filter(pl.col("_forecast").is_not_null())
         .join(x.select(ID, _buffer=pl.col(column) - pl.col("review_lead_time_demand")), on=ID)
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from buffers.calibration import Calibration, fit_calibration, window_errors
 from buffers.evaluate import Scenario, simulate_recommendations, stress_test
 from buffers.recommend import BufferSettings, recommend
 from features.xyz import volatility_classes
@@ -87,7 +88,7 @@ def forecast_inputs(
 RECOMMENDATION_COLUMNS = (
     "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "order_up_to_units",
     "min_units", "max_units", "order_quantity_units", "service_level_target", "service_level_measure", "expected_service_level",
-    "safety_stock_method",
+    "safety_stock_method", "calibrated_service_level", "calibration_status", "uncalibrated_safety_stock_units",
     "demand_class", "adi", "cv2", "volatility_class", "xyz_class", "error_cv", "abc_class", "annual_value", "critical",
     "life_cycle", "fsn_class", "movement_frequency", "periods_since_last_sale", "trend_strength", "seasonal_strength",
     "n_outliers", "outlier_threshold",
@@ -115,12 +116,14 @@ def build_recommendations(
     variable_from: float,
     erratic_from: float,
     panel: pl.DataFrame | None = None,
+    calibration: Calibration | None = None,
 ) -> pl.DataFrame:
     """One row per series: profile (SBC, ABC, life cycle, shape, outliers) + chosen model and its errors + master
     attributes -> buffer decision, replayed over the SKU's held-out backtest demand (`buffers.evaluate`).
 
     `panel` (unique_id, ds, y): the demand behind the bootstrap buffers of intermittent and lumpy SKUs and the
-    simulation; without it every SKU gets the normal formula and the simulated columns are null.
+    simulation; without it every SKU gets the normal formula and the simulated columns are null. `calibration`
+    (`calibrate_buffers`): the nominal level each normal-method target is sized at.
     """
     error_cv, volatility, xyz = volatility_classes(pl.col("rmse"), pl.col("mean_demand"), variable_from, erratic_from)
     skus = (
@@ -151,7 +154,7 @@ def build_recommendations(
         )
         .with_columns(error_cv=error_cv, volatility_class=volatility, xyz_class=xyz)
     )
-    recs = recommend(skus, settings, panel)
+    recs = recommend(skus, settings, panel, calibration.levels if calibration is not None else None)
     simulated = ["simulated_cycle_service_level", "simulated_fill_rate", "simulated_average_on_hand", "simulated_stockout_periods"]
     if panel is not None:
         sim = simulate_recommendations(recs, panel, fc.plan, seed=settings.seed, cv=fc.cv).select(
@@ -175,3 +178,14 @@ def build_scenarios(
     with_ids = recs.join(keys, on=["sku_id", "location_id"], how="inner", nulls_equal=True)
     table = stress_test(with_ids, panel, fc.plan, scenarios, seed=seed, holding_rate=holding_rate, cv=fc.cv)
     return table.select(pl.lit(as_of).alias("as_of"), pl.all())
+
+
+def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, settings: BufferSettings, with_panel: bool) -> Calibration | None:
+    """The backtest's calibration map per demand class (`buffers.calibration`), for the normal-method SKUs; None when
+    off or without a backtest. `with_panel`: the bootstrap buffers run (their classes are not calibrated)."""
+    if not settings.calibrate or fc.cv.is_empty():
+        return None
+    targets = sorted({float(v) for cells in settings.service_levels.values() for v in cells.values()} | {settings.jit_service_level})
+    empirical = list(settings.empirical_classes) if with_panel else []
+    normal = profiles.filter(~pl.col("demand_class").is_in(empirical)).select(ID, "demand_class")
+    return fit_calibration(window_errors(fc.cv, fc.plan), normal, targets, min_points=settings.calibration_min_points)

@@ -42,6 +42,9 @@ class BufferSettings:
     #: obsolescence: a significant trend (strength >= this) with the forecast below `declining_ratio` x last year's rate
     declining_trend_strength: float = 0.4
     declining_ratio: float = 0.75
+    #: size normal-method buffers at the nominal level the backtest calibration maps each target to (buffers/calibration.py)
+    calibrate: bool = True
+    calibration_min_points: int = 100
 
     @property
     def periods_per_year(self) -> float:
@@ -141,6 +144,18 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
                 _pct(pl.col("service_level_target")),
             )
         ),
+        pl.when(
+            (pl.col("calibration_status") == "calibrated") & (pl.col("safety_stock_units") != pl.col("uncalibrated_safety_stock_units"))
+        ).then(
+            pl.format(
+                "calibrated on the backtest: sized at {} nominal for the {} target ({} demand's errors), buffer {} units instead of {}",
+                _pct(pl.col("sizing_level")),
+                _pct(pl.col("service_level_target")),
+                pl.col("demand_class"),
+                pl.col("safety_stock_units").cast(pl.Int64),
+                pl.col("uncalibrated_safety_stock_units").cast(pl.Int64),
+            )
+        ),
         pl.when(pl.col("flag_declining") & pl.col("flag_obsolescence_risk")).then(
             pl.format(
                 "declining demand (trend strength {}): buffer value {} at risk",
@@ -151,7 +166,9 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
     ]
 
 
-def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None = None) -> pl.DataFrame:
+def recommend(
+    skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None = None, calibration: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Adds policy, flags, service level, safety stock, reorder point, order-up-to level, min/max, order quantity,
     costs, risks and reasons (DOMAIN.md "Safety stock and reorder point", "What a buffer costs and risks").
 
@@ -164,6 +181,8 @@ def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None 
     - ROP = lead-time demand + SS (continuous review); S = demand over R + L + SS over R + L (periodic review);
       min = ROP, max = ROP + Q. Never negative; SS rounded up to whole units and pack sizes.
     - A dead, non-critical SKU gets no buffer and nothing to reorder.
+    - `calibration` (demand_class, service_level_target, calibrated_level, status; `buffers.calibration`): a
+      normal-method cycle target is sized at its class's calibrated nominal level instead (`calibrated_level`).
     - Internal columns for the stress test: `order_up_to_jit_units`, `order_up_to_jic_units` (every SKU at the JIT
       level / with the full buffer at its matrix target).
     """
@@ -186,6 +205,34 @@ def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None 
     if out["service_level_target"].null_count():
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
+    levels_used = (
+        calibration.select("demand_class", "service_level_target", "calibrated_level", calibration_status="status")
+        if calibration is not None and calibration.height
+        else pl.DataFrame(
+            schema={
+                "demand_class": pl.String,
+                "service_level_target": pl.Float64,
+                "calibrated_level": pl.Float64,
+                "calibration_status": pl.String,
+            }
+        )
+    )
+    normal_cycle = ~pl.col("demand_class").is_in(list(s.empirical_classes)) | pl.lit(panel is None)
+    normal_cycle = normal_cycle & (pl.col("service_level_measure") == "cycle")
+    out = (
+        out.join(levels_used, on=["demand_class", "service_level_target"], how="left")
+        .with_columns(
+            calibration_status=pl.when(normal_cycle)
+            .then(pl.col("calibration_status").fill_null("not_calibrated"))
+            .otherwise(pl.lit("not_normal_method")),
+        )
+        .with_columns(
+            sizing_level=pl.when(pl.col("calibration_status").is_in(["calibrated", "capped"]))
+            .then(pl.col("calibrated_level"))
+            .otherwise(pl.col("service_level_target"))
+        )
+        .drop("calibrated_level")
+    )
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
     unit_holding = pl.col("unit_cost") * s.holding_rate_per_year
@@ -218,8 +265,9 @@ def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None 
     )
     out = out.with_columns(order_quantity=pl.coalesce("economic_order_quantity", "_review_quantity"))
     out = out.with_columns(
-        safety_factor_z=_numpy(safety_factor, "service_level_target", "service_level_measure", "order_quantity", "sigma_buffered"),
-        _factor_review=_numpy(safety_factor, "service_level_target", "service_level_measure", "_review_quantity", "_sigma_review_buffered"),
+        safety_factor_z=_numpy(safety_factor, "sizing_level", "service_level_measure", "order_quantity", "sigma_buffered"),
+        _factor_review=_numpy(safety_factor, "sizing_level", "service_level_measure", "_review_quantity", "_sigma_review_buffered"),
+        _z_uncalibrated=_numpy(safety_factor, "service_level_target", "service_level_measure", "order_quantity", "sigma_buffered"),
         _factor_jic=_numpy(safety_factor, "_matrix_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
         _z_jit=pl.lit(float(z_for_cycle_service_level(s.jit_service_level))),
     )
@@ -257,9 +305,15 @@ def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None 
     )
     pack = pl.col("pack_size")
     buffer = round_up_units(pl.col("_ss"), pack)
+    uncalibrated = round_up_units(
+        pl.when(empirical).then(pl.col("_ss")).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None)), pack
+    )
     nothing = no_buffer()
     out = (
-        out.with_columns(safety_stock_units=pl.when(nothing).then(0.0).otherwise(buffer))
+        out.with_columns(
+            safety_stock_units=pl.when(nothing).then(0.0).otherwise(buffer),
+            uncalibrated_safety_stock_units=pl.when(nothing).then(0.0).otherwise(uncalibrated),
+        )
         .with_columns(
             reorder_point_units=pl.when(nothing)
             .then(0.0)
@@ -303,5 +357,6 @@ def recommend(skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None 
             .then(reasons_expr(t, s.period_days))
             .otherwise(pl.concat_list(reasons_expr(t, s.period_days), *_method_reasons(s)).list.drop_nulls().list.join("; ")),
         )
+        .rename({"sizing_level": "calibrated_service_level"})
         .drop(cs.starts_with("_"))
     )

@@ -110,8 +110,14 @@ def format_summary(r: dict[str, Any]) -> str:
         f"buffercast: {r['skus']} SKUs planned as of {r['as_of']}",
         f"  sales rows         {rows['sales_in']} read, {rows['sales_used']} used, {rows['sales_quarantined']} quarantined, "
         f"{rows['sales_after_as_of']} after the as-of date",
-        *([f"  not planned        {r['series_not_planned']} series without a positive sale up to the last complete period "
-            "(listed in the manifest)"] if r["series_not_planned"] else []),
+        *(
+            [
+                f"  not planned        {r['series_not_planned']} series without a positive sale up to the last complete period "
+                "(listed in the manifest)"
+            ]
+            if r["series_not_planned"]
+            else []
+        ),
         line("demand class", r["demand_class"]),
         line("volatility class", r["volatility_class"]),
         line("life cycle", r["life_cycle"]),

@@ -191,7 +191,7 @@ ServiceMeasure = Literal["cycle", "fill_rate"]
 
 class ServiceMeasureConfig(_Strict):
     critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "cycle"}
-    non_critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "fill_rate"}
+    non_critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "cycle"}
 
 
 class ServiceLevelConfig(_Strict):
@@ -258,6 +258,10 @@ class BuffersConfig(_Strict):
     bootstrap_history_days: int = Field(365, ge=7, description="Trailing demand the bootstrap draws from.")
     declining_trend_strength: float = Field(0.4, ge=0.0, le=1.0, description="Declining: trend at least this strong ...")
     declining_ratio: float = Field(0.75, gt=0.0, le=1.0, description="... and the forecast below this share of last year's rate.")
+    calibrate: bool = Field(
+        True, description="Size normal-method buffers at the nominal level the backtest calibration maps each target to."
+    )
+    calibration_min_points: int = Field(100, ge=10, description="Fewer backtest errors in a demand class: its targets stay uncalibrated.")
 
 
 class ScenarioConfig(_Strict):

@@ -20,23 +20,26 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
+from buffers.calibration import pinball_losses
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
-from buffers.evaluate import Scenario
-from buffers.pipeline import SkuDefaults, build_recommendations, build_scenarios, forecast_inputs, sku_attributes
-from buffers.policy import PolicyThresholds
-from buffers.recommend import BufferSettings
-from features.calendar import series_keys, to_periods
-from features.outliers import cap_outliers
-from features.profile import ProfileSettings, build_profiles
 from flows import publish as publisher
 from flows.config import BuffercastConfig
+from flows.core import (  # noqa: F401  (settings builders re-exported: bench/ and tests import them from here too)
+    Profiled,
+    backtest_settings,
+    buffer_settings,
+    forecast_stage,
+    model_sets,
+    profile_sales,
+    profile_settings,
+    recommend_stage,
+)
 from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures, top_buffers
 from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
 from flows.sources import InputError, input_fingerprint, read_sales, read_sku_master
 from flows.tracking import Tracker, resolve_tracking_uri
-from forecasting.backtest import BacktestSettings, ForecastResult, backtest_and_forecast
-from forecasting.models import ModelSpec
+from forecasting.backtest import ForecastResult
 
 
 @dataclass(frozen=True)
@@ -101,153 +104,28 @@ def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.Data
     return Inputs(sales, master)
 
 
-@dataclass(frozen=True)
-class Profiled:
-    panel: pl.DataFrame  # what is forecast: demand per series and period, explicit zeros (outliers capped if config says so)
-    demand: pl.DataFrame  # the demand as sold (never capped): what planners see in the report
-    keys: pl.DataFrame  # unique_id -> sku_id, location_id of the planned series
-    left_out: pl.DataFrame  # series in the sales that cannot be planned (no positive sale)
-    attrs: pl.DataFrame  # SKU-master attributes per series, defaults filled
-    profiles: pl.DataFrame  # every demand feature per series
-    outlier_points: pl.DataFrame  # the flagged demand points
-
-
-def profile_settings(cfg: BuffercastConfig) -> ProfileSettings:
-    """The profiling stage's settings from the config, life-cycle days converted to whole periods."""
-    lc = cfg.life_cycle
-    return ProfileSettings(
-        adi_cutoff=cfg.sbc.adi_cutoff,
-        cv2_cutoff=cfg.sbc.cv2_cutoff,
-        min_periods=cfg.sbc.min_periods,
-        new_periods=cfg.periods(lc.new_days),
-        dead_periods=cfg.periods(lc.dead_days),
-        window_periods=cfg.periods(lc.window_days),
-        fast_from=lc.fast_from,
-        slow_from=lc.slow_from,
-        a_share=cfg.abc.a_share,
-        b_share=cfg.abc.b_share,
-        season_length=cfg.season_length,
-        outlier_k=cfg.outliers.k,
-    )
-
-
 @task(cache_policy=NO_CACHE)
 def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
-    """Calendar, SKU attributes and every demand feature per series.
-
-    A series is left out when it has no positive sale up to the last complete period (only zero quantities,
-    or a first sale inside a week or month the as-of date cuts short): there is no demand to plan from.
-    """
-    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start, input_grain=cfg.input.grain)
-    all_keys = series_keys(sales)
-    keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
-    left_out = all_keys.join(keys, on="unique_id", how="anti")
-    if left_out.height:
+    """Calendar, SKU attributes and every demand feature per series (`flows.core.profile_sales`)."""
+    p = profile_sales(cfg, sales, master, as_of)
+    if p.left_out.height:
         get_run_logger().warning(
             "%d series have no positive sale up to the last complete period and are not planned, e.g. %s",
-            left_out.height,
-            ", ".join(left_out["sku_id"].head(5)),
+            p.left_out.height,
+            ", ".join(p.left_out["sku_id"].head(5)),
         )
-    attrs = sku_attributes(keys, master, SkuDefaults(**cfg.defaults.model_dump()))
-    profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, s=profile_settings(cfg))
-    outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")
-    forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
-    return Profiled(forecast_panel, panel, keys, left_out, attrs, profiles, outlier_points)
-
-
-def backtest_settings(cfg: BuffercastConfig) -> BacktestSettings:
-    """The forecasting stage's settings from the config (the flow and bench/ use the same)."""
-    return BacktestSettings(
-        freq=cfg.frequency,
-        n_windows=cfg.backtest.n_windows,
-        min_windows=cfg.backtest.min_windows,
-        step_periods=cfg.backtest.step_periods,
-        refit=cfg.backtest.refit,
-        min_train_periods=cfg.min_train_periods,
-        max_horizon_periods=cfg.backtest.max_horizon_periods,
-        horizon_buckets=cfg.backtest.horizon_buckets,
-        selection_metric=cfg.backtest.selection_metric,
-        n_jobs=cfg.backtest.n_jobs,
-        fallback=cfg.models.fallback,
-        spec=ModelSpec(
-            season_length=cfg.season_length,
-            ets_model=cfg.models.ets_model,
-            tsb_alpha_d=cfg.models.tsb_alpha_d,
-            tsb_alpha_p=cfg.models.tsb_alpha_p,
-        ),
-        quantiles=tuple(cfg.models.quantiles),
-        empirical_window=cfg.periods(cfg.models.empirical_window_days),
-        chunk_size=cfg.backtest.chunk_size,
-        combination_k=cfg.backtest.combination_k,
-    )
-
-
-def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
-    """The competing models per demand class, from the config."""
-    return {c: list(getattr(cfg.models, c)) for c in ("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")}
+    return p
 
 
 @task(cache_policy=NO_CACHE)
-def forecast(cfg: BuffercastConfig, panel: pl.DataFrame, inputs: pl.DataFrame) -> ForecastResult:
-    return backtest_and_forecast(panel, inputs, model_sets(cfg), backtest_settings(cfg))
-
-
-def buffer_settings(cfg: BuffercastConfig) -> BufferSettings:
-    """The buffer engine's settings from the config (the flow, tests and bench/ use the same)."""
-    sl, b = cfg.service_levels, cfg.buffers
-    return BufferSettings(
-        period_days=cfg.period_days,
-        holding_rate_per_year=cfg.cost.holding_rate_per_year,
-        jit_service_level=sl.jit,
-        service_levels={"critical": sl.critical, "non_critical": sl.non_critical},
-        service_measures={"critical": sl.measure.critical, "non_critical": sl.measure.non_critical},
-        thresholds=PolicyThresholds(**cfg.policy.model_dump()),
-        order_cost=cfg.cost.order_cost,
-        empirical_classes=tuple(b.empirical_classes),
-        bootstrap_samples=b.bootstrap_samples,
-        bootstrap_history_periods=cfg.periods(b.bootstrap_history_days),
-        seed=cfg.seed,
-        declining_trend_strength=b.declining_trend_strength,
-        declining_ratio=b.declining_ratio,
-    )
-
-
-def scenarios(cfg: BuffercastConfig) -> list[Scenario]:
-    """The disruption scenarios of the config, in periods."""
-
-    def periods(days: int) -> int:
-        return cfg.periods(days) if days > 0 else 0
-
-    return [
-        Scenario(sc.name, sc.kind, sc.factor, periods(sc.start_day), periods(sc.days), tuple(sc.suppliers) if sc.suppliers else None)
-        for sc in cfg.scenarios
-    ]
+def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
+    return forecast_stage(cfg, p)
 
 
 @task(cache_policy=NO_CACHE)
-def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The recommendations (simulated over the held-out demand) and the disruption stress test."""
-    recs = build_recommendations(
-        as_of=as_of,
-        profiles=p.profiles,
-        attrs=p.attrs,
-        fc=fc,
-        settings=buffer_settings(cfg),
-        variable_from=cfg.volatility.variable_from,
-        erratic_from=cfg.volatility.erratic_from,
-        panel=p.panel,
-    )
-    stress = build_scenarios(
-        as_of=as_of,
-        recs=recs,
-        keys=p.keys,
-        panel=p.panel,
-        fc=fc,
-        scenarios=scenarios(cfg),
-        seed=cfg.seed,
-        holding_rate=cfg.cost.holding_rate_per_year,
-    )
-    return recs, stress
+def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+    """The recommendations (calibrated, simulated over the held-out demand), the stress test and the calibration."""
+    return recommend_stage(cfg, as_of, p, fc)
 
 
 def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs) -> dict[str, pl.DataFrame]:
@@ -359,6 +237,16 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
     if rmsse.len():
         metrics["median_rmsse"] = float(rmsse.median())
     metrics |= simulation_metrics(tables["recommendations"], tables.get("scenarios"))
+    for row in tables.get("calibration", pl.DataFrame()).iter_rows(named=True):
+        if row["quantile"] is None and row["heldout_after"] is not None:
+            key = f"calibration_{row['demand_class']}_{round(row['service_level_target'] * 100, 1):g}"
+            metrics |= {
+                f"{key}_level": row["calibrated_level"],
+                f"{key}_heldout_before": row["heldout_before"],
+                f"{key}_heldout_after": row["heldout_after"],
+            }
+        elif row["quantile"] is not None and row["pinball_loss"] is not None:
+            metrics[f"pinball_{row['quantile']}_{row['demand_class']}"] = row["pinball_loss"]
     # Calibration of the chosen models' quantiles: share of backtest actuals at or below each (q95 -> ~0.95).
     coverage = [c for c in selected.columns if c.startswith("coverage_")]
     classes = tables["recommendations"].select("sku_id", "location_id", "demand_class")
@@ -370,6 +258,28 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
             if group[c].drop_nulls().len():
                 metrics[f"{c}_{cls}"] = float(group[c].mean())
     return metrics
+
+
+def calibration_table(as_of: dt.date, calibration: Any, fc: ForecastResult, p: Profiled, cfg: BuffercastConfig) -> pl.DataFrame:
+    """The published `calibration` table: per demand class and target, the nominal level the buffer is sized at and
+    the held-out coverage before and after; plus per class and forecast quantile, sklearn's mean pinball loss and the
+    coverage of the per-step quantiles (rows with `quantile` set)."""
+    levels = calibration.levels if calibration is not None else pl.DataFrame()
+    pinball = pinball_losses(fc.cv, p.profiles.select("unique_id", "demand_class"), cfg.models.quantiles)
+    table = pl.concat(
+        [
+            levels.with_columns(quantile=pl.lit(None, pl.String), pinball_loss=pl.lit(None, pl.Float64), coverage=pl.lit(None, pl.Float64)),
+            pinball,
+        ],
+        how="diagonal_relaxed",
+    )
+    columns = {
+        "demand_class": pl.String, "service_level_target": pl.Float64, "calibrated_level": pl.Float64, "status": pl.String,
+        "n_fit": pl.Int64, "n_check": pl.Int64, "heldout_before": pl.Float64, "heldout_after": pl.Float64, "quantile": pl.String,
+        "pinball_loss": pl.Float64, "coverage": pl.Float64,
+    }  # fmt: skip
+    table = table.select([pl.col(c).cast(t) if c in table.columns else pl.lit(None, t).alias(c) for c, t in columns.items()])
+    return table.select(pl.lit(as_of).alias("as_of"), pl.all()).sort("demand_class", "service_level_target", "quantile", nulls_last=True)
 
 
 def simulation_metrics(recs: pl.DataFrame, scenarios: pl.DataFrame | None) -> dict[str, float]:
@@ -423,6 +333,7 @@ def planner_report(
     summary: dict[str, Any],
     changes: pl.DataFrame | None,
     manifest: dict[str, Any],
+    calibration: Any = None,
 ) -> tuple[dict[str, bytes], str]:
     """The plots (PNG bytes, for the report and MLflow alike) and the HTML report."""
     history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
@@ -441,6 +352,8 @@ def planner_report(
             .then("simulated_fill_rate")
             .otherwise("simulated_cycle_service_level"),
         ),
+        calibration_curves=calibration.curves if calibration is not None else None,
+        calibration_levels=calibration.levels if calibration is not None else None,
     )
     pngs = render_pngs(figures)
     return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
@@ -588,11 +501,12 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
 
     master = inputs.master.valid if inputs.master else None
     p = profile.with_options(timeout_seconds=t.profile)(cfg, sales, master, as_of)
-    fc = forecast.with_options(timeout_seconds=t.forecast)(
-        cfg, p.panel, forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
-    )
-    recs, stress = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
-    tables = output_tables(as_of, recs, fc, p, inputs) | {"scenarios": validate_output("scenarios", stress)}
+    fc = forecast.with_options(timeout_seconds=t.forecast)(cfg, p)
+    recs, stress, calibration = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
+    tables = output_tables(as_of, recs, fc, p, inputs) | {
+        "scenarios": validate_output("scenarios", stress),
+        "calibration": validate_output("calibration", calibration_table(as_of, calibration, fc, p, cfg)),
+    }
 
     run_id = uuid.uuid4().hex
     prefect_run_id = str(flow_run.get_id() or "")
@@ -635,7 +549,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     try:
         # The report is for people: if it cannot be drawn, the tables are still published and the run says so.
         try:
-            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest)
+            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest, calibration)
         except Exception as exc:
             logger.warning("the report could not be rendered (%s: %s); publishing the tables without it", type(exc).__name__, exc)
             pngs, report = {}, None

@@ -465,3 +465,36 @@ def _service_level_targets(recs: pl.DataFrame) -> Figure:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def calibration_figure(curves: pl.DataFrame, levels: pl.DataFrame) -> Figure:
+    """Nominal vs achieved coverage of the cumulative forecast error, per demand class (buffers/calibration.py).
+
+    - `curves`: demand_class, nominal, achieved_before (share of earlier-window errors within z(nominal) sigma),
+      achieved_fitted (the isotonic map).
+    - `levels`: demand_class, service_level_target, heldout_before, heldout_after (the latest windows, sized at the
+      target's z before and at the calibrated level's z after).
+    """
+    title = "Calibration: nominal vs achieved coverage per demand class"
+    if curves.is_empty():
+        return _empty_figure(title, "no class with enough backtest windows to calibrate (or calibration is off)")
+    classes = sorted(curves["demand_class"].unique().to_list())
+    fig, axes = plt.subplots(1, len(classes), figsize=(5.2 * len(classes), 4.8), dpi=110, squeeze=False)
+    for ax, cls in zip(axes[0], classes, strict=True):
+        c = curves.filter(pl.col("demand_class") == cls)
+        lv = levels.filter((pl.col("demand_class") == cls) & pl.col("heldout_before").is_not_null())
+        ax.plot([50, 100], [50, 100], color="grey", linestyle="--", linewidth=1, label="achieved = nominal")
+        ax.plot(c["nominal"] * 100, c["achieved_before"] * 100, color="#9aa5b1", linewidth=1, label="earlier windows (raw)")
+        ax.plot(c["nominal"] * 100, c["achieved_fitted"] * 100, color="#2a6f97", linewidth=2, label="isotonic map")
+        ax.scatter(lv["service_level_target"] * 100, lv["heldout_before"] * 100, color="#e76f51", marker="x", label="latest window, before")
+        ax.scatter(lv["service_level_target"] * 100, lv["heldout_after"] * 100, color="#2a9d8f", marker="o", label="latest window, after")
+        ax.set_xlim(50, 100.5)
+        ax.set_ylim(50, 100.5)
+        ax.set_title(cls)
+        ax.set_xlabel("nominal level / target (%)")
+        ax.set_ylabel("achieved coverage (%)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].legend(frameon=False, fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

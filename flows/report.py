@@ -26,6 +26,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from flows.plots import (
+    calibration_figure,
     error_distribution_figure,
     forecast_vs_actual_figure,
     policy_mix_by_abc_figure,
@@ -80,6 +81,7 @@ FIGURE_FILES = {  # report title -> MLflow artifact name, so the report and MLfl
     "Backtest error per model": "plots/error_distribution.png",
     "Forecast vs actual: the 12 largest buffers": "plots/forecast_vs_actual.png",
     "Service level": "plots/service_level.png",
+    "Calibration of the buffers": "plots/calibration.png",
 }
 
 CSS = """
@@ -418,6 +420,8 @@ def report_figures(
     adi_cutoff: float,
     cv2_cutoff: float,
     simulated: pl.DataFrame | None = None,
+    calibration_curves: pl.DataFrame | None = None,
+    calibration_levels: pl.DataFrame | None = None,
 ) -> dict[str, Figure]:
     """The report's figures, keyed by the titles in `FIGURE_FILES` (whose values name the MLflow artifacts).
 
@@ -431,4 +435,8 @@ def report_figures(
         titles[2]: error_distribution_figure(backtest_metrics),
         titles[3]: forecast_vs_actual_figure(history, forecasts, recommendations),
         titles[4]: service_level_figure(recommendations, simulated),
+        titles[5]: calibration_figure(
+            calibration_curves if calibration_curves is not None else pl.DataFrame(),
+            calibration_levels if calibration_levels is not None else pl.DataFrame(),
+        ),
     }

@@ -65,9 +65,7 @@ class Tracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [
-            mlflow.entities.Param(k, ("" if v is None else str(v))[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())
-        ]
+        items = [mlflow.entities.Param(k, ("" if v is None else str(v))[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 

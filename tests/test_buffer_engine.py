@@ -134,9 +134,7 @@ def test_held_out_demand_is_right_aligned_on_the_as_of_date():
 def _poisson_recs(n: int, mean: float, periods: int, lead: float, review: int, alpha: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(11)
     ds = pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 1, 1) + dt.timedelta(days=periods - 1), eager=True)
-    panel = pl.concat(
-        [pl.DataFrame({"unique_id": f"s{i:03d}", "ds": ds, "y": rng.poisson(mean, periods).astype(float)}) for i in range(n)]
-    )
+    panel = pl.concat([pl.DataFrame({"unique_id": f"s{i:03d}", "ds": ds, "y": rng.poisson(mean, periods).astype(float)}) for i in range(n)])
     exposure = mean * (lead + review)
     recs = pl.DataFrame(
         {

@@ -162,8 +162,18 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     }
-    tables = {"recommendations", "profiles", "outliers", "forecasts", "backtest_metrics", "quarantine", "changes", "scenarios"}
-    plots = {"sbc_quadrants", "policy_mix_by_abc", "error_distribution", "forecast_vs_actual", "service_level"}
+    tables = {
+        "recommendations",
+        "profiles",
+        "outliers",
+        "forecasts",
+        "backtest_metrics",
+        "quarantine",
+        "changes",
+        "scenarios",
+        "calibration",
+    }
+    plots = {"sbc_quadrants", "policy_mix_by_abc", "error_distribution", "forecast_vs_actual", "service_level", "calibration"}
     assert artifacts == {f"tables/{t}.parquet" for t in tables} | {f"plots/{p}.png" for p in plots}
     local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
     assert pl.read_parquet(local).height == result["skus"]
