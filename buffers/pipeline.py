@@ -77,7 +77,8 @@ def forecast_inputs(
         attrs.select(
             ID,
             lead_time_periods=pl.col("lead_time_days") / period_days,
-            review_periods=pl.lit(review_period_days / period_days),
+            # At least one period: orders are placed at most once a period, and the order-up-to level must cover it.
+            review_periods=pl.lit(max(review_period_days / period_days, 1.0)),
         ),
         on=ID,
         how="left",

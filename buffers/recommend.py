@@ -206,7 +206,9 @@ def recommend(
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
     levels_used = (
-        calibration.select("demand_class", "service_level_target", "calibrated_level", calibration_status="status")
+        calibration.select(
+            "demand_class", "service_level_target", "calibrated_level", calibration_status=pl.col("status").str.extract(r"^(\w+)")
+        )
         if calibration is not None and calibration.height
         else pl.DataFrame(
             schema={

@@ -240,7 +240,7 @@ class DefaultsConfig(_Strict):
     lead_time_days: float = Field(14.0, gt=0.0)
     lead_time_std_days: float = Field(0.0, ge=0.0)
     unit_cost: float = Field(1.0, gt=0.0)
-    review_period_days: float = Field(7.0, ge=0.0, description="Review period R added to the forecast horizon.")
+    review_period_days: float = Field(7.0, ge=0.0, description="Review period R (at least 1 period): S covers R + L.")
 
 
 class CostConfig(_Strict):

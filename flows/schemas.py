@@ -423,7 +423,9 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "expected_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "safety_stock_method": _col(pl.String, checks=pa.Check.isin(["normal_cycle", "normal_fill_rate", "bootstrap_quantile"])),
             "calibrated_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
-            "calibration_status": _col(pl.String, checks=pa.Check.isin(["calibrated", "capped", "not_calibrated", "not_normal_method"])),
+            "calibration_status": _col(
+                pl.String, checks=pa.Check.isin(["calibrated", "capped", "too_few_windows", "not_calibrated", "not_normal_method"])
+            ),
             "uncalibrated_safety_stock_units": _col(pl.Float64, checks=_NON_NEGATIVE),
             "demand_class": _col(pl.String, checks=pa.Check.isin(DEMAND_CLASSES)),
             "adi": _col(pl.Float64, nullable=True, checks=pa.Check.ge(1.0)),
