@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 from statsforecast import StatsForecast
-from utilsforecast.losses import bias, mae, mase, mse, msse
+from utilsforecast.losses import bias, mae, mse
 
 from forecasting.models import FALLBACK_ALIAS, NATIVE_INTERVALS, POLARS_FREQ, ModelSpec, build_model, build_models, without_season
 
@@ -187,6 +187,46 @@ def _long_with_quantiles(wide: pl.DataFrame, index: list[str], models: Sequence[
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
+def _interval_widths(fc: pl.DataFrame, models: Sequence[str], quantiles: Sequence[float]) -> pl.DataFrame:
+    """unique_id, model, step and `_width_q..`: how far each native quantile of the final fit lies from its mean."""
+    frames = [
+        fc.select(
+            ID,
+            pl.lit(m).alias("model"),
+            step=pl.col(DS).rank("ordinal").over(ID).cast(pl.Int64),
+            **{
+                f"_width_{quantile_name(p)}": pl.lit(0.0)
+                if p == 0.5
+                else pl.col(f"{m}-{'hi' if p > 0.5 else 'lo'}-{_level(p)}") - pl.col(m)
+                for p in quantiles
+            },
+        )
+        for m in models
+        if m in NATIVE_INTERVALS
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema={ID: pl.String, "model": pl.String, "step": pl.Int64})
+
+
+def _backtest_long(
+    wide: pl.DataFrame, index: list[str], models: Sequence[str], quantiles: Sequence[float], widths: pl.DataFrame
+) -> pl.DataFrame:
+    """The backtest, one row per window, step and model, with quantiles: a native model's point forecast plus the
+    interval widths of its final fit at the same step (the residual spread changes little between windows; computing
+    intervals in every window would cost more than the fits); the empirical quantiles at each window's cutoff for the
+    others (`empirical_quantiles`, from the demand before the cutoff only)."""
+    frames = []
+    for m in models:
+        base = wide.select(*index, pl.lit(m).alias("model"), pl.col(m).alias("forecast"), pl.col("^_empirical_.*$"))
+        if m in NATIVE_INTERVALS:
+            base = base.join(widths.filter(pl.col("model") == m).drop("model"), on=[ID, "step"], how="left").with_columns(
+                (pl.col("forecast") + pl.col(f"_width_{quantile_name(p)}")).clip(0.0, None).alias(quantile_name(p)) for p in quantiles
+            )
+        else:
+            base = base.with_columns(pl.col(f"_empirical_{quantile_name(p)}").clip(0.0, None).alias(quantile_name(p)) for p in quantiles)
+        frames.append(base.select(*index, "model", "forecast", *[quantile_name(p) for p in quantiles]))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
 def in_row_order(expr: pl.Expr) -> pl.Expr:
     """A group's values as one list, so that `.list.sum()` / `.list.mean()` add them in row order.
 
@@ -196,37 +236,53 @@ def in_row_order(expr: pl.Expr) -> pl.Expr:
     return expr.implode()
 
 
+def _naive_scales(train: pl.DataFrame, cutoffs: pl.DataFrame, lag: int) -> pl.DataFrame:
+    """Per SKU and cutoff: the mean absolute and mean squared lag-`lag` difference of the training data up to the
+    cutoff (the in-sample naive errors MASE and RMSSE divide by, as utilsforecast's `mase`/`msse` define them), from
+    running sums: one pass over the panel instead of a copy of the training data per window."""
+    diff = pl.col(Y) - pl.col(Y).shift(lag).over(ID)
+    running = (
+        train.sort(ID, DS)
+        .with_columns(_diff=diff)
+        .with_columns(
+            _abs=pl.col("_diff").abs().fill_null(0.0).cum_sum().over(ID),
+            _sq=(pl.col("_diff") ** 2).fill_null(0.0).cum_sum().over(ID),
+            _n=pl.col("_diff").is_not_null().cast(pl.Int64).cum_sum().over(ID),
+        )
+        .select(ID, pl.col(DS).alias("cutoff"), scale_abs=pl.col("_abs") / pl.col("_n"), scale_sq=pl.col("_sq") / pl.col("_n"))
+    )
+    return cutoffs.join(running, on=[ID, "cutoff"], how="left")
+
+
 def _window_metrics(cv: pl.DataFrame, train: pl.DataFrame, models: Sequence[str], season_length: int) -> pl.DataFrame:
-    """utilsforecast losses per SKU, window and model, long format.
+    """Losses per SKU, window and model, long format: MAE, MSE and bias from utilsforecast; MASE and MSSE (RMSSE
+    squared) divide them by the in-sample seasonal-naive error of each window's own training data (utilsforecast's
+    definition; `_naive_scales` computes the scales in one pass, utilsforecast would copy the training data per window),
+    or, where the training data is shorter than a season, by the naive (lag-1) error.
 
     Computed on pandas frames: utilsforecast's polars path aggregates with group_by, whose float sums
     change in the last bits between runs (see `in_row_order`); pandas' groupby sums in row order.
     """
     key = [ID, "cutoff"]
-    cv_pd, train_pd = cv.select(ID, DS, "cutoff", Y, *models).to_pandas(), train.to_pandas()
+    cv_pd = cv.select(ID, DS, "cutoff", Y, *models).to_pandas()
 
-    def loss(fn, name, *args):
-        return _long(pl.from_pandas(fn(cv_pd, models, *args)), key, models, name)
+    def loss(fn, name):
+        return _long(pl.from_pandas(fn(cv_pd, models)), key, models, name)
 
-    frames = [
-        loss(mae, "mae"),
-        loss(mse, "mse"),
-        loss(bias, "bias"),
-        # MASE/RMSSE scaled by the seasonal-naive error on each window's own training data; where the
-        # training data is shorter than a season, by the naive (lag-1) error.
-        loss(mase, "mase_s", season_length, train_pd),
-        loss(mase, "mase_1", 1, train_pd),
-        loss(msse, "msse_s", season_length, train_pd),
-        loss(msse, "msse_1", 1, train_pd),
-    ]
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.join(f, on=[*key, "model"], how="left")
-    finite = lambda c: pl.when(pl.col(c).is_finite()).then(pl.col(c))  # noqa: E731
-    return out.with_columns(
-        mase=pl.coalesce(finite("mase_s"), finite("mase_1")),
-        msse=pl.coalesce(finite("msse_s"), finite("msse_1")),
-    ).drop("mase_s", "mase_1", "msse_s", "msse_1")
+    out = loss(mae, "mae").join(loss(mse, "mse"), on=[*key, "model"]).join(loss(bias, "bias"), on=[*key, "model"])
+    out = out.with_columns(pl.col("cutoff").cast(cv.schema["cutoff"]))  # back from pandas' datetime64
+    cutoffs = cv.select(ID, "cutoff").unique()
+    seasonal, naive = _naive_scales(train, cutoffs, season_length), _naive_scales(train, cutoffs, 1)
+    scales = seasonal.join(naive, on=key, suffix="_1")
+    finite = lambda e: pl.when(e.is_finite()).then(e)  # noqa: E731
+    return (
+        out.join(scales, on=key, how="left")
+        .with_columns(
+            mase=pl.coalesce(finite(pl.col("mae") / pl.col("scale_abs")), finite(pl.col("mae") / pl.col("scale_abs_1"))),
+            msse=pl.coalesce(finite(pl.col("mse") / pl.col("scale_sq")), finite(pl.col("mse") / pl.col("scale_sq_1"))),
+        )
+        .drop("scale_abs", "scale_sq", "scale_abs_1", "scale_sq_1")
+    )
 
 
 def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> pl.DataFrame:
@@ -252,7 +308,7 @@ def _drop_fallback(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop(c for c in frame.columns if c.startswith(FALLBACK_ALIAS))
 
 
-def _calls(models: Sequence[str], s: BacktestSettings, refit: bool) -> list[tuple[list[str], str, bool, bool]]:
+def _calls(models: Sequence[str], s: BacktestSettings, refit: bool, with_levels: bool = True) -> list[tuple[list[str], str, bool, bool]]:
     """How a model set splits into statsforecast calls: (models, fallback, refit, with intervals).
 
     statsforecast raises when `level=` reaches a model without native intervals, and with refit=False when a model
@@ -260,10 +316,12 @@ def _calls(models: Sequence[str], s: BacktestSettings, refit: bool) -> list[tupl
     refit=False the models without `forward` (Croston family, averages: cheap) are refit per window in a call of
     their own. A forward call falls back to Naive, which has `forward` and intervals too.
     """
-    native = [m for m in models if m in NATIVE_INTERVALS]
-    others = [m for m in models if m not in NATIVE_INTERVALS]
+    if with_levels and s.quantiles:
+        parts = [([m for m in models if m in NATIVE_INTERVALS], True), ([m for m in models if m not in NATIVE_INTERVALS], False)]
+    else:
+        parts = [(list(models), False)]
     calls = []
-    for names, with_level in ((native, bool(s.quantiles)), (others, False)):
+    for names, with_level in parts:
         if refit:
             calls.append((names, s.fallback, True, with_level))
             continue
@@ -275,17 +333,19 @@ def _calls(models: Sequence[str], s: BacktestSettings, refit: bool) -> list[tupl
 def _backtest(
     panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings, n_jobs: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The wide backtest of a chunk (one statsforecast call per `_calls` part) and the fallback flags of its models."""
-    levels = interval_levels(s.quantiles)
+    """The wide backtest of a chunk (one statsforecast call per `_calls` part) and the fallback flags of its models.
+
+    Point forecasts only: statsforecast's native intervals cost about 1 ms per fit and window (scipy per level), more
+    than fitting the cheap models; the backtest's quantiles take the interval widths of the final fit (`_interval_widths`).
+    """
     cv, flags = None, []
-    for names, fallback, refit, with_level in _calls(models, s, s.refit):
+    for names, fallback, refit, _ in _calls(models, s, s.refit, with_levels=False):
         part = _statsforecast(names, fallback, s, n_jobs).cross_validation(
             h=int(row["bucket"]),
             df=panel,
             n_windows=int(row["windows"]),
             step_size=int(row["step"]),
             refit=refit,
-            **({"level": levels} if with_level else {}),
         )
         flags.append(_flag_fallbacks(part, names, fallback))
         part = _drop_fallback(part)
@@ -363,7 +423,7 @@ def _run_chunk(
         wide = wide.join(empirical.rename({DS: "cutoff"}), on=[ID, "cutoff"], how="left")
     on_lead_time = pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)
     index = [ID, DS, "cutoff", Y, "step", "lead_time_periods", "review_periods"]
-    cv = _long_with_quantiles(wide, index, models, s.quantiles)
+    cv = _backtest_long(wide, index, models, s.quantiles, _interval_widths(fc, models, s.quantiles))
     metrics = _aggregate_metrics(_window_metrics(wide.filter(on_lead_time), panel, models, s.mase_season_length), cv, s.quantiles)
     metrics = _with_missing(
         metrics.join(flags, on=[ID, "model"], how="left"),

@@ -16,16 +16,7 @@ from buffers.evaluate import Scenario, held_out_demand, simulate_recommendations
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
 from buffers.recommend import recommend
 from buffers.safety_stock import normal_loss
-from tests.test_buffers import JIT_SKU, SETTINGS
-
-
-def sku(**changes) -> pl.DataFrame:
-    return pl.DataFrame([JIT_SKU | changes], schema_overrides={"pack_size": pl.Float64})
-
-
-def one(frame: pl.DataFrame) -> dict:
-    assert frame.height == 1
-    return frame.row(0, named=True)
+from tests.test_buffers import SETTINGS, one, sku
 
 
 def test_order_up_to_level_covers_review_plus_lead_time():

@@ -268,3 +268,26 @@ def test_a_sku_with_almost_no_history_never_looks_certain(y):
     row = r.selection.row(0, named=True)
     assert row["sigma_lead_time_demand"] == pytest.approx(math.sqrt(row["mean_demand_per_period"]) * 2.0)
     assert row["sigma_lead_time_demand"] > 0
+
+
+def test_mase_and_rmsse_scales_equal_utilsforecasts_definition():
+    """The scales come from running sums (one pass); utilsforecast's mase/msse copy the training data per window."""
+    from utilsforecast.losses import mase, msse
+
+    from forecasting.backtest import _window_metrics
+
+    rng = np.random.default_rng(0)
+    train = pl.concat([series(u, rng.poisson(5, 100)) for u in "abc"])
+    days = train["ds"].unique().sort()
+    rows = [
+        {"unique_id": u, "ds": c + dt.timedelta(days=h), "cutoff": c, "M": float(rng.normal(5, 2))}
+        for u in "abc"
+        for c in (days[60], days[75], days[20])
+        for h in range(1, 6)
+    ]
+    cv = pl.DataFrame(rows).join(train, on=["unique_id", "ds"])
+    ours = _window_metrics(cv, train, ["M"], 7).sort("unique_id", "cutoff")
+    ref_mase = pl.from_pandas(mase(cv.to_pandas(), ["M"], 7, train.to_pandas())).sort("unique_id", "cutoff")
+    ref_msse = pl.from_pandas(msse(cv.to_pandas(), ["M"], 7, train.to_pandas())).sort("unique_id", "cutoff")
+    np.testing.assert_allclose(ours["mase"].to_numpy(), ref_mase["M"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours["msse"].to_numpy(), ref_msse["M"].to_numpy(), rtol=1e-12)
