@@ -163,6 +163,7 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
             "lead_time_bias",
             "review_lead_time_rmse",
             pl.col("^coverage_q.*$"),
+            pl.col("^pinball_q.*$"),
             "n_windows",
             "fell_back",
             "missing_forecasts",

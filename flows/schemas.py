@@ -586,6 +586,8 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "review_lead_time_rmse": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
             # Share of backtest actuals at or below each forecast quantile (lead-time steps): q95 well calibrated -> ~0.95.
             r"^coverage_q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL, regex=True),
+            # Mean pinball loss of each quantile over the lead-time steps (sklearn's mean_pinball_loss), units per period.
+            r"^pinball_q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE, regex=True),
             "n_windows": _col(pl.Int64, checks=pa.Check.ge(1)),
             "fell_back": _col(pl.Boolean),
             "missing_forecasts": _col(pl.Boolean),

@@ -520,6 +520,15 @@ def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame, quantiles
             lead_time_periods=lead.first(),
             review_lead_time_periods=review_lead.first(),
             **{f"covered_{quantile_name(p)}": (pl.col(Y) <= pl.col(quantile_name(p))).filter(on_lead_time).sum() for p in quantiles},
+            # Pinball (quantile) loss summed in row order: max(p (y - q), (p - 1)(y - q)), sklearn's mean_pinball_loss per SKU.
+            **{
+                f"_pinball_{quantile_name(p)}": in_row_order(
+                    pl.max_horizontal(p * (pl.col(Y) - pl.col(quantile_name(p))), (p - 1) * (pl.col(Y) - pl.col(quantile_name(p)))).filter(
+                        on_lead_time
+                    )
+                ).list.sum()
+                for p in quantiles
+            },
             n_steps=on_lead_time.sum(),
         )
     )
@@ -531,6 +540,10 @@ def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame, quantiles
         review_lead_time_rmse=in_row_order(pl.col("review_lead_error") ** 2).list.mean().sqrt()
         * (pl.col("review_lead_time_periods") / pl.col("review_weight")).first().sqrt(),
         **{f"coverage_{quantile_name(p)}": pl.col(f"covered_{quantile_name(p)}").sum() / pl.col("n_steps").sum() for p in quantiles},
+        **{
+            f"pinball_{quantile_name(p)}": in_row_order(pl.col(f"_pinball_{quantile_name(p)}")).list.sum() / pl.col("n_steps").sum()
+            for p in quantiles
+        },
     )
     return per_model.join(cumulative, on=[ID, "model"], how="left")
 
@@ -668,6 +681,7 @@ def _empty_metrics(quantiles: Sequence[float] = ()) -> pl.DataFrame:
             ID: pl.String, "model": pl.String, "mae": pl.Float64, "rmse": pl.Float64, "bias": pl.Float64, "mase": pl.Float64,
             "rmsse": pl.Float64, "n_windows": pl.Int64, "lead_time_rmse": pl.Float64, "lead_time_bias": pl.Float64,
             "review_lead_time_rmse": pl.Float64, **{f"coverage_{quantile_name(p)}": pl.Float64 for p in quantiles},
+            **{f"pinball_{quantile_name(p)}": pl.Float64 for p in quantiles},
             "fell_back": pl.Boolean, "missing_forecasts": pl.Boolean,
         }
     )  # fmt: skip

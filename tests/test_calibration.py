@@ -97,3 +97,11 @@ def test_pinball_loss_is_sklearns_per_class_and_quantile(heavy_tailed):
     table = pinball_losses(fc.cv, classes, [0.5, 0.95]).rows_by_key("quantile", named=True, unique=True)
     assert table["q95"]["pinball_loss"] == pytest.approx(mean_pinball_loss(fc.cv["y"], fc.cv["q95"], alpha=0.95))
     assert table["q95"]["coverage"] == pytest.approx((fc.cv["y"] <= fc.cv["q95"]).mean())
+
+
+def test_per_sku_pinball_loss_in_backtest_metrics_is_sklearns(heavy_tailed):
+    fc, _ = heavy_tailed
+    row = fc.metrics.filter(pl.col("unique_id") == "s0007").row(0, named=True)
+    rows = fc.cv.filter((pl.col("unique_id") == "s0007") & (pl.col("step") <= 2))
+    assert row["pinball_q95"] == pytest.approx(mean_pinball_loss(rows["y"], rows["q95"], alpha=0.95))
+    assert row["pinball_q50"] == pytest.approx(mean_pinball_loss(rows["y"], rows["q50"], alpha=0.5))
