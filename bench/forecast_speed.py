@@ -64,13 +64,13 @@ from flows.plan import backtest_settings, model_sets, profile_sales, sales_as_of
 from flows.sample_data import generate_catalogue
 from flows.schemas import validate_sales, validate_sku_master
 from forecasting.backtest import MIN_SERIES_FOR_PROCESSES, BacktestSettings, backtest_and_forecast, interval_levels, plan_horizons
-from forecasting.models import NATIVE_INTERVALS, POLARS_FREQ, build_model, without_season
+from forecasting.models import NATIVE_INTERVALS, POLARS_FREQ, build_model, without_season, without_trend
 
 ID, DS, Y = "unique_id", "ds", "y"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_OUT = RESULTS / "latest.json"
-GROUP_KEYS = ["model_set", "seasonal", "bucket", "windows", "step"]  # backtest_and_forecast's grouping
+GROUP_KEYS = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]  # backtest_and_forecast's grouping
 SEASON = 7  # daily data: the weekly season of c, d and the MASE scale
 #: The files behind (a): each part records their hash, so a run that straddles an edit shows it.
 STAGE_FILES = ("forecasting/backtest.py", "forecasting/models.py", "configs/default.yaml", "flows/config.py")
@@ -111,13 +111,20 @@ def lead_time_steps(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def sf_calls(names: list[str], spec: Any, s: BacktestSettings, refit: bool) -> list[tuple[list[str], str, bool, dict[str, Any]]]:
+def sf_calls(
+    names: list[str], spec: Any, s: BacktestSettings, refit: bool, with_levels: bool = True
+) -> list[tuple[list[str], str, bool, dict[str, Any]]]:
     """(models, fallback, refit, level kwarg) per statsforecast call, split as statsforecast requires: `level=` raises
     on a model without native intervals, refit=False on a model without `forward` (Naive, the fallback of a forward
-    call, has both)."""
-    level = {"level": interval_levels(s.quantiles)} if s.quantiles else {}
+    call, has both). The stage asks for intervals in the forecast call only (`with_levels`), as here."""
+    level = {"level": interval_levels(s.quantiles)} if s.quantiles and with_levels else {}
+    parts = (
+        (([n for n in names if n in NATIVE_INTERVALS], level), ([n for n in names if n not in NATIVE_INTERVALS], {}))
+        if level
+        else ((list(names), {}),)
+    )
     calls: list[tuple[list[str], str, bool, dict[str, Any]]] = []
-    for group, kw in (([n for n in names if n in NATIVE_INTERVALS], level), ([n for n in names if n not in NATIVE_INTERVALS], {})):
+    for group, kw in parts:
         if refit:
             calls.append((group, s.fallback, True, kw))
             continue
@@ -186,7 +193,9 @@ def part_profile(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     validate_s = time.perf_counter() - start
     clock = Stopwatch()
     p = profile_sales(cfg, used, master.valid, as_of)  # the flow's `profile` task minus its log line
-    inputs = forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
+    inputs = forecast_inputs(
+        p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
+    )
     timing = clock.stop()
     p.panel.write_parquet(o.workdir / "panel.parquet")
     inputs.write_parquet(o.workdir / "inputs.parquet")
@@ -236,11 +245,13 @@ def part_b(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
         names, spec = list(sets[row["model_set"]]), s.spec
         if not row["seasonal"]:
             names, spec = without_season(names, s.spec, s.fallback)
+        if not row["trended"]:
+            names = without_trend(names, s.fallback)
         df = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
         n_jobs = s.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
         t0 = time.perf_counter()
         if backtested:
-            for call_names, fallback, refit, level in sf_calls(names, spec, s, s.refit):
+            for call_names, fallback, refit, level in sf_calls(names, spec, s, s.refit, with_levels=False):
                 _sf(call_names, spec, fallback, s, n_jobs).cross_validation(
                     h=row["bucket"], df=df, n_windows=row["windows"], step_size=row["step"], refit=refit, **level
                 )
@@ -275,7 +286,7 @@ def part_c(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
             fallback_model=build_model(s.fallback if s.refit else "Naive", s.spec, alias="forecast"),
         )
         if backtested:
-            cv = sf.cross_validation(h=bucket, df=df, n_windows=windows, step_size=step, refit=s.refit, **level)
+            cv = sf.cross_validation(h=bucket, df=df, n_windows=windows, step_size=step, refit=s.refit)  # point forecasts, as (a)
             held.append(lead_time_steps(cv, members))
         sf.forecast(h=bucket, df=df, **level)
     timing = clock.stop()

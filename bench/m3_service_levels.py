@@ -157,7 +157,9 @@ def run_buffercast(series: list[dict[str, Any]], lead_months: int, n_windows: in
     keys = series_keys(sales)
     attrs = sku_attributes(keys, sku_master(series, lead_months), SkuDefaults(**cfg.defaults.model_dump()))
     profiles, _ = build_profiles(panel, attrs.select(ID, "unit_cost"), as_of=AS_OF, s=profile_settings(cfg))
-    inputs = forecast_inputs(profiles, attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
+    inputs = forecast_inputs(
+        profiles, attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
+    )
     timing["profile_s"] = time.perf_counter() - t0
     lengths = panel.group_by(ID).len().sort(ID)["len"].to_list()
     if lengths != [len(s["x"]) for s in series]:

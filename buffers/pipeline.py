@@ -63,7 +63,12 @@ def sku_attributes(keys: pl.DataFrame, master: pl.DataFrame | None, d: SkuDefaul
 
 
 def forecast_inputs(
-    profiles: pl.DataFrame, attrs: pl.DataFrame, period_days: float, review_period_days: float, seasonal_from: float
+    profiles: pl.DataFrame,
+    attrs: pl.DataFrame,
+    period_days: float,
+    review_period_days: float,
+    seasonal_from: float,
+    trend_from: float = 0.0,
 ) -> pl.DataFrame:
     """What the forecasting stage needs per series: class, history length, lead time and review period in periods,
     whether to skip the backtest (new products) and whether seasonal models make sense (seasonal strength)."""
@@ -73,6 +78,8 @@ def forecast_inputs(
         "n_periods",
         skip_backtest=pl.col("life_cycle") == "new",
         seasonal=pl.col("seasonal_strength").fill_null(0.0) >= seasonal_from,
+        # A SKU too short to measure its trend keeps the trend models (null strength: not known to be flat).
+        trended=pl.col("trend_strength").fill_null(1.0) >= trend_from,
     ).join(
         attrs.select(
             ID,

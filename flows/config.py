@@ -332,6 +332,7 @@ class OutlierConfig(_Strict):
 
 class ShapeConfig(_Strict):
     seasonal_from: float = Field(0.3, ge=0.0, le=1.0, description="Seasonal strength below this: seasonal models are skipped for the SKU.")
+    trend_from: float = Field(0.3, ge=0.0, le=1.0, description="Trend strength below this: trend models (Theta's drift) are skipped.")
 
 
 #: One cron field: numbers, names (MON, JAN), `*`, lists, ranges and steps; no Jenkins-style H or R.

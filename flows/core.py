@@ -105,7 +105,9 @@ def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
 
 def forecast_stage(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
     """Backtest, select and forecast every planned series."""
-    inputs = forecast_inputs(p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
+    inputs = forecast_inputs(
+        p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
+    )
     return backtest_and_forecast(p.panel, inputs, model_sets(cfg), backtest_settings(cfg))
 
 

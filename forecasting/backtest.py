@@ -15,7 +15,16 @@ import polars as pl
 from statsforecast import StatsForecast
 from utilsforecast.losses import bias, mae, mse
 
-from forecasting.models import FALLBACK_ALIAS, NATIVE_INTERVALS, POLARS_FREQ, ModelSpec, build_model, build_models, without_season
+from forecasting.models import (
+    FALLBACK_ALIAS,
+    NATIVE_INTERVALS,
+    POLARS_FREQ,
+    ModelSpec,
+    build_model,
+    build_models,
+    without_season,
+    without_trend,
+)
 
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
@@ -134,6 +143,7 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
         *([] if "skip_backtest" in attrs.columns else [pl.lit(False).alias("skip_backtest")]),
         *([] if "seasonal" in attrs.columns else [pl.lit(True).alias("seasonal")]),
         *([] if "review_periods" in attrs.columns else [pl.lit(0.0).alias("review_periods")]),
+        *([] if "trended" in attrs.columns else [pl.lit(True).alias("trended")]),
     )
     buckets = sorted(b for b in s.horizon_buckets if b <= s.max_horizon_periods) or [s.max_horizon_periods]
     if buckets[-1] < s.max_horizon_periods:
@@ -169,6 +179,7 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
             "backtested",
             "model_set",
             "seasonal",
+            "trended",
         )
         .sort(ID)
     )
@@ -598,13 +609,15 @@ def backtest_and_forecast(
     """
     s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
     plan = plan_horizons(attrs, s)
-    group_keys = ["model_set", "seasonal", "bucket", "windows", "step"]
+    group_keys = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]
     chunks: list[_Chunk] = []
     for key, group in plan.group_by(group_keys, maintain_order=True):
         row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(group["backtested"][0])}
         models, spec = list(model_sets[row["model_set"]]), s.spec
         if not row["seasonal"]:
             models, spec = without_season(models, s.spec, s.fallback)
+        if not row["trended"]:
+            models = without_trend(models, s.fallback)
         for members in _chunks(group, s.chunk_size):
             chunk_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
             chunks.append(_run_chunk(chunk_panel, members, row, models, model_sets, replace(s, spec=spec)))

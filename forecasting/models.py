@@ -75,6 +75,14 @@ def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
 
 #: Models that only make sense with a season: skipped for SKUs whose profile shows none.
 SEASONAL_ONLY = frozenset({"SeasonalNaive"})
+#: Models whose difference from a level model is a trend (Theta = simple exponential smoothing plus half the linear
+#: drift): skipped for SKUs whose profile shows no trend, where they cost 10x an ETS fit for nothing.
+TREND_ONLY = frozenset({"Theta", "AutoTheta"})
+
+
+def without_trend(names: Sequence[str], fallback: str) -> list[str]:
+    """The model set for a SKU with no trend: trend-only models dropped (the fallback if nothing is left)."""
+    return [n for n in names if n not in TREND_ONLY] or [fallback]
 
 
 def without_season(names: Sequence[str], spec: ModelSpec, fallback: str) -> tuple[list[str], ModelSpec]:

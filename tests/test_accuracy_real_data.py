@@ -96,7 +96,7 @@ def run_buffercast(
     sku = sku_attributes(keys, master, SkuDefaults(**cfg.defaults.model_dump()))
     profiles, flagged = build_profiles(panel, sku.select("unique_id", "unit_cost"), as_of=as_of, s=profile_settings(cfg))
     forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
-    inputs = forecast_inputs(profiles, sku, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from)
+    inputs = forecast_inputs(profiles, sku, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from)
     return panel, profiles, backtest_and_forecast(forecast_panel, inputs, model_sets(cfg), backtest_settings(cfg))
 
 

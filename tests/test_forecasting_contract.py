@@ -86,7 +86,7 @@ def test_every_sku_gets_a_forecast_and_a_reason_through_profiling_and_buffers():
     keys = series_keys(sales)
     sku = sku_attributes(keys, None, SkuDefaults(**CFG.defaults.model_dump()))
     profiles, _ = build_profiles(panel, sku.select("unique_id", "unit_cost"), as_of=END, s=profile_settings(CFG))
-    inputs = forecast_inputs(profiles, sku, CFG.period_days, CFG.defaults.review_period_days, CFG.shape.seasonal_from)
+    inputs = forecast_inputs(profiles, sku, CFG.period_days, CFG.defaults.review_period_days, CFG.shape.seasonal_from, CFG.shape.trend_from)
     fc = backtest_and_forecast(panel, inputs, SETS, SETTINGS)
     recs = build_recommendations(
         as_of=END,
@@ -172,3 +172,14 @@ def test_chunking_does_not_change_the_results():
     chunked = backtest_and_forecast(panel, a, SETS, replace(SETTINGS, chunk_size=5))
     for name in ("cv", "metrics", "selection", "forecasts"):
         assert getattr(chunked, name).equals(getattr(whole, name)), name
+
+
+def test_skus_without_a_trend_skip_the_trend_models():
+    """Theta is exponential smoothing plus a drift: where the profile shows no trend it is not fitted (10x an ETS fit)."""
+    rng = np.random.default_rng(2)
+    panel = pl.concat([series("flat", rng.poisson(12, 300)), series("rising", rng.poisson(np.linspace(5, 40, 300)))])
+    a = attrs(panel, "smooth").with_columns(trended=pl.col("unique_id") == "rising")
+    r = backtest_and_forecast(panel, a, SETS, replace(SETTINGS, combination_k=0))
+    fitted = {u: set(m) for u, m in r.metrics.group_by("unique_id").agg("model").iter_rows()}
+    assert "Theta" not in fitted["flat"] and "AutoETS" in fitted["flat"]
+    assert "Theta" in fitted["rising"]
