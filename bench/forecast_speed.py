@@ -8,15 +8,16 @@ subprocess of this script (`--part`), so one part's peak memory and process pool
   `to_periods`, `sku_attributes`, `build_profiles`) and `forecast_inputs`, timed. Reported, not part of (a).
 - a: `backtest_and_forecast` with the default config (configs/default.yaml): what buffercast costs.
 - b: the same statsforecast work called directly: `plan_horizons` groups the SKUs exactly as the stage does
-  (model set per class, seasonal or not, horizon bucket, windows, step), the models come from
-  `build_model` / `without_season`; same n_jobs rule, same fallback model, and the calls statsforecast itself
-  forces: `level=` (the stage's `interval_levels(quantiles)`) only on models with native intervals, and with
-  refit=False the models without `forward` refit in a call of their own. One set of calls per group (the
-  stage chunks groups by `chunk_size`); no metrics, selection, combination, empirical quantiles or fallback
-  flag column. a/b is buffercast's overhead over the statsforecast calls it cannot avoid.
+  (model set per class, seasonal or not, trended or not, horizon bucket, windows, step), the models come from
+  `build_model` / `without_season` / `without_trend`; same n_jobs rule, same fallback model, and the calls
+  statsforecast itself forces: point forecasts in the backtest and `level=` (the stage's
+  `interval_levels(quantiles)`) in the final forecast, only on models with native intervals; with refit=False
+  the models without `forward` refit in a call of their own. One set of calls per group (the stage chunks
+  groups by `chunk_size`); no metrics, selection, combination, empirical quantiles or fallback flag column.
+  a/b is buffercast's overhead over the statsforecast calls it cannot avoid.
 - c: the full-search baseline: AutoETS(model="ZZZ", season_length=7) for every SKU of a seeded random subset,
-  cross-validated over the same windows and horizons as (a) with the same `level=`, then forecast; seconds
-  extrapolated linearly. It runs with the config's n_jobs on every group (at full size they would all be large).
+  cross-validated (point forecasts, as (a)) over the same windows and horizons as (a), then forecast with the
+  same `level=`; seconds extrapolated linearly. It runs with the config's n_jobs on every group (at full size they would all be large).
 - d: what a data scientist writes without buffercast: a pandas groupby loop with statsmodels
   `ExponentialSmoothing` (additive weekly season when the training data has two seasons), refit at every
   cutoff of (a)'s windows, one process, on a seeded subset (a prefix of c's); extrapolated linearly.
@@ -26,8 +27,14 @@ steps, MASE as the stage scores it (utilsforecast `mase`, season 7, scaled on ea
 data; lag-1 scale where the seasonal one is not finite), averaged over windows per SKU, then over SKUs.
 (a) is the model buffercast SELECTED per SKU; c and d are compared with (a) on their own subset's SKUs.
 
+Time: wall seconds, and CPU seconds of the part's process plus its pool workers (steadier than wall time on a
+shared machine), with the 1-minute load average before and after each part: above the CPU count, other work
+competed. Each part records a hash of the stage's files (`STAGE_FILES`): a run that straddles an edit says so.
+A part that dies before it starts (no result: an import failing mid-way through someone's edit) is retried.
+
 Memory: `ru_maxrss` of the part's main process and of its largest process-pool worker (RUSAGE_CHILDREN);
-workers are forked, so a worker's peak includes the pages it shares with the main process.
+workers are forked, so a worker's peak includes the pages it shares with the main process. A `uname` that
+`platform` forks during the imports already sets the children's peak (~350 MB): "<=350" means no worker passed it.
 
 Writes `bench/results/latest.json` and a timestamped copy; prints one table. Nothing asserts on time.
 """

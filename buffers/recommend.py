@@ -235,6 +235,22 @@ def recommend(
         )
         .drop("calibrated_level")
     )
+    # The stress test's pure JIT and JIC levels are calibrated like the recommended one, so the three compare fairly.
+    usable = levels_used.filter(pl.col("calibration_status").is_in(["calibrated", "capped"]))
+
+    def calibrated(level: pl.Expr, name: str) -> pl.DataFrame:
+        joined = out.select("unique_id", "demand_class", _lvl=level).join(
+            usable.select("demand_class", _lvl="service_level_target", _cal="calibrated_level"), on=["demand_class", "_lvl"], how="left"
+        )
+        return joined.select("unique_id", pl.coalesce("_cal", "_lvl").alias(name))
+
+    out = out.join(calibrated(pl.col("_matrix_level"), "_jic_level"), on="unique_id", how="left").join(
+        calibrated(pl.lit(s.jit_service_level), "_jit_level"), on="unique_id", how="left"
+    )
+    out = out.with_columns(
+        _jic_level=pl.when(normal_cycle & (pl.col("_matrix_measure") == "cycle")).then("_jic_level").otherwise("_matrix_level"),
+        _jit_level=pl.when(normal_cycle).then("_jit_level").otherwise(pl.lit(s.jit_service_level)),
+    )
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
     unit_holding = pl.col("unit_cost") * s.holding_rate_per_year
@@ -270,8 +286,8 @@ def recommend(
         safety_factor_z=_numpy(safety_factor, "sizing_level", "service_level_measure", "order_quantity", "sigma_buffered"),
         _factor_review=_numpy(safety_factor, "sizing_level", "service_level_measure", "_review_quantity", "_sigma_review_buffered"),
         _z_uncalibrated=_numpy(safety_factor, "service_level_target", "service_level_measure", "order_quantity", "sigma_buffered"),
-        _factor_jic=_numpy(safety_factor, "_matrix_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
-        _z_jit=pl.lit(float(z_for_cycle_service_level(s.jit_service_level))),
+        _factor_jic=_numpy(safety_factor, "_jic_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
+        _z_jit=_numpy(z_for_cycle_service_level, "_jit_level"),
     )
     levels = sorted({float(v) for cells in s.service_levels.values() for v in cells.values()} | {s.jit_service_level})
     boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})

@@ -105,3 +105,20 @@ def test_per_sku_pinball_loss_in_backtest_metrics_is_sklearns(heavy_tailed):
     rows = fc.cv.filter((pl.col("unique_id") == "s0007") & (pl.col("step") <= 2))
     assert row["pinball_q95"] == pytest.approx(mean_pinball_loss(rows["y"], rows["q95"], alpha=0.95))
     assert row["pinball_q50"] == pytest.approx(mean_pinball_loss(rows["y"], rows["q50"], alpha=0.5))
+
+
+def test_the_stress_tests_jit_and_jic_levels_are_calibrated_like_the_recommendation():
+    sku = pl.DataFrame([JIT_SKU], schema_overrides={"pack_size": pl.Float64})  # B non-critical: matrix 95%, policy JIT (80%)
+    plain = recommend(sku, SETTINGS).row(0, named=True)
+    calibration = pl.DataFrame(
+        {
+            "demand_class": ["smooth", "smooth"],
+            "service_level_target": [0.8, 0.95],
+            "calibrated_level": [0.9, 0.99],
+            "status": ["calibrated"] * 2,
+        }
+    )
+    cal = recommend(sku, SETTINGS, calibration=calibration).row(0, named=True)
+    assert cal["order_up_to_jit_units"] > plain["order_up_to_jit_units"]
+    assert cal["order_up_to_jic_units"] > plain["order_up_to_jic_units"]
+    assert cal["order_up_to_units"] == cal["order_up_to_jit_units"]  # the recommendation is JIT: the same level
