@@ -29,7 +29,7 @@ from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import mean_pinball_loss
 
-from forecasting.backtest import quantile_name
+from forecasting.backtest import lead_time_weights, quantile_name
 
 ID = "unique_id"
 #: Nominal levels the map is fitted on.
@@ -53,8 +53,7 @@ def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
     `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `plan`: unique_id,
     lead_time_periods, review_periods.
     """
-    exposure = pl.col("lead_time_periods") + pl.col("review_periods")
-    weight = (exposure - (pl.col("step") - 1)).clip(0.0, 1.0)
+    weight = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
     return (
         cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
         .sort(ID, "cutoff", "step")

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from buffers.simulate import demand_spike, outage_mask, simulate_order_up_to
+from forecasting.backtest import lead_time_weights
 
 ID = "unique_id"
 
@@ -95,8 +96,7 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     levels = np.repeat(static[:, None], held.demand.shape[1], axis=1)
     if cv.is_empty() or not held.dates:
         return levels
-    exposure = pl.col("lead_time_periods") + pl.col("review_periods")
-    weight = (exposure - (pl.col("step") - 1)).clip(0.0, 1.0)
+    weight = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
     per_origin = (
         cv.join(x.select(ID, "lead_time_periods", "review_periods"), on=ID)
         .sort(ID, "cutoff", "step")

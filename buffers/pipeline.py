@@ -193,7 +193,6 @@ def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, settings: Buff
     off or without a backtest. `with_panel`: the bootstrap buffers run (their classes are not calibrated)."""
     if not settings.calibrate or fc.cv.is_empty():
         return None
-    targets = sorted({float(v) for cells in settings.service_levels.values() for v in cells.values()} | {settings.jit_service_level})
     empirical = list(settings.empirical_classes) if with_panel else []
     normal = profiles.filter(~pl.col("demand_class").is_in(empirical)).select(ID, "demand_class")
-    return fit_calibration(window_errors(fc.cv, fc.plan), normal, targets, min_points=settings.calibration_min_points)
+    return fit_calibration(window_errors(fc.cv, fc.plan), normal, settings.target_levels, min_points=settings.calibration_min_points)

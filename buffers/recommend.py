@@ -50,6 +50,11 @@ class BufferSettings:
     def periods_per_year(self) -> float:
         return 365.0 / self.period_days
 
+    @property
+    def target_levels(self) -> list[float]:
+        """Every service level a buffer can be sized for: the matrix cells and the JIT level."""
+        return sorted({float(v) for cells in self.service_levels.values() for v in cells.values()} | {self.jit_service_level})
+
 
 #: Columns `recommend` needs, one row per series, and their types.
 REQUIRED: dict[str, pl.DataType] = {
@@ -289,7 +294,7 @@ def recommend(
         _factor_jic=_numpy(safety_factor, "_jic_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
         _z_jit=_numpy(z_for_cycle_service_level, "_jit_level"),
     )
-    levels = sorted({float(v) for cells in s.service_levels.values() for v in cells.values()} | {s.jit_service_level})
+    levels = s.target_levels
     boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
     empirical = pl.col("_empirical") & pl.col("_lt_mean").is_not_null() if "_lt_mean" in out.columns else pl.lit(False)

@@ -25,14 +25,11 @@ from pathlib import Path
 import polars as pl
 from utilsforecast.losses import mase
 
-from buffers.pipeline import SkuDefaults, forecast_inputs, sku_attributes
-from features.calendar import series_keys, to_periods
-from features.outliers import cap_outliers
-from features.profile import build_profiles
+from features.calendar import series_keys
 from flows.config import BuffercastConfig, load_config
-from flows.plan import backtest_settings, model_sets, profile_settings
+from flows.core import forecast_stage, profile_sales
 from flows.sample_data import generate_catalogue
-from forecasting.backtest import ForecastResult, backtest_and_forecast
+from forecasting.backtest import ForecastResult
 
 SEASON = 7
 BUFFERCAST, SEASONAL_NAIVE = "buffercast", "SeasonalNaive"
@@ -90,14 +87,9 @@ def m5_item_sales(every: int = M5_EVERY_NTH_ID) -> pl.DataFrame:
 def run_buffercast(
     sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, cfg: BuffercastConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame, ForecastResult]:
-    """(panel, profiles, forecast) as `flows.plan.profile` and `flows.plan.forecast` build them, from sales up to as_of."""
-    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of)
-    keys = series_keys(sales).join(panel.select("unique_id").unique(), on="unique_id", how="semi")
-    sku = sku_attributes(keys, master, SkuDefaults(**cfg.defaults.model_dump()))
-    profiles, flagged = build_profiles(panel, sku.select("unique_id", "unit_cost"), as_of=as_of, s=profile_settings(cfg))
-    forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
-    inputs = forecast_inputs(profiles, sku, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from)
-    return panel, profiles, backtest_and_forecast(forecast_panel, inputs, model_sets(cfg), backtest_settings(cfg))
+    """(panel, profiles, forecast) from sales up to as_of: the flow's own profile and forecast stages (`flows.core`)."""
+    p = profile_sales(cfg, sales, master, as_of)
+    return p.demand, p.profiles, forecast_stage(cfg, p)
 
 
 def daily_grid(sales: pl.DataFrame, ids: pl.Series, start: dt.date, end: dt.date) -> pl.DataFrame:

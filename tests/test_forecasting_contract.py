@@ -12,13 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from buffers.pipeline import SkuDefaults, build_recommendations, forecast_inputs, sku_attributes
-from buffers.policy import PolicyThresholds
-from buffers.recommend import BufferSettings
-from features.calendar import series_keys, to_periods
-from features.profile import build_profiles
 from flows.config import load_config
-from flows.plan import backtest_settings, model_sets, profile_settings
+from flows.core import plan_core
+from flows.plan import backtest_settings, model_sets
 from forecasting.backtest import COMBINATION, backtest_and_forecast, quantile_name
 
 END = dt.date(2026, 6, 30)
@@ -82,27 +78,8 @@ def test_every_sku_gets_a_forecast_and_a_reason_through_profiling_and_buffers():
             if name != "all-zero"  # no sale at all: left out before planning, as the flow logs
         ]
     ).with_columns(location_id=pl.lit(None, pl.String))
-    panel = to_periods(sales, freq="D", as_of=END)
-    keys = series_keys(sales)
-    sku = sku_attributes(keys, None, SkuDefaults(**CFG.defaults.model_dump()))
-    profiles, _ = build_profiles(panel, sku.select("unique_id", "unit_cost"), as_of=END, s=profile_settings(CFG))
-    inputs = forecast_inputs(profiles, sku, CFG.period_days, CFG.defaults.review_period_days, CFG.shape.seasonal_from, CFG.shape.trend_from)
-    fc = backtest_and_forecast(panel, inputs, SETS, SETTINGS)
-    recs = build_recommendations(
-        as_of=END,
-        profiles=profiles,
-        attrs=sku,
-        fc=fc,
-        settings=BufferSettings(
-            period_days=1.0,
-            holding_rate_per_year=0.25,
-            jit_service_level=CFG.service_levels.jit,
-            service_levels={"critical": CFG.service_levels.critical, "non_critical": CFG.service_levels.non_critical},
-            thresholds=PolicyThresholds(**CFG.policy.model_dump()),
-        ),
-        variable_from=CFG.volatility.variable_from,
-        erratic_from=CFG.volatility.erratic_from,
-    )
+    planned = plan_core(CFG, sales, None, END)
+    recs, fc = planned.recommendations, planned.forecast
     assert recs.height == len(AWKWARD) - 1
     assert recs["model"].null_count() == 0 and (recs["reasons"].str.len_chars() > 10).all()
     assert set(fc.forecasts["unique_id"]) == set(recs["sku_id"])
