@@ -1,18 +1,24 @@
 """Calibrated buffers: learn from the backtest how far nominal service drifts from achieved, and correct it.
 
 Real demand is neither normal nor stationary, so a buffer sized for 95% by z x sigma is right less (or more) often.
-The backtest holds the evidence: per SKU and window, the cumulative forecast error over review period + lead time
-(the exposure of the order-up-to level). Per demand class:
+The backtest holds the evidence: per SKU and window, the cumulative forecast error over each exposure a buffer
+covers: the lead time (the reorder point's safety stock) and review period + lead time (the order-up-to level).
+Per exposure and demand class, and per model family within a class where the data suffice:
 
 1. Standardise each window's error by the SKU's sigma estimated WITHOUT that window (leave-one-out over the earlier
-   windows): u = (actual - forecast) / sigma_-w. The latest window of every SKU is held out entirely.
+   windows): u = (actual - forecast) / sigma_-w, then carry u from the Student-t of the windows that sigma had to the
+   Student-t of all the SKU's windows (what the recommendation's sigma uses; `standardised_errors`). The latest
+   window of every SKU is held out entirely.
 2. Achieved coverage of a nominal level alpha = share of u <= z(alpha), on a grid of alpha; fit
    `sklearn.isotonic.IsotonicRegression` (increasing) from nominal to achieved.
 3. Invert it: the smallest nominal level whose fitted achieved coverage reaches the target. That level's z sizes the
    buffer instead of z(target).
 4. Check on the held-out latest windows (standardised by the sigma of the earlier windows): coverage before (at the
-   target's z) and after (at the calibrated z). A class with fewer than `min_points` standardised errors keeps the
-   uncorrected level, with the reason.
+   target's z) and after (at the calibrated z).
+
+A class with fewer than `min_points` standardised errors keeps the uncorrected level, with the reason. A model
+family (`forecasting.models.MODEL_FAMILIES`) gets its own map within its class when it has at least
+`family_min_points` errors and is not the whole class; its SKUs use the class's map otherwise (`resolve_levels`).
 
 Only the normal method is calibrated (its quantile is z x sigma); the bootstrap buffers of intermittent and lumpy
 SKUs are empirical quantiles already and keep their level (status `not_normal_method`).
@@ -30,117 +36,231 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import mean_pinball_loss
 
 from forecasting.backtest import lead_time_weights, quantile_name
+from forecasting.models import MODEL_FAMILIES
 
 ID = "unique_id"
-#: Nominal levels the map is fitted on.
-GRID = np.round(
-    np.concatenate([np.arange(0.50, 0.95, 0.01), np.arange(0.95, 0.999, 0.001), [0.999, 0.9995, 0.9999, 0.99995, 0.99999, 0.999999]]), 6
-)
+#: The exposures a buffer covers: the reorder point's lead time, the order-up-to level's review period + lead time.
+LEAD_TIME, REVIEW_LEAD_TIME = "lead_time", "review_lead_time"
+EXPOSURES = (LEAD_TIME, REVIEW_LEAD_TIME)
+#: `model_family` of a class-wide map.
+ALL_FAMILIES = "all"
+#: Statuses under which a map's level sizes the buffer.
+USABLE = ("calibrated", "capped")
+#: Nominal levels the map is fitted on: safety factors z = 0, 0.01, ..., 4.75 (equally fine at every level).
+Z_GRID = np.round(np.arange(0.0, 4.7501, 0.01), 2)
+GRID = stats.norm.cdf(Z_GRID)
 #: The calibrated nominal level never exceeds this (z = 4.75): beyond, the class's errors are not worth a normal buffer.
-MAX_LEVEL = 0.999999
+MAX_LEVEL = float(GRID[-1])
+KEYS = ["exposure", "demand_class", "model_family"]
+LEVEL_SCHEMA = {
+    "exposure": pl.String, "demand_class": pl.String, "model_family": pl.String, "service_level_target": pl.Float64,
+    "calibrated_level": pl.Float64, "status": pl.String, "n_fit": pl.Int64, "n_check": pl.Int64,
+    "heldout_before": pl.Float64, "heldout_after": pl.Float64,
+}  # fmt: skip
+CURVE_SCHEMA = {
+    "exposure": pl.String, "demand_class": pl.String, "model_family": pl.String, "nominal": pl.Float64,
+    "achieved_before": pl.Float64, "achieved_fitted": pl.Float64, "achieved_check": pl.Float64,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Calibration:
-    levels: pl.DataFrame  # demand_class, service_level_target, calibrated_level, status, n_fit, n_check, heldout_before/after
-    curves: pl.DataFrame  # demand_class, nominal, achieved_before (raw), achieved_fitted (isotonic), achieved_after_check
+    levels: pl.DataFrame  # LEVEL_SCHEMA: one row per exposure, class, family ("all": the class) and target
+    curves: pl.DataFrame  # CURVE_SCHEMA: the raw and fitted maps on GRID, and the held-out windows' coverage
+
+
+def model_family(model: pl.Expr) -> pl.Expr:
+    """The family of a chosen model's name (`forecasting.models.MODEL_FAMILIES`; unknown names are their own)."""
+    return model.replace_strict(MODEL_FAMILIES, default=model, return_dtype=pl.String)
 
 
 def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
-    """Per SKU and backtest window: the cumulative error over review period + lead time (actual - forecast, a
-    fractional last period by its fraction), and the window's rank from the latest (0 = latest).
+    """Per SKU, exposure and backtest window: the cumulative error (actual - forecast, a fractional last period by
+    its fraction) over the lead time and over review period + lead time, and the window's rank from the latest
+    (0 = latest).
 
     `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `plan`: unique_id,
     lead_time_periods, review_periods.
     """
-    weight = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
+    error = pl.col("y") - pl.col("forecast")
+    lead = pl.col("lead_time_periods")
     return (
         cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
-        .sort(ID, "cutoff", "step")
-        .group_by(ID, "cutoff", maintain_order=True)
-        .agg(error=(weight * (pl.col("y") - pl.col("forecast"))).implode().list.sum())
+        .group_by(ID, "cutoff")
+        .agg(
+            (lead_time_weights(pl.col("step"), lead) * error).sum().alias(LEAD_TIME),
+            (lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * error).sum().alias(REVIEW_LEAD_TIME),
+        )
         .with_columns(from_latest=pl.col("cutoff").rank("ordinal", descending=True).over(ID).cast(pl.Int64) - 1)
+        .unpivot(index=[ID, "cutoff", "from_latest"], on=list(EXPOSURES), variable_name="exposure", value_name="error")
+        .sort(ID, "exposure", "cutoff")
     )
 
 
 def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
-    """unique_id, set ("fit" or "check"), u: fit windows divided by the leave-one-out RMSE of the other fit windows;
-    the latest window divided by the RMSE of all fit windows. SKUs with fewer than 3 windows, or a zero sigma, give none."""
+    """unique_id, exposure, set ("fit" or "check"), u: fit windows divided by the leave-one-out RMSE of the other fit
+    windows; the latest window divided by the RMSE of all fit windows. SKUs with fewer than 3 windows, or a zero
+    sigma, give none.
+
+    Each u is then put on the footing of deployment, where sigma is the RMSE of ALL the SKU's windows: an error
+    standardised by the RMSE of m windows is Student-t with m degrees of freedom when the errors are normal, so u is
+    carried from t(m) to t(N) (N = all windows) by its quantile, u' = F_t(N)^-1(F_t(m)(u)). Without it, the map learnt
+    from sigmas of one or two windows fewer than the recommendation uses is conservative (heavier tails than deployed).
+    """
+    keys = [ID, "exposure"]
     fit = errors.filter(pl.col("from_latest") > 0)
-    sums = fit.group_by(ID).agg(ss=(pl.col("error") ** 2).sum(), n=pl.len())
+    sums = fit.group_by(keys).agg(ss=(pl.col("error") ** 2).sum(), n=pl.len()).filter(pl.col("n") >= 2)
     loo = (
-        fit.join(sums, on=ID)
-        .filter(pl.col("n") >= 2)
-        .with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt())
+        fit.join(sums, on=keys)
+        .with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt(), df=pl.col("n") - 1)
         .filter(pl.col("sigma") > 0)
-        .select(ID, pl.lit("fit").alias("set"), u=pl.col("error") / pl.col("sigma"))
+        .select(*keys, pl.lit("fit").alias("set"), u=pl.col("error") / pl.col("sigma"), df=pl.col("df"), deployed_df=pl.col("n") + 1)
     )
     check = (
         errors.filter(pl.col("from_latest") == 0)
-        .join(sums.filter(pl.col("n") >= 2), on=ID)
+        .join(sums, on=keys)
         .with_columns(sigma=(pl.col("ss") / pl.col("n")).sqrt())
         .filter(pl.col("sigma") > 0)
-        .select(ID, pl.lit("check").alias("set"), u=pl.col("error") / pl.col("sigma"))
+        .select(*keys, pl.lit("check").alias("set"), u=pl.col("error") / pl.col("sigma"), df=pl.col("n"), deployed_df=pl.col("n") + 1)
     )
-    return pl.concat([loo, check])
+    out = pl.concat([loo, check])
+    u, df, deployed = (out[c].to_numpy().astype(float) for c in ("u", "df", "deployed_df"))
+    # Through the nearer tail's log-probability, so far tails stay finite; monotone in u for each SKU.
+    carried = np.where(
+        u <= 0,
+        stats.t.ppf(np.exp(stats.t.logcdf(u, df)), deployed),
+        stats.t.isf(np.exp(stats.t.logsf(u, df)), deployed),
+    )
+    return out.select(*keys, "set").with_columns(u=pl.Series(carried, dtype=pl.Float64))
 
 
-def fit_calibration(errors: pl.DataFrame, classes: pl.DataFrame, targets: Sequence[float], *, min_points: int = 100) -> Calibration:
-    """Per demand class, the isotonic map nominal -> achieved and the calibrated level of each target.
+def fit_calibration(
+    errors: pl.DataFrame, groups: pl.DataFrame, targets: Sequence[float], *, min_points: int = 100, family_min_points: int | None = 500
+) -> Calibration:
+    """Per exposure and demand class (and model family within it, where the data suffice), the isotonic map
+    nominal -> achieved and the calibrated level of each target.
 
-    `errors`: from `window_errors`; `classes`: unique_id, demand_class (only SKUs of the normal method).
+    `errors`: from `window_errors`; `groups`: unique_id, demand_class and optionally model_family (only SKUs of the
+    normal method). `family_min_points` None: class maps only.
     """
-    u = standardised_errors(errors).join(classes, on=ID)
-    z_grid = stats.norm.ppf(GRID)
-    levels, curves = [], []
-    for (cls,), group in sorted(u.group_by("demand_class"), key=lambda g: g[0]):
-        fit = np.sort(group.filter(pl.col("set") == "fit")["u"].to_numpy())
-        check = group.filter(pl.col("set") == "check")["u"].to_numpy()
-        if fit.size < min_points:
-            levels += [_level(cls, t, t, f"too_few_windows ({fit.size} < {min_points})", fit.size, check.size, check, t) for t in targets]
-            continue
-        achieved = np.searchsorted(fit, z_grid, side="right") / fit.size  # share of u <= z(alpha)
-        iso = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(GRID, achieved)
-        fitted = iso.predict(GRID)
-        for t in targets:
-            reach = np.flatnonzero(fitted >= t)
-            level = float(min(GRID[reach[0]], MAX_LEVEL)) if reach.size else MAX_LEVEL
-            levels.append(_level(cls, t, level, "calibrated" if reach.size else "capped", fit.size, check.size, check, level))
-        check_cov = np.searchsorted(np.sort(check), z_grid, side="right") / max(check.size, 1)
-        curves.append(
-            pl.DataFrame(
-                {
-                    "demand_class": cls,
-                    "nominal": GRID,
-                    "achieved_before": achieved,
-                    "achieved_fitted": fitted,
-                    "achieved_check": check_cov,
-                }
-            )
-        )
-    schema = {
-        "demand_class": pl.String, "service_level_target": pl.Float64, "calibrated_level": pl.Float64, "status": pl.String,
-        "n_fit": pl.Int64, "n_check": pl.Int64, "heldout_before": pl.Float64, "heldout_after": pl.Float64,
-    }  # fmt: skip
-    curve_schema = {c: pl.Float64 for c in ("nominal", "achieved_before", "achieved_fitted", "achieved_check")}
+    groups = groups if "model_family" in groups.columns else groups.with_columns(model_family=pl.lit(None, pl.String))
+    u = standardised_errors(errors).join(groups, on=ID)
+    levels: list[dict] = []
+    curves: list[pl.DataFrame] = []
+    for (exposure, cls), group in sorted(u.group_by("exposure", "demand_class"), key=lambda g: g[0]):
+        parts = [(ALL_FAMILIES, group, min_points)]
+        if family_min_points is not None:
+            families = group.filter(pl.col("model_family").is_not_null())
+            if families["model_family"].n_unique() > 1 or families.height < group.height:
+                parts += [(fam, part, family_min_points) for (fam,), part in sorted(families.group_by("model_family"), key=lambda g: g[0])]
+        for family, part, needed in parts:
+            key = {"exposure": exposure, "demand_class": cls, "model_family": family}
+            fit = np.sort(part.filter(pl.col("set") == "fit")["u"].to_numpy())
+            check = part.filter(pl.col("set") == "check")["u"].to_numpy()
+            rows, curve = _fit_map(fit, check, targets, needed)
+            levels += [key | row for row in rows]
+            if curve is not None:
+                curves.append(pl.DataFrame(key | curve))
     return Calibration(
-        levels=pl.DataFrame(levels, schema=schema),
-        curves=pl.concat(curves) if curves else pl.DataFrame(schema={"demand_class": pl.String, **curve_schema}),
+        levels=pl.DataFrame(levels, schema=LEVEL_SCHEMA),
+        curves=pl.concat(curves).cast(CURVE_SCHEMA) if curves else pl.DataFrame(schema=CURVE_SCHEMA),
     )
 
 
-def _level(cls: str, target: float, level: float, status: str, n_fit: int, n_check: int, check: np.ndarray, used: float) -> dict:
+def _fit_map(fit: np.ndarray, check: np.ndarray, targets: Sequence[float], needed: int) -> tuple[list[dict], dict | None]:
+    """One map: the level rows of each target, and the curve (None when there are too few errors to fit)."""
+    if fit.size < needed:
+        status = f"too_few_windows ({fit.size} < {needed})"
+        return [_level(t, t, status, fit.size, check, t) for t in targets], None
+    achieved = np.searchsorted(fit, Z_GRID, side="right") / fit.size  # share of u <= z(alpha)
+    # Isotonic in the level is isotonic in its z (same order); z keeps the far-tail levels distinct.
+    fitted = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(Z_GRID, achieved).predict(Z_GRID)
+    rows = []
+    for t in targets:
+        reach = np.flatnonzero(fitted >= t)
+        level = float(min(GRID[reach[0]], MAX_LEVEL)) if reach.size else MAX_LEVEL
+        rows.append(_level(t, level, "calibrated" if reach.size else "capped", fit.size, check, level))
+    check_cov = np.searchsorted(np.sort(check), Z_GRID, side="right") / max(check.size, 1)
+    return rows, {"nominal": GRID, "achieved_before": achieved, "achieved_fitted": fitted, "achieved_check": check_cov}
+
+
+def _level(target: float, level: float, status: str, n_fit: int, check: np.ndarray, used: float) -> dict:
     z_before, z_after = stats.norm.ppf(target), stats.norm.ppf(used)
     return {
-        "demand_class": cls,
         "service_level_target": float(target),
         "calibrated_level": float(level),
         "status": status,
         "n_fit": int(n_fit),
-        "n_check": int(n_check),
+        "n_check": int(check.size),
         "heldout_before": float(np.mean(check <= z_before)) if check.size else None,
         "heldout_after": float(np.mean(check <= z_after)) if check.size else None,
     }
+
+
+def resolve_levels(skus: pl.DataFrame, levels: pl.DataFrame | None, exposure: str, target: pl.Expr, name: str) -> pl.DataFrame:
+    """Per SKU, the nominal level its `target` is sized at for one exposure: its model family's map where that is
+    usable, else its class's map, else the target itself. unique_id, `name`, `{name}_status` (calibrated, capped,
+    too_few_windows or not_calibrated), `{name}_map` ("class" or "class x family"; null when not calibrated).
+
+    `skus`: unique_id, demand_class, model_family (nullable); `levels`: `Calibration.levels`.
+    """
+    base = skus.select(ID, "demand_class", "model_family", _target=target)
+    if levels is None or levels.is_empty():
+        return base.select(
+            ID,
+            pl.col("_target").alias(name),
+            pl.lit("not_calibrated").alias(f"{name}_status"),
+            pl.lit(None, pl.String).alias(f"{name}_map"),
+        )
+    mine = levels.filter(pl.col("exposure") == exposure).select(
+        "demand_class",
+        "model_family",
+        _target="service_level_target",
+        _level="calibrated_level",
+        _status=pl.col("status").str.extract(r"^(\w+)"),
+    )
+    usable = mine.filter(pl.col("_status").is_in(USABLE))
+    family = usable.filter(pl.col("model_family") != ALL_FAMILIES).rename({"_level": "_fam_level", "_status": "_fam_status"})
+    whole = mine.filter(pl.col("model_family") == ALL_FAMILIES).drop("model_family")
+    joined = base.join(family, on=["demand_class", "model_family", "_target"], how="left").join(
+        whole, on=["demand_class", "_target"], how="left"
+    )
+    by_family = pl.col("_fam_level").is_not_null()
+    by_class = pl.col("_status").is_in(USABLE)
+    return joined.select(
+        ID,
+        pl.when(by_family).then("_fam_level").when(by_class).then("_level").otherwise("_target").alias(name),
+        pl.when(by_family).then("_fam_status").otherwise(pl.col("_status").fill_null("not_calibrated")).alias(f"{name}_status"),
+        pl.when(by_family)
+        .then(pl.format("{} x {}", "demand_class", "model_family"))
+        .when(by_class)
+        .then(pl.col("demand_class"))
+        .alias(f"{name}_map"),
+    )
+
+
+def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
+    """Per SKU: the share of its backtest windows whose cumulative lead-time error stays within the safety stock
+    sized at the target (`buffer_coverage_before`) and at the level it is sized at (`buffer_coverage_after`), each
+    window's sigma from the SKU's other windows (so no window is judged by a buffer that has seen it).
+
+    `errors`: from `window_errors`; `sizing`: unique_id, service_level_target, calibrated_service_level (the
+    normal-method SKUs). SKUs with fewer than 3 windows or no error are left out.
+    """
+    lead = errors.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
+    lead = lead.with_columns(ss=(pl.col("error") ** 2).sum().over(ID), n=pl.len().over(ID)).filter(pl.col("n") >= 3)
+    lead = lead.with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt())
+    z = {c: stats.norm.ppf(lead[c].to_numpy()) for c in ("service_level_target", "calibrated_service_level")}
+    within = lead.with_columns(
+        before=pl.col("error") <= pl.Series(z["service_level_target"]) * pl.col("sigma"),
+        after=pl.col("error") <= pl.Series(z["calibrated_service_level"]) * pl.col("sigma"),
+    )
+    return (
+        within.filter(pl.col("ss") > 0)
+        .group_by(ID)
+        .agg(buffer_coverage_before=pl.col("before").mean(), buffer_coverage_after=pl.col("after").mean())
+        .sort(ID)
+    )
 
 
 def pinball_losses(cv: pl.DataFrame, classes: pl.DataFrame, quantiles: Sequence[float]) -> pl.DataFrame:

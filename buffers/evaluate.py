@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from buffers.calibration import REVIEW_LEAD_TIME, window_errors
 from buffers.simulate import demand_spike, outage_mask, simulate_order_up_to
 from forecasting.backtest import lead_time_weights
 
@@ -82,14 +83,33 @@ def held_out_demand(panel: pl.DataFrame, plan: pl.DataFrame) -> HeldOut:
     return HeldOut(ids, demand, calendar["ds"].to_list())
 
 
+def out_of_window_sigma_ratios(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
+    """unique_id, cutoff, ratio: per backtest window, the RMSE of the SKU's cumulative review + lead-time errors over
+    its OTHER windows divided by the RMSE over all of them (1 where a SKU has fewer than 3 windows or no error).
+
+    A normal-method buffer is k x sigma, and sigma is estimated from the very windows the replay replays: scaled by
+    this ratio, each window's buffer is the one the policy would have set without having seen that window.
+    """
+    errors = window_errors(cv, plan).filter(pl.col("exposure") == REVIEW_LEAD_TIME)
+    return errors.with_columns(ss=(pl.col("error") ** 2).sum().over(ID), n=pl.len().over(ID)).select(
+        ID,
+        "cutoff",
+        ratio=pl.when((pl.col("n") >= 3) & (pl.col("ss") > 0))
+        .then((((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)) / (pl.col("ss") / pl.col("n"))).sqrt())
+        .otherwise(1.0),
+    )
+
+
 def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column: str) -> np.ndarray:
     """(n, T) order-up-to levels as the policy would have set them at each review: the forecast over R + L from the
     latest backtest origin (cutoff) on or before the period, plus the SKU's buffer over R + L (`column` minus the
-    current forecast over R + L, i.e. the published level's buffer). Periods before a SKU's first origin, and SKUs
-    without a backtest, keep the published level.
+    current forecast over R + L, i.e. the published level's buffer). A normal-method buffer (every SKU whose
+    `safety_stock_method` is not `bootstrap_quantile`) is scaled by its window's `out_of_window_sigma_ratios`, so no
+    window is replayed against a sigma that has seen it (the replay is out of sample, like the forecast). Periods
+    before a SKU's first origin, and SKUs without a backtest, keep the published level.
 
-    `cv`: the chosen model's backtest rows (unique_id, cutoff, step, forecast); `recs`: unique_id, `column`,
-    review_lead_time_demand, lead_time_periods, review_periods.
+    `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `recs`: unique_id, `column`,
+    review_lead_time_demand, lead_time_periods, review_periods, optionally safety_stock_method.
     """
     x = _inputs(recs, held.ids)
     static = x[column].to_numpy()
@@ -106,11 +126,15 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     grid = pl.DataFrame({ID: np.repeat(held.ids, len(held.dates)), "ds": held.dates * len(held.ids)}).with_columns(
         _row=pl.int_range(pl.len()).floordiv(len(held.dates)), _col=pl.int_range(pl.len()).mod(len(held.dates))
     )
+    normal = pl.col("safety_stock_method") != "bootstrap_quantile" if "safety_stock_method" in x.columns else pl.lit(True)
+    ratios = out_of_window_sigma_ratios(cv, x.select(ID, "lead_time_periods", "review_periods"))
     matched = (
         grid.sort("ds")
         .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
         .filter(pl.col("_forecast").is_not_null())
-        .join(x.select(ID, _buffer=pl.col(column) - pl.col("review_lead_time_demand")), on=ID)
+        .join(x.select(ID, _buffer=pl.col(column) - pl.col("review_lead_time_demand"), _normal=normal.fill_null(True)), on=ID)
+        .join(ratios, on=[ID, "cutoff"], how="left")
+        .with_columns(_buffer=pl.when("_normal").then(pl.col("_buffer") * pl.col("ratio").fill_null(1.0)).otherwise("_buffer"))
     )
     levels[matched["_row"].to_numpy(), matched["_col"].to_numpy()] = np.ceil(
         np.maximum(matched["_forecast"].to_numpy() + matched["_buffer"].to_numpy(), 0.0) - 1e-9

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from buffers.calibration import Calibration, fit_calibration, window_errors
+from buffers.calibration import Calibration, fit_calibration, model_family, window_errors
 from buffers.evaluate import Scenario, simulate_recommendations, stress_test
 from buffers.recommend import BufferSettings, recommend
 from features.xyz import volatility_classes
@@ -96,7 +96,8 @@ def forecast_inputs(
 RECOMMENDATION_COLUMNS = (
     "as_of", "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "order_up_to_units",
     "min_units", "max_units", "order_quantity_units", "service_level_target", "service_level_measure", "expected_service_level",
-    "safety_stock_method", "calibrated_service_level", "calibration_status", "uncalibrated_safety_stock_units",
+    "safety_stock_method", "calibrated_service_level", "calibrated_review_service_level", "calibration_status", "calibration_map",
+    "uncalibrated_safety_stock_units",
     "demand_class", "adi", "cv2", "volatility_class", "xyz_class", "error_cv", "abc_class", "annual_value", "critical",
     "life_cycle", "fsn_class", "movement_frequency", "periods_since_last_sale", "trend_strength", "seasonal_strength",
     "n_outliers", "outlier_threshold",
@@ -189,10 +190,21 @@ def build_scenarios(
 
 
 def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, settings: BufferSettings, with_panel: bool) -> Calibration | None:
-    """The backtest's calibration map per demand class (`buffers.calibration`), for the normal-method SKUs; None when
-    off or without a backtest. `with_panel`: the bootstrap buffers run (their classes are not calibrated)."""
+    """The backtest's calibration maps per exposure, demand class and model family (`buffers.calibration`), for the
+    normal-method SKUs; None when off or without a backtest. `with_panel`: the bootstrap buffers run (their classes
+    are not calibrated)."""
     if not settings.calibrate or fc.cv.is_empty():
         return None
     empirical = list(settings.empirical_classes) if with_panel else []
-    normal = profiles.filter(~pl.col("demand_class").is_in(empirical)).select(ID, "demand_class")
-    return fit_calibration(window_errors(fc.cv, fc.plan), normal, settings.target_levels, min_points=settings.calibration_min_points)
+    normal = (
+        profiles.filter(~pl.col("demand_class").is_in(empirical))
+        .join(fc.selection.select(ID, "model"), on=ID, how="left")
+        .select(ID, "demand_class", model_family=model_family(pl.col("model")))
+    )
+    return fit_calibration(
+        window_errors(fc.cv, fc.plan),
+        normal,
+        settings.target_levels,
+        min_points=settings.calibration_min_points,
+        family_min_points=settings.calibration_family_min_points,
+    )

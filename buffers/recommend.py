@@ -10,6 +10,7 @@ import polars as pl
 import polars.selectors as cs
 from scipy import stats
 
+from buffers.calibration import LEAD_TIME, REVIEW_LEAD_TIME, USABLE, model_family, resolve_levels
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
 from buffers.policy import PolicyThresholds, buffered_components, no_buffer, policy_expr, policy_flags, reasons_expr
 from buffers.safety_stock import (
@@ -45,6 +46,8 @@ class BufferSettings:
     #: size normal-method buffers at the nominal level the backtest calibration maps each target to (buffers/calibration.py)
     calibrate: bool = True
     calibration_min_points: int = 100
+    #: a model family with this many backtest errors in a class gets its own map (None: class maps only)
+    calibration_family_min_points: int | None = 500
 
     @property
     def periods_per_year(self) -> float:
@@ -153,10 +156,11 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
             (pl.col("calibration_status") == "calibrated") & (pl.col("safety_stock_units") != pl.col("uncalibrated_safety_stock_units"))
         ).then(
             pl.format(
-                "calibrated on the backtest: sized at {} nominal for the {} target ({} demand's errors), buffer {} units instead of {}",
+                "calibrated on the backtest: sized at {} nominal for the {} target (map: {} forecast errors over the lead time), "
+                "buffer {} units instead of {}",
                 _pct(pl.col("sizing_level")),
                 _pct(pl.col("service_level_target")),
-                pl.col("demand_class"),
+                pl.col("calibration_map"),
                 pl.col("safety_stock_units").cast(pl.Int64),
                 pl.col("uncalibrated_safety_stock_units").cast(pl.Int64),
             )
@@ -186,8 +190,10 @@ def recommend(
     - ROP = lead-time demand + SS (continuous review); S = demand over R + L + SS over R + L (periodic review);
       min = ROP, max = ROP + Q. Never negative; SS rounded up to whole units and pack sizes.
     - A dead, non-critical SKU gets no buffer and nothing to reorder.
-    - `calibration` (demand_class, service_level_target, calibrated_level, status; `buffers.calibration`): a
-      normal-method cycle target is sized at its class's calibrated nominal level instead (`calibrated_level`).
+    - `calibration` (`buffers.calibration.Calibration.levels`): a normal-method cycle target is sized at the
+      calibrated nominal level of its model family's map, else its demand class's (`resolve_levels`): the safety
+      stock by the lead-time map (`calibrated_service_level`), the order-up-to level by the review + lead-time map
+      (`calibrated_review_service_level`). `calibration_map` says which map.
     - Internal columns for the stress test: `order_up_to_jit_units`, `order_up_to_jic_units` (every SKU at the JIT
       level / with the full buffer at its matrix target).
     """
@@ -210,52 +216,30 @@ def recommend(
     if out["service_level_target"].null_count():
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
-    levels_used = (
-        calibration.select(
-            "demand_class", "service_level_target", "calibrated_level", calibration_status=pl.col("status").str.extract(r"^(\w+)")
-        )
-        if calibration is not None and calibration.height
-        else pl.DataFrame(
-            schema={
-                "demand_class": pl.String,
-                "service_level_target": pl.Float64,
-                "calibrated_level": pl.Float64,
-                "calibration_status": pl.String,
-            }
-        )
-    )
     normal_cycle = ~pl.col("demand_class").is_in(list(s.empirical_classes)) | pl.lit(panel is None)
     normal_cycle = normal_cycle & (pl.col("service_level_measure") == "cycle")
-    out = (
-        out.join(levels_used, on=["demand_class", "service_level_target"], how="left")
-        .with_columns(
-            calibration_status=pl.when(normal_cycle)
-            .then(pl.col("calibration_status").fill_null("not_calibrated"))
-            .otherwise(pl.lit("not_normal_method")),
-        )
-        .with_columns(
-            sizing_level=pl.when(pl.col("calibration_status").is_in(["calibrated", "capped"]))
-            .then(pl.col("calibrated_level"))
-            .otherwise(pl.col("service_level_target"))
-        )
-        .drop("calibrated_level")
-    )
-    # The stress test's pure JIT and JIC levels are calibrated like the recommended one, so the three compare fairly.
-    usable = levels_used.filter(pl.col("calibration_status").is_in(["calibrated", "capped"]))
-
-    def calibrated(level: pl.Expr, name: str) -> pl.DataFrame:
-        joined = out.select("unique_id", "demand_class", _lvl=level).join(
-            usable.select("demand_class", _lvl="service_level_target", _cal="calibrated_level"), on=["demand_class", "_lvl"], how="left"
-        )
-        return joined.select("unique_id", pl.coalesce("_cal", "_lvl").alias(name))
-
-    out = out.join(calibrated(pl.col("_matrix_level"), "_jic_level"), on="unique_id", how="left").join(
-        calibrated(pl.lit(s.jit_service_level), "_jit_level"), on="unique_id", how="left"
-    )
+    # The calibrated nominal levels (buffers/calibration.py): the reorder point's safety stock by the lead-time map,
+    # the order-up-to level by the review + lead-time map; the stress test's pure JIT and JIC levels are calibrated
+    # like the recommended one, so the three compare fairly.
+    out = out.with_columns(model_family=model_family(pl.col("model")) if "model" in out.columns else pl.lit(None, pl.String))
+    for exposure, level, name in (
+        (LEAD_TIME, pl.col("service_level_target"), "_lt"),
+        (REVIEW_LEAD_TIME, pl.col("service_level_target"), "_rlt"),
+        (REVIEW_LEAD_TIME, pl.col("_matrix_level"), "_jic"),
+        (REVIEW_LEAD_TIME, pl.lit(s.jit_service_level), "_jit"),
+    ):
+        out = out.join(resolve_levels(out, calibration, exposure, level, name), on="unique_id", how="left")
+    usable = pl.col("_lt_status").is_in(USABLE)
     out = out.with_columns(
-        _jic_level=pl.when(normal_cycle & (pl.col("_matrix_measure") == "cycle")).then("_jic_level").otherwise("_matrix_level"),
-        _jit_level=pl.when(normal_cycle).then("_jit_level").otherwise(pl.lit(s.jit_service_level)),
-    )
+        calibration_status=pl.when(normal_cycle).then("_lt_status").otherwise(pl.lit("not_normal_method")),
+        calibration_map=pl.when(normal_cycle & usable).then("_lt_map"),
+        sizing_level=pl.when(normal_cycle & usable).then("_lt").otherwise("service_level_target"),
+        calibrated_review_service_level=pl.when(normal_cycle & pl.col("_rlt_status").is_in(USABLE))
+        .then("_rlt")
+        .otherwise("service_level_target"),
+        _jic_level=pl.when(normal_cycle & (pl.col("_matrix_measure") == "cycle")).then("_jic").otherwise("_matrix_level"),
+        _jit_level=pl.when(normal_cycle).then("_jit").otherwise(pl.lit(s.jit_service_level)),
+    ).drop("model_family")
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
     unit_holding = pl.col("unit_cost") * s.holding_rate_per_year
@@ -289,7 +273,9 @@ def recommend(
     out = out.with_columns(order_quantity=pl.coalesce("economic_order_quantity", "_review_quantity"))
     out = out.with_columns(
         safety_factor_z=_numpy(safety_factor, "sizing_level", "service_level_measure", "order_quantity", "sigma_buffered"),
-        _factor_review=_numpy(safety_factor, "sizing_level", "service_level_measure", "_review_quantity", "_sigma_review_buffered"),
+        _factor_review=_numpy(
+            safety_factor, "calibrated_review_service_level", "service_level_measure", "_review_quantity", "_sigma_review_buffered"
+        ),
         _z_uncalibrated=_numpy(safety_factor, "service_level_target", "service_level_measure", "order_quantity", "sigma_buffered"),
         _factor_jic=_numpy(safety_factor, "_jic_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
         _z_jit=_numpy(z_for_cycle_service_level, "_jit_level"),

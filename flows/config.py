@@ -262,6 +262,9 @@ class BuffersConfig(_Strict):
         True, description="Size normal-method buffers at the nominal level the backtest calibration maps each target to."
     )
     calibration_min_points: int = Field(100, ge=10, description="Fewer backtest errors in a demand class: its targets stay uncalibrated.")
+    calibration_family_min_points: int | None = Field(
+        500, ge=10, description="A model family with this many backtest errors in a class gets its own map; null: class maps only."
+    )
 
 
 class ScenarioConfig(_Strict):

@@ -130,6 +130,7 @@ def buffer_settings(cfg: BuffercastConfig) -> BufferSettings:
         declining_ratio=b.declining_ratio,
         calibrate=b.calibrate,
         calibration_min_points=b.calibration_min_points,
+        calibration_family_min_points=b.calibration_family_min_points,
     )
 
 

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from buffers.calibration import pinball_losses
+from buffers.calibration import ALL_FAMILIES, USABLE, pinball_losses, window_coverage, window_errors
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
 from flows import publish as publisher
@@ -128,6 +128,22 @@ def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: Fo
     return recommend_stage(cfg, as_of, p, fc)
 
 
+def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFrame) -> pl.DataFrame:
+    """unique_id, model (the chosen one), buffer_coverage_before/after (`buffers.calibration.window_coverage`) of the
+    normal-method SKUs: how often the safety stock at the target / at its calibrated level covered the backtest."""
+    sizing = (
+        recs.filter(pl.col("safety_stock_method") == "normal_cycle")
+        .join(key_cols, on=["sku_id", "location_id"], nulls_equal=True)
+        .select("unique_id", "model", "service_level_target", "calibrated_service_level")
+    )
+    if fc.cv.is_empty() or sizing.is_empty():
+        return pl.DataFrame(
+            schema={"unique_id": pl.String, "model": pl.String, "buffer_coverage_before": pl.Float64, "buffer_coverage_after": pl.Float64}
+        )
+    coverage = window_coverage(window_errors(fc.cv, fc.plan), sizing.drop("model"))
+    return coverage.join(sizing.select("unique_id", "model"), on="unique_id")
+
+
 def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs) -> dict[str, pl.DataFrame]:
     """The published tables in their contract shape, each validated by its pandera schema."""
     key_cols = p.keys.select("unique_id", "sku_id", "location_id")
@@ -148,6 +164,7 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
         .sort("sku_id", "location_id", "date"),
         "backtest_metrics": fc.metrics.join(key_cols, on="unique_id")
         .join(selected, on=["unique_id", "model"], how="left")
+        .join(buffer_coverage(recs, fc, key_cols), on=["unique_id", "model"], how="left")
         .select(
             stamp,
             "sku_id",
@@ -164,6 +181,8 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
             "review_lead_time_rmse",
             pl.col("^coverage_q.*$"),
             pl.col("^pinball_q.*$"),
+            "buffer_coverage_before",
+            "buffer_coverage_after",
             "n_windows",
             "fell_back",
             "missing_forecasts",
@@ -240,16 +259,17 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
     metrics |= simulation_metrics(tables["recommendations"], tables.get("scenarios"))
     for row in tables.get("calibration", pl.DataFrame()).iter_rows(named=True):
         if row["quantile"] is None and row["heldout_after"] is not None:
-            key = f"calibration_{row['demand_class']}_{round(row['service_level_target'] * 100, 1):g}"
-            metrics |= {
-                f"{key}_level": row["calibrated_level"],
-                f"{key}_heldout_before": row["heldout_before"],
-                f"{key}_heldout_after": row["heldout_after"],
-            }
+            # Class maps: level and held-out coverage before/after; a model family's own map: its level.
+            family = "" if row["model_family"] == ALL_FAMILIES else f"_{row['model_family']}"
+            key = f"calibration_{row['exposure']}_{row['demand_class']}{family}_{round(row['service_level_target'] * 100, 1):g}"
+            if not family or row["status"] in USABLE:
+                metrics[f"{key}_level"] = row["calibrated_level"]
+            if not family:
+                metrics |= {f"{key}_heldout_before": row["heldout_before"], f"{key}_heldout_after": row["heldout_after"]}
         elif row["quantile"] is not None and row["pinball_loss"] is not None:
             metrics[f"pinball_{row['quantile']}_{row['demand_class']}"] = row["pinball_loss"]
     # Calibration of the chosen models' quantiles: share of backtest actuals at or below each (q95 -> ~0.95).
-    coverage = [c for c in selected.columns if c.startswith("coverage_")]
+    coverage = [c for c in selected.columns if c.startswith(("coverage_", "buffer_coverage_"))]
     classes = tables["recommendations"].select("sku_id", "location_id", "demand_class")
     with_class = selected.join(classes, on=["sku_id", "location_id"], nulls_equal=True)
     for c in coverage:
@@ -262,9 +282,10 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
 
 
 def calibration_table(as_of: dt.date, calibration: Any, fc: ForecastResult, p: Profiled, cfg: BuffercastConfig) -> pl.DataFrame:
-    """The published `calibration` table: per demand class and target, the nominal level the buffer is sized at and
-    the held-out coverage before and after; plus per class and forecast quantile, sklearn's mean pinball loss and the
-    coverage of the per-step quantiles (rows with `quantile` set)."""
+    """The published `calibration` table: per exposure (lead time / review + lead time), demand class, model family
+    ("all": the class's map) and target, the nominal level the buffer is sized at and the held-out coverage before
+    and after; plus per class and forecast quantile, sklearn's mean pinball loss and the coverage of the per-step
+    quantiles (rows with `quantile` set)."""
     levels = calibration.levels if calibration is not None else pl.DataFrame()
     pinball = pinball_losses(fc.cv, p.profiles.select("unique_id", "demand_class"), cfg.models.quantiles)
     table = pl.concat(
@@ -275,12 +296,15 @@ def calibration_table(as_of: dt.date, calibration: Any, fc: ForecastResult, p: P
         how="diagonal_relaxed",
     )
     columns = {
-        "demand_class": pl.String, "service_level_target": pl.Float64, "calibrated_level": pl.Float64, "status": pl.String,
+        "exposure": pl.String, "demand_class": pl.String, "model_family": pl.String, "service_level_target": pl.Float64,
+        "calibrated_level": pl.Float64, "status": pl.String,
         "n_fit": pl.Int64, "n_check": pl.Int64, "heldout_before": pl.Float64, "heldout_after": pl.Float64, "quantile": pl.String,
         "pinball_loss": pl.Float64, "coverage": pl.Float64,
     }  # fmt: skip
     table = table.select([pl.col(c).cast(t) if c in table.columns else pl.lit(None, t).alias(c) for c, t in columns.items()])
-    return table.select(pl.lit(as_of).alias("as_of"), pl.all()).sort("demand_class", "service_level_target", "quantile", nulls_last=True)
+    return table.select(pl.lit(as_of).alias("as_of"), pl.all()).sort(
+        "exposure", "demand_class", "model_family", "service_level_target", "quantile", nulls_last=True
+    )
 
 
 def simulation_metrics(recs: pl.DataFrame, scenarios: pl.DataFrame | None) -> dict[str, float]:

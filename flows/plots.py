@@ -468,33 +468,49 @@ def _service_level_targets(recs: pl.DataFrame) -> Figure:
 
 
 def calibration_figure(curves: pl.DataFrame, levels: pl.DataFrame) -> Figure:
-    """Nominal vs achieved coverage of the cumulative forecast error, per demand class (buffers/calibration.py).
+    """Nominal vs achieved coverage of the cumulative forecast error, per exposure (rows: lead time, review + lead
+    time) and demand class (columns) (buffers/calibration.py).
 
-    - `curves`: demand_class, nominal, achieved_before (share of earlier-window errors within z(nominal) sigma),
-      achieved_fitted (the isotonic map).
-    - `levels`: demand_class, service_level_target, heldout_before, heldout_after (the latest windows, sized at the
-      target's z before and at the calibrated level's z after).
+    - `curves`: exposure, demand_class, model_family, nominal, achieved_before (share of earlier-window errors within
+      z(nominal) sigma), achieved_fitted (the isotonic map); model_family "all" is the class's map, the others are
+      drawn thin.
+    - `levels`: exposure, demand_class, model_family, service_level_target, heldout_before, heldout_after (the latest
+      windows, sized at the target's z before and at the calibrated level's z after; the class maps' are drawn).
     """
     title = "Calibration: nominal vs achieved coverage per demand class"
     if curves.is_empty():
         return _empty_figure(title, "no class with enough backtest windows to calibrate (or calibration is off)")
     classes = sorted(curves["demand_class"].unique().to_list())
-    fig, axes = plt.subplots(1, len(classes), figsize=(5.2 * len(classes), 4.8), dpi=110, squeeze=False)
-    for ax, cls in zip(axes[0], classes, strict=True):
-        c = curves.filter(pl.col("demand_class") == cls)
-        lv = levels.filter((pl.col("demand_class") == cls) & pl.col("heldout_before").is_not_null())
-        ax.plot([50, 100], [50, 100], color="grey", linestyle="--", linewidth=1, label="achieved = nominal")
-        ax.plot(c["nominal"] * 100, c["achieved_before"] * 100, color="#9aa5b1", linewidth=1, label="earlier windows (raw)")
-        ax.plot(c["nominal"] * 100, c["achieved_fitted"] * 100, color="#2a6f97", linewidth=2, label="isotonic map")
-        ax.scatter(lv["service_level_target"] * 100, lv["heldout_before"] * 100, color="#e76f51", marker="x", label="latest window, before")
-        ax.scatter(lv["service_level_target"] * 100, lv["heldout_after"] * 100, color="#2a9d8f", marker="o", label="latest window, after")
-        ax.set_xlim(50, 100.5)
-        ax.set_ylim(50, 100.5)
-        ax.set_title(cls)
-        ax.set_xlabel("nominal level / target (%)")
-        ax.set_ylabel("achieved coverage (%)")
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0][0].legend(frameon=False, fontsize=8, loc="lower right")
+    exposures = [e for e in ("lead_time", "review_lead_time") if e in set(curves["exposure"])]
+    fig, axes = plt.subplots(len(exposures), len(classes), figsize=(5.2 * len(classes), 4.6 * len(exposures)), dpi=110, squeeze=False)
+    for row, exposure in enumerate(exposures):
+        for ax, cls in zip(axes[row], classes, strict=True):
+            mine = curves.filter((pl.col("exposure") == exposure) & (pl.col("demand_class") == cls))
+            c = mine.filter(pl.col("model_family") == "all")
+            lv = levels.filter(
+                (pl.col("exposure") == exposure)
+                & (pl.col("demand_class") == cls)
+                & (pl.col("model_family") == "all")
+                & pl.col("heldout_before").is_not_null()
+            )
+            ax.plot([50, 100], [50, 100], color="grey", linestyle="--", linewidth=1, label="achieved = nominal")
+            ax.plot(c["nominal"] * 100, c["achieved_before"] * 100, color="#9aa5b1", linewidth=1, label="earlier windows (raw)")
+            ax.plot(c["nominal"] * 100, c["achieved_fitted"] * 100, color="#2a6f97", linewidth=2, label="isotonic map (class)")
+            for (family,), f in sorted(mine.filter(pl.col("model_family") != "all").group_by("model_family"), key=lambda g: g[0]):
+                ax.plot(f["nominal"] * 100, f["achieved_fitted"] * 100, linewidth=0.9, alpha=0.8, label=f"map: {family}")
+            ax.scatter(
+                lv["service_level_target"] * 100, lv["heldout_before"] * 100, color="#e76f51", marker="x", label="latest window, before"
+            )
+            ax.scatter(
+                lv["service_level_target"] * 100, lv["heldout_after"] * 100, color="#2a9d8f", marker="o", label="latest window, after"
+            )
+            ax.set_xlim(50, 100.5)
+            ax.set_ylim(50, 100.5)
+            ax.set_title(f"{cls}, over the {exposure.replace('_', ' ').replace('review lead', 'review + lead')}")
+            ax.set_xlabel("nominal level / target (%)")
+            ax.set_ylabel("achieved coverage (%)")
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.legend(frameon=False, fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

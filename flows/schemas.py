@@ -423,9 +423,11 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "expected_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "safety_stock_method": _col(pl.String, checks=pa.Check.isin(["normal_cycle", "normal_fill_rate", "bootstrap_quantile"])),
             "calibrated_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
+            "calibrated_review_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "calibration_status": _col(
                 pl.String, checks=pa.Check.isin(["calibrated", "capped", "too_few_windows", "not_calibrated", "not_normal_method"])
             ),
+            "calibration_map": _col(pl.String, nullable=True),
             "uncalibrated_safety_stock_units": _col(pl.Float64, checks=_NON_NEGATIVE),
             "demand_class": _col(pl.String, checks=pa.Check.isin(DEMAND_CLASSES)),
             "adi": _col(pl.Float64, nullable=True, checks=pa.Check.ge(1.0)),
@@ -588,6 +590,10 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             r"^coverage_q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL, regex=True),
             # Mean pinball loss of each quantile over the lead-time steps (sklearn's mean_pinball_loss), units per period.
             r"^pinball_q\d+(\.\d+)?$": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE, regex=True),
+            # The chosen model's rows, normal-method SKUs: share of backtest windows whose lead-time error the safety stock
+            # covers, sized at the target (before) and at its calibrated level (after); each window's sigma from the others.
+            "buffer_coverage_before": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
+            "buffer_coverage_after": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
             "n_windows": _col(pl.Int64, checks=pa.Check.ge(1)),
             "fell_back": _col(pl.Boolean),
             "missing_forecasts": _col(pl.Boolean),
@@ -621,7 +627,9 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "calibration": pa.DataFrameSchema(
         {
             "as_of": _col(pl.Date),
+            "exposure": _col(pl.String, nullable=True, checks=pa.Check.isin(["lead_time", "review_lead_time"])),
             "demand_class": _col(pl.String, checks=pa.Check.isin(DEMAND_CLASSES)),
+            "model_family": _col(pl.String, nullable=True),
             "service_level_target": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
             "calibrated_level": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
             "status": _col(pl.String, nullable=True),

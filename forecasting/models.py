@@ -101,3 +101,24 @@ def build_models(names: Sequence[str], spec: ModelSpec, fallback: str) -> tuple[
     models = [build_model(n, spec) for n in names]
     models.append(build_model(fallback, spec, alias=FALLBACK_ALIAS))
     return models, build_model(fallback, spec)
+
+
+#: The family of each model a SKU can be forecast by: models whose errors behave alike (the calibration of buffers
+#: learns one map per demand class and family where the data suffice, buffers/calibration.py).
+MODEL_FAMILIES = {
+    "AutoETS": "exponential_smoothing",
+    "Theta": "theta",
+    "AutoTheta": "theta",
+    "AutoARIMA": "arima",
+    "Naive": "naive",
+    "SeasonalNaive": "naive",
+    "HistoricAverage": "mean",
+    "WindowAverage": "mean",
+    "CrostonClassic": "croston",
+    "CrostonSBA": "croston",
+    "CrostonOptimized": "croston",
+    "TSB": "croston",
+    "ADIDA": "temporal_aggregation",
+    "IMAPA": "temporal_aggregation",
+    "Combination": "combination",  # forecasting.backtest.COMBINATION: the mean of the best two
+}

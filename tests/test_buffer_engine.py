@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from scipy import optimize, stats
 
-from buffers.evaluate import Scenario, held_out_demand, simulate_recommendations, stress_test
+from buffers.evaluate import Scenario, forecast_levels, held_out_demand, out_of_window_sigma_ratios, simulate_recommendations, stress_test
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
 from buffers.recommend import recommend
 from buffers.safety_stock import normal_loss
@@ -170,3 +170,39 @@ def test_stress_test_orders_policies_and_scenarios():
     assert table.filter(pl.col("scenario") == "outage")["skus_hit"].unique().to_list() == [20]
     with pytest.raises(ValueError, match="unknown kind"):
         stress_test(recs, panel, plan, [Scenario("x", "flood")], seed=5, holding_rate=0.25)
+
+
+def test_the_replay_sizes_each_window_without_having_seen_it():
+    """Three windows of one period (L 1, R 0: R + L = 1 step), errors 3, -4
+    and 12: sigma over all = sqrt((9 + 16 + 144) / 3) = 7.506; the window with error 12 is replayed with the buffer
+    scaled by sigma of the other two, sqrt((9 + 16) / 2) = 3.536, over 7.506 = 0.471. A bootstrap buffer is not scaled."""
+    ds = [dt.date(2024, 1, d) for d in range(1, 7)]
+    cv = pl.DataFrame(
+        {
+            "unique_id": ["a"] * 3,
+            "cutoff": ds[2:5],
+            "step": [1, 1, 1],
+            "y": [13.0, 6.0, 22.0],
+            "forecast": [10.0, 10.0, 10.0],
+        }
+    )
+    plan = pl.DataFrame({"unique_id": ["a"], "lead_time_periods": [1.0], "review_periods": [0.0]})
+    ratios = out_of_window_sigma_ratios(cv, plan).sort("cutoff")["ratio"].to_list()
+    full = math.sqrt((9 + 16 + 144) / 3)
+    assert ratios == pytest.approx([math.sqrt((16 + 144) / 2) / full, math.sqrt((9 + 144) / 2) / full, math.sqrt(25 / 2) / full])
+    panel = pl.DataFrame({"unique_id": "a", "ds": ds, "y": [10.0] * 6})
+    held = held_out_demand(panel, pl.DataFrame({"unique_id": ["a"], "backtested": [True], "windows": [3], "step": [1], "bucket": [1]}))
+    recs = pl.DataFrame(
+        {
+            "unique_id": ["a"], "order_up_to_units": [30.0], "review_lead_time_demand": [10.0], "lead_time_periods": [1.0],
+            "review_periods": [0.0], "lead_time_days": [1.0], "lead_time_std_days": [0.0], "safety_stock_method": ["normal_cycle"],
+        }
+    )  # fmt: skip
+    levels = forecast_levels(held, recs, cv, "order_up_to_units")[0]
+    # Held-out span: the last 3 periods (Jan 4-6), each ordering up to the forecast of the latest origin on or before
+    # it (Jan 4: the window cut at Jan 4; Jan 5 and 6: the one cut at Jan 5) + the buffer (30 - 10) x that window's ratio.
+    assert held.dates == ds[3:]
+    level = [math.ceil(10 + 20 * r - 1e-9) for r in ratios]
+    assert levels.tolist() == [level[1], level[2], level[2]] == [34, 20, 20]
+    boot = forecast_levels(held, recs.with_columns(safety_stock_method=pl.lit("bootstrap_quantile")), cv, "order_up_to_units")[0]
+    assert set(boot.tolist()) == {30.0}

@@ -9,9 +9,19 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
 from sklearn.metrics import mean_pinball_loss
 
-from buffers.calibration import fit_calibration, pinball_losses, window_errors
+from buffers.calibration import (
+    ALL_FAMILIES,
+    EXPOSURES,
+    LEAD_TIME,
+    fit_calibration,
+    pinball_losses,
+    resolve_levels,
+    window_coverage,
+    window_errors,
+)
 from buffers.recommend import recommend
 from flows.config import load_config
 from flows.core import backtest_settings
@@ -19,6 +29,29 @@ from forecasting.backtest import backtest_and_forecast
 from tests.test_buffers import JIT_SKU, SETTINGS
 
 TARGETS = [0.8, 0.9, 0.95, 0.97]
+
+
+def levels_frame(pairs: dict[float, float], family: str = ALL_FAMILIES, exposures=EXPOSURES, cls: str = "smooth") -> pl.DataFrame:
+    """A `Calibration.levels`-shaped frame: target -> calibrated level, the same for each exposure."""
+    return pl.DataFrame(
+        [
+            {
+                "exposure": e,
+                "demand_class": cls,
+                "model_family": family,
+                "service_level_target": t,
+                "calibrated_level": lv,
+                "status": "calibrated",
+            }
+            for e in exposures
+            for t, lv in pairs.items()
+        ]
+    )
+
+
+def class_levels(calibration, exposure: str = LEAD_TIME) -> dict[float, dict]:
+    rows = calibration.levels.filter((pl.col("exposure") == exposure) & (pl.col("model_family") == ALL_FAMILIES))
+    return rows.rows_by_key("service_level_target", named=True, unique=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +77,7 @@ def heavy_tailed():
 
 def test_calibration_brings_held_out_coverage_within_2_points_where_the_normal_buffer_misses(heavy_tailed):
     fc, classes = heavy_tailed
-    levels = fit_calibration(window_errors(fc.cv, fc.plan), classes, TARGETS).levels.rows_by_key(
-        "service_level_target", named=True, unique=True
-    )
+    levels = class_levels(fit_calibration(window_errors(fc.cv, fc.plan), classes, TARGETS))
     print("\n", pl.DataFrame(list(levels.values())))
     before = {t: levels[t]["heldout_before"] for t in TARGETS}
     after = {t: levels[t]["heldout_after"] for t in TARGETS}
@@ -76,18 +107,19 @@ def test_too_few_windows_keep_the_target_with_a_reason(heavy_tailed):
     fc, classes = heavy_tailed
     few = fit_calibration(window_errors(fc.cv, fc.plan), classes.head(3), TARGETS, min_points=100)
     assert set(few.levels["status"].str.head(15)) == {"too_few_windows"}
-    assert few.levels["calibrated_level"].to_list() == TARGETS
+    assert set(few.levels["exposure"]) == set(EXPOSURES) and few.curves.is_empty()
+    assert few.levels["calibrated_level"].to_list() == TARGETS * len(EXPOSURES)
 
 
 def test_calibration_never_makes_a_buffer_negative_and_says_what_it_moved():
     sku = pl.DataFrame([JIT_SKU], schema_overrides={"pack_size": pl.Float64})
-    calibration = pl.DataFrame(
-        {"demand_class": ["smooth"], "service_level_target": [0.8], "calibrated_level": [0.3], "status": ["calibrated"]}
-    )
+    calibration = levels_frame({0.8: 0.3})
     low = recommend(sku, SETTINGS, calibration=calibration).row(0, named=True)
     assert low["calibrated_service_level"] == 0.3 and low["safety_stock_units"] == 0 and low["reorder_point_units"] >= 0
+    assert low["order_up_to_units"] >= low["order_up_to_jit_units"] - 1e-9 >= 0
     high = recommend(sku, SETTINGS, calibration=calibration.with_columns(calibrated_level=pl.lit(0.95))).row(0, named=True)
     assert high["calibration_status"] == "calibrated" and high["safety_stock_units"] > high["uncalibrated_safety_stock_units"]
+    assert high["calibration_map"] == "smooth"
     assert f"buffer {int(high['safety_stock_units'])} units instead of {int(high['uncalibrated_safety_stock_units'])}" in high["reasons"]
     assert recommend(sku, replace(SETTINGS, calibrate=False)).row(0, named=True)["calibration_status"] == "not_calibrated"
 
@@ -110,15 +142,118 @@ def test_per_sku_pinball_loss_in_backtest_metrics_is_sklearns(heavy_tailed):
 def test_the_stress_tests_jit_and_jic_levels_are_calibrated_like_the_recommendation():
     sku = pl.DataFrame([JIT_SKU], schema_overrides={"pack_size": pl.Float64})  # B non-critical: matrix 95%, policy JIT (80%)
     plain = recommend(sku, SETTINGS).row(0, named=True)
-    calibration = pl.DataFrame(
-        {
-            "demand_class": ["smooth", "smooth"],
-            "service_level_target": [0.8, 0.95],
-            "calibrated_level": [0.9, 0.99],
-            "status": ["calibrated"] * 2,
-        }
-    )
+    calibration = levels_frame({0.8: 0.9, 0.95: 0.99})
     cal = recommend(sku, SETTINGS, calibration=calibration).row(0, named=True)
     assert cal["order_up_to_jit_units"] > plain["order_up_to_jit_units"]
     assert cal["order_up_to_jic_units"] > plain["order_up_to_jic_units"]
     assert cal["order_up_to_units"] == cal["order_up_to_jit_units"]  # the recommendation is JIT: the same level
+
+
+def normal_window_errors(n_skus: int, n_windows: int, seed: int) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """iid normal lead-time errors, each SKU its own scale: `window_errors`-shaped frame of n_windows per SKU, the
+    sigma the recommendation would use (RMSE of all n_windows) and the next, unseen error."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(1.0, 50.0, n_skus)[:, None]
+    e = rng.normal(0.0, 1.0, (n_skus, n_windows + 1)) * scale
+    seen, future = e[:, :n_windows], e[:, n_windows]
+    ids = np.repeat([f"s{i:05d}" for i in range(n_skus)], n_windows)
+    frame = pl.DataFrame(
+        {
+            "unique_id": ids,
+            "cutoff": np.tile(np.arange(n_windows), n_skus),
+            "from_latest": np.tile(np.arange(n_windows)[::-1], n_skus).astype(np.int64),
+            "exposure": LEAD_TIME,
+            "error": seen.ravel(),
+        }
+    )
+    return frame, np.sqrt((seen**2).mean(axis=1)), future
+
+
+def test_on_normal_errors_the_calibrated_buffer_covers_the_next_window_at_its_target():
+    """The small-sample correction: with sigma the RMSE of 8 windows, z(target) x sigma under-covers the next error
+    (it is Student-t(8)); the map, learnt from leave-one-out sigmas of 6 windows and carried to t(8), corrects it to
+    within half a point, not past it (uncorrected, the map would learn t(6) and over-cover)."""
+    errors, sigma, future = normal_window_errors(20_000, 8, seed=3)
+    classes = errors.select("unique_id").unique().with_columns(demand_class=pl.lit("smooth"))
+    levels = class_levels(fit_calibration(errors, classes, [0.8, 0.9, 0.95, 0.99]))
+    for t, row in levels.items():
+        z = stats.norm.ppf(row["calibrated_level"])
+        naive = float(np.mean(future <= stats.norm.ppf(t) * sigma))
+        achieved = float(np.mean(future <= z * sigma))
+        print(t, row["calibrated_level"], naive, achieved)
+        assert abs(achieved - t) <= 0.005, (t, achieved)
+        # The ideal factor under normal errors is Student-t(8)'s quantile.
+        assert z == pytest.approx(stats.t.ppf(t, 8), abs=0.06)
+    assert float(np.mean(future <= stats.norm.ppf(0.99) * sigma)) < 0.985  # the uncalibrated buffer misses
+
+
+def test_a_model_family_with_enough_errors_gets_its_own_map_and_the_others_use_their_class():
+    """Two families in one class: `wide` errors have heavy tails (t(3)), `narrow` are normal. The family maps differ
+    (wide needs a higher nominal level); a family with too few errors falls back to the class's map."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for family, n, draw in (
+        ("wide", 600, lambda size: rng.standard_t(3, size)),
+        ("narrow", 600, rng.standard_normal),
+        ("rare", 20, rng.standard_normal),
+    ):
+        e = draw((n, 9)) * 10.0
+        ids = np.repeat([f"{family}{i:04d}" for i in range(n)], 9)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "unique_id": ids,
+                    "cutoff": np.tile(np.arange(9), n),
+                    "from_latest": np.tile(np.arange(9)[::-1], n).astype(np.int64),
+                    "exposure": LEAD_TIME,
+                    "error": e.ravel(),
+                    "model_family": family,
+                }
+            )
+        )
+    errors = pl.concat(frames)
+    groups = errors.select("unique_id", "model_family").unique().with_columns(demand_class=pl.lit("erratic"))
+    cal = fit_calibration(errors.drop("model_family"), groups, [0.95], min_points=100, family_min_points=1000)
+    by_family = cal.levels.rows_by_key("model_family", named=True, unique=True)
+    assert by_family["wide"]["status"] == "calibrated" and by_family["narrow"]["status"] == "calibrated"
+    assert by_family["rare"]["status"].startswith("too_few_windows") and by_family["rare"]["calibrated_level"] == 0.95
+    assert by_family["wide"]["calibrated_level"] > by_family[ALL_FAMILIES]["calibrated_level"] > by_family["narrow"]["calibrated_level"]
+    skus = pl.DataFrame({"unique_id": ["a", "b", "c", "d"], "demand_class": "erratic", "model_family": ["wide", "narrow", "rare", None]})
+    resolved = resolve_levels(skus, cal.levels, LEAD_TIME, pl.lit(0.95), "lvl").rows_by_key("unique_id", named=True, unique=True)
+    assert resolved["a"]["lvl"] == by_family["wide"]["calibrated_level"] and resolved["a"]["lvl_map"] == "erratic x wide"
+    assert resolved["b"]["lvl"] == by_family["narrow"]["calibrated_level"]
+    for fallback in ("c", "d"):
+        assert resolved[fallback]["lvl"] == by_family[ALL_FAMILIES]["calibrated_level"] and resolved[fallback]["lvl_map"] == "erratic"
+    # Another exposure, or no calibration at all: the target itself.
+    other = resolve_levels(skus, cal.levels, "review_lead_time", pl.lit(0.95), "lvl")
+    assert other["lvl"].to_list() == [0.95] * 4 and set(other["lvl_status"]) == {"not_calibrated"}
+
+
+def test_the_reorder_point_and_the_order_up_to_level_use_their_own_exposures_map():
+    sku = pl.DataFrame([JIT_SKU | {"abc_class": "A", "critical": True, "lead_time_days": 40.0, "lead_time_periods": 40.0}])
+    sku = sku.cast({"pack_size": pl.Float64})
+    plain = recommend(sku, SETTINGS).row(0, named=True)
+    target = plain["service_level_target"]
+    lead_only = recommend(sku, SETTINGS, calibration=levels_frame({target: 0.999}, exposures=[LEAD_TIME])).row(0, named=True)
+    assert lead_only["calibrated_service_level"] == 0.999 and lead_only["calibrated_review_service_level"] == target
+    assert lead_only["safety_stock_units"] > plain["safety_stock_units"] and lead_only["order_up_to_units"] == plain["order_up_to_units"]
+    review_only = recommend(sku, SETTINGS, calibration=levels_frame({target: 0.999}, exposures=["review_lead_time"])).row(0, named=True)
+    assert (
+        review_only["safety_stock_units"] == plain["safety_stock_units"] and review_only["order_up_to_units"] > plain["order_up_to_units"]
+    )
+
+
+def test_buffer_coverage_per_sku_judges_each_window_by_the_other_windows_sigma():
+    """Errors 3, -4, 12 (lead time): sigma without each = 8.944, 8.746, 3.536. At 90% (z 1.2816) the bounds are
+    11.46, 11.21, 4.53: windows 1 and 2 are covered, window 3 is not (2/3). Sized at 99.9% (z 3.0902): bounds
+    27.6, 27.0, 10.9: still 2/3. Sized at 99.99% (z 3.719): 13.15 >= 12: 3/3."""
+    errors = pl.DataFrame(
+        {"unique_id": "a", "cutoff": [1, 2, 3], "from_latest": [2, 1, 0], "exposure": LEAD_TIME, "error": [3.0, -4.0, 12.0]}
+    )
+    errors = pl.concat([errors, errors.with_columns(exposure=pl.lit("review_lead_time"), error=pl.lit(100.0))])
+    sizing = pl.DataFrame({"unique_id": ["a"], "service_level_target": [0.9], "calibrated_service_level": [0.999]})
+    row = window_coverage(errors, sizing).row(0, named=True)
+    assert (row["buffer_coverage_before"], row["buffer_coverage_after"]) == pytest.approx((2 / 3, 2 / 3))
+    row = window_coverage(errors, sizing.with_columns(calibrated_service_level=pl.lit(0.9999))).row(0, named=True)
+    assert (row["buffer_coverage_before"], row["buffer_coverage_after"]) == pytest.approx((2 / 3, 1.0))
+    assert window_coverage(errors.filter(pl.col("cutoff") < 3), sizing).is_empty()  # fewer than 3 windows

@@ -89,6 +89,13 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     metrics = read_table(out, "backtest_metrics", AS_OF)
     chosen = metrics.filter("selected").select("sku_id", "model")
     assert recs.filter(pl.col("backtest_windows") > 0).select("sku_id", "model").sort("sku_id").equals(chosen.sort("sku_id"))
+    # Buffer coverage before/after calibration: on the chosen model's rows of normal-method SKUs only.
+    covered = metrics.filter(pl.col("buffer_coverage_after").is_not_null())
+    assert covered.height >= 1 and covered["selected"].all()
+    normal = recs.filter(pl.col("safety_stock_method") == "normal_cycle").select("sku_id")
+    assert covered.join(normal, on="sku_id", how="anti").is_empty()
+    calibration = read_table(out, "calibration", AS_OF).filter(pl.col("service_level_target").is_not_null())
+    assert set(calibration["exposure"]) == {"lead_time", "review_lead_time"} and "all" in set(calibration["model_family"])
 
 
 def test_profiles_and_outlier_points_are_published(default_run):

@@ -3,10 +3,11 @@ each SKU's held-out backtest demand with the forecast updated at each backtest o
 3 points (issue 5). Hybrid buffers cover only the variable part by design: they are held to their
 `expected_service_level` instead.
 
-The replay sizes sigma from the same backtest windows it replays (in-sample for sigma): it is the check of the
-buffer engine as DOMAIN.md specifies it (`buffers.calibrate: false`). The calibrated buffers (the default) are
-sized from the errors of windows left out one at a time and checked on the latest window (tests/test_calibration.py);
-in this replay they may only over-deliver, never miss by more than 3 points."""
+The replay is out of sample: each window's forecast comes from its own origin, and a normal-method buffer is scaled
+by the sigma of the SKU's other windows over the sigma of all of them (`buffers.evaluate.out_of_window_sigma_ratios`),
+so no window is replayed against a buffer that has seen it. The default (calibrated) buffers are asserted; the
+engine alone (`buffers.calibrate: false`) is printed next to them for the closing note.
+"""
 
 from __future__ import annotations
 
@@ -47,15 +48,14 @@ def test_each_target_class_achieves_its_service_level_within_3_points(planned):
     as_of = result.profiled.panel["ds"].max()
     recs, _, calibration = recommend_stage(uncalibrated, as_of, result.profiled, result.forecast)
     assert calibration is None and set(recs["calibration_status"]) <= {"not_calibrated", "not_normal_method"}
-    for name, frame, two_sided in (("uncalibrated", recs, True), ("calibrated (default)", result.recommendations, False)):
-        table = achieved_by_target(frame)
-        print(f"\n{name}\n", table)
-        asserted = table.filter(pl.col("skus") >= MIN_SKUS)
-        assert asserted.height >= 3
-        for row in asserted.iter_rows(named=True):
-            goal = row["expected"] if row["hybrid"] else row["service_level_target"]
-            gap = row["achieved"] - goal
-            assert (abs(gap) if two_sided else -gap) <= 0.03, (name, row)
+    print("\nuncalibrated (buffers.calibrate: false)\n", achieved_by_target(recs))
+    table = achieved_by_target(result.recommendations)
+    print("\ncalibrated (default)\n", table)
+    asserted = table.filter(pl.col("skus") >= MIN_SKUS)
+    assert asserted.height >= 4
+    for row in asserted.iter_rows(named=True):
+        goal = row["expected"] if row["hybrid"] else row["service_level_target"]
+        assert abs(row["achieved"] - goal) <= 0.03, row
 
 
 def test_the_textbook_buffer_and_the_scenarios_are_reported(planned):
