@@ -18,7 +18,8 @@ Per exposure and demand class, and per model family within a class where the dat
 
 A class with fewer than `min_points` standardised errors keeps the uncorrected level, with the reason. A model
 family (`forecasting.models.MODEL_FAMILIES`) gets its own map within its class when it has at least
-`family_min_points` errors and is not the whole class; its SKUs use the class's map otherwise (`resolve_levels`).
+`family_min_points` errors (and at least `min_points`), is not the whole class, and the class has its own map; its SKUs
+use the class's map otherwise (`resolve_levels`).
 
 Only the normal method is calibrated (its quantile is z x sigma); the bootstrap buffers of intermittent and lumpy
 SKUs are empirical quantiles already and keep their level (status `not_normal_method`).
@@ -86,7 +87,8 @@ def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
     lead = pl.col("lead_time_periods")
     return (
         cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
-        .group_by(ID, "cutoff")
+        .sort(ID, "cutoff", "step")  # sums in one order: the same bits every run
+        .group_by(ID, "cutoff", maintain_order=True)
         .agg(
             (lead_time_weights(pl.col("step"), lead) * error).sum().alias(LEAD_TIME),
             (lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * error).sum().alias(REVIEW_LEAD_TIME),
@@ -99,8 +101,9 @@ def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
 
 def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
     """unique_id, exposure, set ("fit" or "check"), u: fit windows divided by the leave-one-out RMSE of the other fit
-    windows; the latest window divided by the RMSE of all fit windows. SKUs with fewer than 3 windows, or a zero
-    sigma, give none.
+    windows; the latest window divided by the RMSE of all fit windows. SKUs with fewer than 3 windows give none; a
+    window whose sigma is zero gives +-inf by the sign of its error (an error the others never showed), none if its
+    error is zero too.
 
     Each u is then put on the footing of deployment, where sigma is the RMSE of ALL the SKU's windows: an error
     standardised by the RMSE of m windows is Student-t with m degrees of freedom when the errors are normal, so u is
@@ -113,25 +116,31 @@ def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
     loo = (
         fit.join(sums, on=keys)
         .with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt(), df=pl.col("n") - 1)
-        .filter(pl.col("sigma") > 0)
-        .select(*keys, pl.lit("fit").alias("set"), u=pl.col("error") / pl.col("sigma"), df=pl.col("df"), deployed_df=pl.col("n") + 1)
+        .select(*keys, pl.lit("fit").alias("set"), u=_ratio(pl.col("error"), pl.col("sigma")), df=pl.col("df"), deployed_df=pl.col("n") + 1)
     )
     check = (
         errors.filter(pl.col("from_latest") == 0)
         .join(sums, on=keys)
         .with_columns(sigma=(pl.col("ss") / pl.col("n")).sqrt())
-        .filter(pl.col("sigma") > 0)
-        .select(*keys, pl.lit("check").alias("set"), u=pl.col("error") / pl.col("sigma"), df=pl.col("n"), deployed_df=pl.col("n") + 1)
+        .select(
+            *keys, pl.lit("check").alias("set"), u=_ratio(pl.col("error"), pl.col("sigma")), df=pl.col("n"), deployed_df=pl.col("n") + 1
+        )
     )
-    out = pl.concat([loo, check])
+    out = pl.concat([loo, check]).filter(pl.col("u").is_not_null())
     u, df, deployed = (out[c].to_numpy().astype(float) for c in ("u", "df", "deployed_df"))
-    # Through the nearer tail's log-probability, so far tails stay finite; monotone in u for each SKU.
+    # Through the nearer tail's log-probability (precision in both tails; +-inf stays +-inf); monotone in u per SKU.
     carried = np.where(
         u <= 0,
         stats.t.ppf(np.exp(stats.t.logcdf(u, df)), deployed),
         stats.t.isf(np.exp(stats.t.logsf(u, df)), deployed),
     )
     return out.select(*keys, "set").with_columns(u=pl.Series(carried, dtype=pl.Float64))
+
+
+def _ratio(error: pl.Expr, sigma: pl.Expr) -> pl.Expr:
+    """error / sigma; with a zero sigma, +-inf by the error's sign, null for a zero error."""
+    inf = float("inf")
+    return pl.when(sigma > 0).then(error / sigma).when(error > 0).then(inf).when(error < 0).then(-inf)
 
 
 def fit_calibration(
@@ -149,10 +158,14 @@ def fit_calibration(
     curves: list[pl.DataFrame] = []
     for (exposure, cls), group in sorted(u.group_by("exposure", "demand_class"), key=lambda g: g[0]):
         parts = [(ALL_FAMILIES, group, min_points)]
-        if family_min_points is not None:
+        # Family maps refine a class map: none where the class itself has too few errors.
+        if family_min_points is not None and group.filter(pl.col("set") == "fit").height >= min_points:
             families = group.filter(pl.col("model_family").is_not_null())
             if families["model_family"].n_unique() > 1 or families.height < group.height:
-                parts += [(fam, part, family_min_points) for (fam,), part in sorted(families.group_by("model_family"), key=lambda g: g[0])]
+                parts += [
+                    (fam, part, max(family_min_points, min_points))
+                    for (fam,), part in sorted(families.group_by("model_family"), key=lambda g: g[0])
+                ]
         for family, part, needed in parts:
             key = {"exposure": exposure, "demand_class": cls, "model_family": family}
             fit = np.sort(part.filter(pl.col("set") == "fit")["u"].to_numpy())

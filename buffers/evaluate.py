@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 
 from buffers.calibration import REVIEW_LEAD_TIME, window_errors
+from buffers.policy import buffered_components
 from buffers.simulate import demand_spike, outage_mask, simulate_order_up_to
 from forecasting.backtest import lead_time_weights
 
@@ -87,8 +89,9 @@ def out_of_window_sigma_ratios(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataF
     """unique_id, cutoff, ratio: per backtest window, the RMSE of the SKU's cumulative review + lead-time errors over
     its OTHER windows divided by the RMSE over all of them (1 where a SKU has fewer than 3 windows or no error).
 
-    A normal-method buffer is k x sigma, and sigma is estimated from the very windows the replay replays: scaled by
-    this ratio, each window's buffer is the one the policy would have set without having seen that window.
+    A normal-method buffer is k x sqrt(sigma_e^2 + d^2 sigma_L^2), and the forecast-error sigma_e is estimated from
+    the very windows the replay replays: with sigma_e scaled by this ratio (`error_share_factor`), each window's
+    buffer is the one the policy would have set without having seen that window.
     """
     errors = window_errors(cv, plan).filter(pl.col("exposure") == REVIEW_LEAD_TIME)
     return errors.with_columns(ss=(pl.col("error") ** 2).sum().over(ID), n=pl.len().over(ID)).select(
@@ -100,13 +103,31 @@ def out_of_window_sigma_ratios(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataF
     )
 
 
+def error_share_factor(ratio: pl.Expr, column: str, x_columns: Sequence[str]) -> pl.Expr:
+    """The factor a normal buffer k x sqrt(E + V) takes when its forecast-error sigma is scaled by `ratio`:
+    sqrt(ratio^2 E + V) / sqrt(E + V), with E = sigma_e^2 over R + L and V = (d sigma_L)^2, each only where the
+    policy behind `column` buffers that term (a hybrid recommendation may cover one term only; JIT and JIC cover both).
+    Without `sigma_review_lead_time_demand` in the recommendations the whole buffer is error: the factor is `ratio`."""
+    if "sigma_review_lead_time_demand" not in x_columns:
+        return ratio
+    demand, lead = (pl.lit(True), pl.lit(True))
+    if column == POLICY_LEVELS["recommended"] and {"policy", "flag_variable_error", "flag_variable_lead_time"} <= set(x_columns):
+        demand, lead = buffered_components()
+    e = pl.when(demand).then(pl.col("sigma_review_lead_time_demand").fill_null(0.0) ** 2).otherwise(0.0)
+    v = pl.when(lead).then((pl.col("mean_demand_per_period").fill_null(0.0) * pl.col("lead_time_std_periods")) ** 2).otherwise(0.0)
+    return pl.when(e + v > 0).then(((ratio**2 * e + v) / (e + v)).sqrt()).otherwise(1.0)
+
+
 def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column: str) -> np.ndarray:
     """(n, T) order-up-to levels as the policy would have set them at each review: the forecast over R + L from the
     latest backtest origin (cutoff) on or before the period, plus the SKU's buffer over R + L (`column` minus the
-    current forecast over R + L, i.e. the published level's buffer). A normal-method buffer (every SKU whose
-    `safety_stock_method` is not `bootstrap_quantile`) is scaled by its window's `out_of_window_sigma_ratios`, so no
-    window is replayed against a sigma that has seen it (the replay is out of sample, like the forecast). Periods
-    before a SKU's first origin, and SKUs without a backtest, keep the published level.
+    current forecast over R + L, i.e. the published level's buffer). In a normal-method buffer (every SKU whose
+    `safety_stock_method` is not `bootstrap_quantile`) the forecast-error term is scaled by its window's
+    `out_of_window_sigma_ratios` (`error_share_factor`), so no window is replayed against a sigma that has seen it
+    (the replay is out of sample, like the forecast; a fill-rate buffer is scaled like a cycle one, an approximation
+    as its k depends on sigma too). That sigma has one window fewer than the published one, so the replay leans a
+    little conservative (Student-t of N - 1 against N windows). Periods before a SKU's first origin, and SKUs without
+    a backtest, keep the published level.
 
     `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `recs`: unique_id, `column`,
     review_lead_time_demand, lead_time_periods, review_periods, optionally safety_stock_method.
@@ -132,9 +153,13 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
         grid.sort("ds")
         .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
         .filter(pl.col("_forecast").is_not_null())
-        .join(x.select(ID, _buffer=pl.col(column) - pl.col("review_lead_time_demand"), _normal=normal.fill_null(True)), on=ID)
         .join(ratios, on=[ID, "cutoff"], how="left")
-        .with_columns(_buffer=pl.when("_normal").then(pl.col("_buffer") * pl.col("ratio").fill_null(1.0)).otherwise("_buffer"))
+        .join(x.drop(cs.by_name("ds", "cutoff", "ratio", require_all=False)), on=ID)
+        .with_columns(
+            _buffer=pl.col(column) - pl.col("review_lead_time_demand"),
+            _factor=error_share_factor(pl.col("ratio").fill_null(1.0), column, x.columns).fill_null(1.0),
+        )
+        .with_columns(_buffer=pl.when(normal.fill_null(True)).then(pl.col("_buffer") * pl.col("_factor")).otherwise("_buffer"))
     )
     levels[matched["_row"].to_numpy(), matched["_col"].to_numpy()] = np.ceil(
         np.maximum(matched["_forecast"].to_numpy() + matched["_buffer"].to_numpy(), 0.0) - 1e-9

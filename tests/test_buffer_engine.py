@@ -12,7 +12,15 @@ import polars as pl
 import pytest
 from scipy import optimize, stats
 
-from buffers.evaluate import Scenario, forecast_levels, held_out_demand, out_of_window_sigma_ratios, simulate_recommendations, stress_test
+from buffers.evaluate import (
+    Scenario,
+    error_share_factor,
+    forecast_levels,
+    held_out_demand,
+    out_of_window_sigma_ratios,
+    simulate_recommendations,
+    stress_test,
+)
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
 from buffers.recommend import recommend
 from buffers.safety_stock import normal_loss
@@ -206,3 +214,28 @@ def test_the_replay_sizes_each_window_without_having_seen_it():
     assert levels.tolist() == [level[1], level[2], level[2]] == [34, 20, 20]
     boot = forecast_levels(held, recs.with_columns(safety_stock_method=pl.lit("bootstrap_quantile")), cv, "order_up_to_units")[0]
     assert set(boot.tolist()) == {30.0}
+
+
+def test_only_the_forecast_error_term_of_a_buffer_is_rescaled_in_the_replay():
+    """sigma_e 30, d 10, sigma_L 4 (V = 40^2): a ratio of 0.5 turns sqrt(30^2 + 40^2) = 50 into sqrt(15^2 + 40^2) =
+    42.72, factor 0.8544. A hybrid buffering only the lead-time term (stable demand, variable supplier) keeps 1; JIT
+    and JIC levels buffer both terms whatever the policy."""
+    x = pl.DataFrame(
+        {
+            "sigma_review_lead_time_demand": [30.0, 30.0],
+            "mean_demand_per_period": [10.0, 10.0],
+            "lead_time_std_periods": [4.0, 4.0],
+            "policy": ["JIC", "hybrid"],
+            "flag_variable_error": [False, False],
+            "flag_irregular_demand": [False, False],
+            "flag_no_backtest": [False, False],
+            "flag_moderate_lead_time": [False, False],
+            "flag_variable_lead_time": [True, True],
+        }
+    )
+    both = math.sqrt(15**2 + 40**2) / 50
+    recommended = x.select(error_share_factor(pl.lit(0.5), "order_up_to_units", x.columns))
+    assert recommended.to_series().to_list() == pytest.approx([both, 1.0])
+    jic = x.select(error_share_factor(pl.lit(0.5), "order_up_to_jic_units", x.columns))
+    assert jic.to_series().to_list() == pytest.approx([both, both])
+    assert x.select(error_share_factor(pl.lit(0.5), "order_up_to_units", ["policy"])).item() == 0.5  # no sigma: all error

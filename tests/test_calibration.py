@@ -19,6 +19,7 @@ from buffers.calibration import (
     fit_calibration,
     pinball_losses,
     resolve_levels,
+    standardised_errors,
     window_coverage,
     window_errors,
 )
@@ -89,13 +90,18 @@ def test_calibration_brings_held_out_coverage_within_2_points_where_the_normal_b
 
 def test_the_map_never_reads_the_held_out_windows(heavy_tailed):
     fc, classes = heavy_tailed
+    # Two model families of 200 SKUs each: their own maps (2,200 errors each) are checked too.
+    classes = classes.with_columns(
+        model_family=pl.when(pl.col("unique_id").str.slice(-1).cast(pl.Int64) % 2 == 0).then(pl.lit("a")).otherwise(pl.lit("b"))
+    )
     errors = window_errors(fc.cv, fc.plan)
-    first = fit_calibration(errors, classes, TARGETS)
+    first = fit_calibration(errors, classes, TARGETS, family_min_points=1000)
+    assert set(first.levels.filter(pl.col("status") == "calibrated")["model_family"]) == {ALL_FAMILIES, "a", "b"}
     # Shuffle the latest window's errors across SKUs and scale them: only the held-out check may change.
     rng = np.random.default_rng(1)
     latest = errors.filter(pl.col("from_latest") == 0)
     shuffled = latest.with_columns(error=pl.Series(rng.permutation(latest["error"].to_numpy()) * 3.0))
-    second = fit_calibration(pl.concat([errors.filter(pl.col("from_latest") > 0), shuffled]), classes, TARGETS)
+    second = fit_calibration(pl.concat([errors.filter(pl.col("from_latest") > 0), shuffled]), classes, TARGETS, family_min_points=1000)
     assert first.levels["calibrated_level"].to_list() == second.levels["calibrated_level"].to_list()
     assert first.curves.select("nominal", "achieved_before", "achieved_fitted").equals(
         second.curves.select("nominal", "achieved_before", "achieved_fitted")
@@ -257,3 +263,36 @@ def test_buffer_coverage_per_sku_judges_each_window_by_the_other_windows_sigma()
     row = window_coverage(errors, sizing.with_columns(calibrated_service_level=pl.lit(0.9999))).row(0, named=True)
     assert (row["buffer_coverage_before"], row["buffer_coverage_after"]) == pytest.approx((2 / 3, 1.0))
     assert window_coverage(errors.filter(pl.col("cutoff") < 3), sizing).is_empty()  # fewer than 3 windows
+
+
+def test_an_error_the_other_windows_never_showed_counts_as_uncovered_at_any_level():
+    """Fit windows 0, 0, 5 and a latest window: the 5 is judged by a sigma of zero (u = +inf: no buffer from the other
+    windows would have covered it), the zeros by sqrt(25 / 2) (u = 0); an all-zero SKU tells nothing and gives none."""
+    errors = pl.DataFrame(
+        {
+            "unique_id": ["a"] * 4 + ["z"] * 4,
+            "cutoff": [1, 2, 3, 4] * 2,
+            "from_latest": [3, 2, 1, 0] * 2,
+            "exposure": LEAD_TIME,
+            "error": [0.0, 0.0, 5.0, 1.0] + [0.0] * 4,
+        }
+    )
+    u = standardised_errors(errors).sort("set", "u")
+    assert u["unique_id"].unique().to_list() == ["a"]
+    assert u.filter(pl.col("set") == "fit")["u"].to_list() == [0.0, 0.0, float("inf")]
+    assert u.filter(pl.col("set") == "check")["u"].item() > 0
+
+
+def test_family_maps_only_refine_a_class_that_has_its_own_map():
+    errors, _, _ = normal_window_errors(100, 8, seed=2)  # 700 fit errors
+    groups = (
+        errors.select("unique_id")
+        .unique()
+        .with_columns(
+            demand_class=pl.lit("smooth"), model_family=pl.when(pl.col("unique_id") < "s00050").then(pl.lit("a")).otherwise(pl.lit("b"))
+        )
+    )
+    few = fit_calibration(errors, groups, [0.9], min_points=1000, family_min_points=300)
+    assert few.levels["model_family"].to_list() == [ALL_FAMILIES] and few.levels["status"].item().startswith("too_few_windows")
+    enough = fit_calibration(errors, groups, [0.9], min_points=300, family_min_points=300)  # 350 each
+    assert sorted(enough.levels.filter(pl.col("status") == "calibrated")["model_family"]) == sorted([ALL_FAMILIES, "a", "b"])
