@@ -58,7 +58,7 @@ from features.calendar import period_days, series_keys, to_periods
 from features.profile import build_profiles
 from flows.config import BuffercastConfig, load_config
 from flows.plan import backtest_settings, buffer_settings, model_sets, profile_settings
-from forecasting.backtest import COMBINATION, ForecastResult, backtest_and_forecast
+from forecasting.backtest import COMBINATION, MIN_SERIES_FOR_PROCESSES, ForecastResult, backtest_and_forecast
 from forecasting.models import POLARS_FREQ, build_model, without_season
 
 TARGETS = (0.90, 0.95, 0.975, 0.99)
@@ -223,7 +223,7 @@ def long_forecasts(
         sf = StatsForecast(
             models=[build_model(model, spec)],
             freq=POLARS_FREQ["M"],
-            n_jobs=s.n_jobs if ids.len() >= 100 else 1,
+            n_jobs=s.n_jobs if ids.len() >= MIN_SERIES_FOR_PROCESSES else 1,
             fallback_model=build_model(s.fallback, spec),
         )
         out = sf.forecast(h=HOLDOUT, df=panel.join(pl.DataFrame({ID: ids}), on=ID, how="semi").sort(ID, "ds")).sort(ID, "ds")
@@ -264,10 +264,10 @@ def series_table(series: list[dict[str, Any]], run: dict[str, Any], lead_months:
             "simulated_cycle_service_level", "error_cv", "bias",
         ).join(prof, on=ID).join(sel, on=ID).join(inp, on=ID)  # fmt: skip
         rows = []
+        z = stats.norm.ppf(a)
         for uid, ltd, ss, rop in r.select(ID, "lead_time_demand", "safety_stock_units", "reorder_point_units").iter_rows():
             s = by_id[uid]
             x, xx, f = s["x"], s["xx"], run["long"][uid]
-            z = stats.norm.ppf(a)
             tb_ss = z * x.std(ddof=1) * math.sqrt(L)
             tb_rop = x.mean() * L + tb_ss
             windows = [(xx[k : k + L].sum(), math.ceil(f[k : k + L].sum() + ss - 1e-9)) for k in range(HOLDOUT - L + 1)]

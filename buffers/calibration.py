@@ -36,7 +36,7 @@ from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import mean_pinball_loss
 
-from forecasting.backtest import lead_time_weights, quantile_name
+from forecasting.backtest import in_row_order, lead_time_weights, quantile_name
 from forecasting.models import MODEL_FAMILIES
 
 ID = "unique_id"
@@ -52,7 +52,6 @@ Z_GRID = np.round(np.arange(0.0, 4.7501, 0.01), 2)
 GRID = stats.norm.cdf(Z_GRID)
 #: The calibrated nominal level never exceeds this (z = 4.75): beyond, the class's errors are not worth a normal buffer.
 MAX_LEVEL = float(GRID[-1])
-KEYS = ["exposure", "demand_class", "model_family"]
 LEVEL_SCHEMA = {
     "exposure": pl.String, "demand_class": pl.String, "model_family": pl.String, "service_level_target": pl.Float64,
     "calibrated_level": pl.Float64, "status": pl.String, "n_fit": pl.Int64, "n_check": pl.Int64,
@@ -87,16 +86,28 @@ def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
     lead = pl.col("lead_time_periods")
     return (
         cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
-        .sort(ID, "cutoff", "step")  # sums in one order: the same bits every run
+        .sort(ID, "cutoff", "step")
         .group_by(ID, "cutoff", maintain_order=True)
         .agg(
-            (lead_time_weights(pl.col("step"), lead) * error).sum().alias(LEAD_TIME),
-            (lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * error).sum().alias(REVIEW_LEAD_TIME),
+            in_row_order(lead_time_weights(pl.col("step"), lead) * error).list.sum().alias(LEAD_TIME),
+            in_row_order(lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * error).list.sum().alias(REVIEW_LEAD_TIME),
         )
         .with_columns(from_latest=pl.col("cutoff").rank("ordinal", descending=True).over(ID).cast(pl.Int64) - 1)
         .unpivot(index=[ID, "cutoff", "from_latest"], on=list(EXPOSURES), variable_name="exposure", value_name="error")
         .sort(ID, "exposure", "cutoff")
     )
+
+
+def window_sums(errors: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """Per group `by` of `window_errors` rows: `ss`, the sum of squared errors (added in row order: the same bits
+    every run), and `n`, the number of windows."""
+    return errors.group_by(by).agg(ss=in_row_order(pl.col("error") ** 2).list.sum(), n=pl.len())
+
+
+def other_windows_sigma() -> pl.Expr:
+    """On `window_errors` rows joined to their group's `window_sums`: the RMSE of the group's OTHER windows (leave
+    one out)."""
+    return ((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt()
 
 
 def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
@@ -112,10 +123,10 @@ def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
     """
     keys = [ID, "exposure"]
     fit = errors.filter(pl.col("from_latest") > 0)
-    sums = fit.group_by(keys).agg(ss=(pl.col("error") ** 2).sum(), n=pl.len()).filter(pl.col("n") >= 2)
+    sums = window_sums(fit, keys).filter(pl.col("n") >= 2)
     loo = (
         fit.join(sums, on=keys)
-        .with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt(), df=pl.col("n") - 1)
+        .with_columns(sigma=other_windows_sigma(), df=pl.col("n") - 1)
         .select(*keys, pl.lit("fit").alias("set"), u=_ratio(pl.col("error"), pl.col("sigma")), df=pl.col("df"), deployed_df=pl.col("n") + 1)
     )
     check = (
@@ -261,8 +272,7 @@ def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
     normal-method SKUs). SKUs with fewer than 3 windows or no error are left out.
     """
     lead = errors.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
-    lead = lead.with_columns(ss=(pl.col("error") ** 2).sum().over(ID), n=pl.len().over(ID)).filter(pl.col("n") >= 3)
-    lead = lead.with_columns(sigma=((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt())
+    lead = lead.join(window_sums(lead, [ID]), on=ID).filter(pl.col("n") >= 3).with_columns(sigma=other_windows_sigma())
     z = {c: stats.norm.ppf(lead[c].to_numpy()) for c in ("service_level_target", "calibrated_service_level")}
     within = lead.with_columns(
         before=pl.col("error") <= pl.Series(z["service_level_target"]) * pl.col("sigma"),

@@ -22,10 +22,10 @@ import numpy as np
 import polars as pl
 import polars.selectors as cs
 
-from buffers.calibration import REVIEW_LEAD_TIME, window_errors
+from buffers.calibration import REVIEW_LEAD_TIME, other_windows_sigma, window_errors, window_sums
 from buffers.policy import buffered_components
 from buffers.simulate import demand_spike, outage_mask, simulate_order_up_to
-from forecasting.backtest import lead_time_weights
+from forecasting.backtest import in_row_order, lead_time_weights
 
 ID = "unique_id"
 
@@ -94,11 +94,11 @@ def out_of_window_sigma_ratios(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataF
     buffer is the one the policy would have set without having seen that window.
     """
     errors = window_errors(cv, plan).filter(pl.col("exposure") == REVIEW_LEAD_TIME)
-    return errors.with_columns(ss=(pl.col("error") ** 2).sum().over(ID), n=pl.len().over(ID)).select(
+    return errors.join(window_sums(errors, [ID]), on=ID).select(
         ID,
         "cutoff",
         ratio=pl.when((pl.col("n") >= 3) & (pl.col("ss") > 0))
-        .then((((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)) / (pl.col("ss") / pl.col("n"))).sqrt())
+        .then(other_windows_sigma() / (pl.col("ss") / pl.col("n")).sqrt())
         .otherwise(1.0),
     )
 
@@ -138,32 +138,33 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     if cv.is_empty() or not held.dates:
         return levels
     weight = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
+    normal = pl.col("safety_stock_method") != "bootstrap_quantile" if "safety_stock_method" in x.columns else pl.lit(True)
+    ratios = out_of_window_sigma_ratios(cv, x.select(ID, "lead_time_periods", "review_periods"))
+    # One level per SKU and origin, then spread over the periods each origin serves.
+    buffer = pl.col(column) - pl.col("review_lead_time_demand")
+    factor = error_share_factor(pl.col("ratio").fill_null(1.0), column, x.columns).fill_null(1.0)
     per_origin = (
         cv.join(x.select(ID, "lead_time_periods", "review_periods"), on=ID)
         .sort(ID, "cutoff", "step")
         .group_by(ID, "cutoff", maintain_order=True)
-        .agg(_forecast=(weight * pl.col("forecast").clip(0.0, None)).implode().list.sum())
+        .agg(_forecast=in_row_order(weight * pl.col("forecast").clip(0.0, None)).list.sum())
+        .join(ratios, on=[ID, "cutoff"], how="left")
+        .join(x.drop(cs.by_name("cutoff", "ratio", require_all=False)), on=ID)
+        .select(
+            ID,
+            "cutoff",
+            _level=pl.col("_forecast") + pl.when(normal.fill_null(True)).then(buffer * factor).otherwise(buffer),
+        )
     )
     grid = pl.DataFrame({ID: np.repeat(held.ids, len(held.dates)), "ds": held.dates * len(held.ids)}).with_columns(
         _row=pl.int_range(pl.len()).floordiv(len(held.dates)), _col=pl.int_range(pl.len()).mod(len(held.dates))
     )
-    normal = pl.col("safety_stock_method") != "bootstrap_quantile" if "safety_stock_method" in x.columns else pl.lit(True)
-    ratios = out_of_window_sigma_ratios(cv, x.select(ID, "lead_time_periods", "review_periods"))
     matched = (
         grid.sort("ds")
         .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
-        .filter(pl.col("_forecast").is_not_null())
-        .join(ratios, on=[ID, "cutoff"], how="left")
-        .join(x.drop(cs.by_name("ds", "cutoff", "ratio", require_all=False)), on=ID)
-        .with_columns(
-            _buffer=pl.col(column) - pl.col("review_lead_time_demand"),
-            _factor=error_share_factor(pl.col("ratio").fill_null(1.0), column, x.columns).fill_null(1.0),
-        )
-        .with_columns(_buffer=pl.when(normal.fill_null(True)).then(pl.col("_buffer") * pl.col("_factor")).otherwise("_buffer"))
+        .filter(pl.col("_level").is_not_null())
     )
-    levels[matched["_row"].to_numpy(), matched["_col"].to_numpy()] = np.ceil(
-        np.maximum(matched["_forecast"].to_numpy() + matched["_buffer"].to_numpy(), 0.0) - 1e-9
-    )
+    levels[matched["_row"].to_numpy(), matched["_col"].to_numpy()] = np.ceil(np.maximum(matched["_level"].to_numpy(), 0.0) - 1e-9)
     return levels
 
 
@@ -234,10 +235,13 @@ def stress_test(
         "keys": ids,
     }
     unit_cost = x["unit_cost"].to_numpy()
-    supplier = x["supplier_id"].to_list() if "supplier_id" in x.columns else [None] * n
+    # The levels each policy sets at each review do not depend on the scenario: once per policy.
+    levels = {column: x[column].to_numpy() for column in POLICY_LEVELS.values()}
+    varying = {column: level if cv is None else forecast_levels(held, recs, cv, column) for column, level in levels.items()}
+    supplier = x["supplier_id"].cast(pl.String).to_numpy() if "supplier_id" in x.columns else np.full(n, None, dtype=object)
     out = []
     for sc in scenarios:
-        hit = np.arange(n) if sc.suppliers is None else np.flatnonzero([s in set(sc.suppliers) for s in supplier])
+        hit = np.arange(n) if sc.suppliers is None else np.flatnonzero(np.isin(supplier, list(sc.suppliers)))
         kwargs, scenario_demand = {}, demand
         if sc.kind == "lead_time":
             multiplier = np.ones(n)
@@ -250,9 +254,7 @@ def stress_test(
         elif sc.kind != "baseline":
             raise ValueError(f"scenario {sc.name!r}: unknown kind {sc.kind!r} (baseline, lead_time, outage, demand_spike)")
         for policy, column in POLICY_LEVELS.items():
-            level = x[column].to_numpy()
-            varying = level if cv is None else forecast_levels(held, recs, cv, column)
-            r = simulate_order_up_to(scenario_demand, order_up_to=varying, **common, **kwargs)
+            r = simulate_order_up_to(scenario_demand, order_up_to=varying[column], **common, **kwargs)
             total = float(np.nansum(r.demand_total))
             on_hand_value = float(np.nansum(r.average_on_hand * unit_cost))
             out.append(
@@ -270,7 +272,7 @@ def stress_test(
                     "units_short": float(np.nansum(r.units_short)),
                     "average_inventory_value": on_hand_value,
                     "holding_cost_per_year": on_hand_value * holding_rate,
-                    "order_up_to_value": float(np.nansum(level * unit_cost)),
+                    "order_up_to_value": float(np.nansum(levels[column] * unit_cost)),
                 }
             )
     return pl.DataFrame(out)

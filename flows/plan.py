@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from buffers.calibration import ALL_FAMILIES, USABLE, pinball_losses, window_coverage, window_errors
+from buffers.calibration import ALL_FAMILIES, LEVEL_SCHEMA, USABLE, Calibration, pinball_losses, window_coverage, window_errors
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
 from flows import publish as publisher
@@ -123,7 +123,9 @@ def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
 
 
 @task(cache_policy=NO_CACHE)
-def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+def recommend_buffers(
+    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult
+) -> tuple[pl.DataFrame, pl.DataFrame, Calibration | None]:
     """The recommendations (calibrated, simulated over the held-out demand), the stress test and the calibration."""
     return recommend_stage(cfg, as_of, p, fc)
 
@@ -281,7 +283,9 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
     return metrics
 
 
-def calibration_table(as_of: dt.date, calibration: Any, fc: ForecastResult, p: Profiled, cfg: BuffercastConfig) -> pl.DataFrame:
+def calibration_table(
+    as_of: dt.date, calibration: Calibration | None, fc: ForecastResult, p: Profiled, cfg: BuffercastConfig
+) -> pl.DataFrame:
     """The published `calibration` table: per exposure (lead time / review + lead time), demand class, model family
     ("all": the class's map) and target, the nominal level the buffer is sized at and the held-out coverage before
     and after; plus per class and forecast quantile, sklearn's mean pinball loss and the coverage of the per-step
@@ -295,12 +299,7 @@ def calibration_table(as_of: dt.date, calibration: Any, fc: ForecastResult, p: P
         ],
         how="diagonal_relaxed",
     )
-    columns = {
-        "exposure": pl.String, "demand_class": pl.String, "model_family": pl.String, "service_level_target": pl.Float64,
-        "calibrated_level": pl.Float64, "status": pl.String,
-        "n_fit": pl.Int64, "n_check": pl.Int64, "heldout_before": pl.Float64, "heldout_after": pl.Float64, "quantile": pl.String,
-        "pinball_loss": pl.Float64, "coverage": pl.Float64,
-    }  # fmt: skip
+    columns = LEVEL_SCHEMA | {"quantile": pl.String, "pinball_loss": pl.Float64, "coverage": pl.Float64}
     table = table.select([pl.col(c).cast(t) if c in table.columns else pl.lit(None, t).alias(c) for c, t in columns.items()])
     return table.select(pl.lit(as_of).alias("as_of"), pl.all()).sort(
         "exposure", "demand_class", "model_family", "service_level_target", "quantile", nulls_last=True
@@ -358,7 +357,7 @@ def planner_report(
     summary: dict[str, Any],
     changes: pl.DataFrame | None,
     manifest: dict[str, Any],
-    calibration: Any = None,
+    calibration: Calibration | None = None,
 ) -> tuple[dict[str, bytes], str]:
     """The plots (PNG bytes, for the report and MLflow alike) and the HTML report."""
     history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")

@@ -1,7 +1,8 @@
 """Rolling-origin backtest, error metrics, model selection and the lead-time forecast.
 
-SKUs are grouped by (model set, horizon bucket, number of windows): each group is ONE statsforecast
-call (`cross_validation`, then `forecast`), never a call per SKU. The quantity the buffer is sized
+SKUs are grouped (model set, seasonality, trend, horizon bucket, windows, step) and each group goes through
+statsforecast in chunks of SKUs (`cross_validation`, then `forecast`; native-interval models and the others apart),
+never a call per SKU. The quantity the buffer is sized
 from is measured directly (DOMAIN.md): the error of the cumulative forecast over the SKU's lead time,
 one sample per backtest window.
 """
@@ -55,7 +56,7 @@ class BacktestSettings:
     empirical_window: int = 365
     #: SKUs per statsforecast call: the backtest of a chunk is reduced to its metrics before the next chunk starts.
     chunk_size: int = 2000
-    #: Mean of the best k models per SKU competes as model "Combination" (k < 2: off).
+    #: Mean of the best k models per SKU competes as model COMBINATION (k < 2: off).
     combination_k: int = 2
     #: Keep the backtest rows of every model (tests, diagnostics) or only of the chosen one (bounded memory).
     keep_all_backtests: bool = False
@@ -93,13 +94,18 @@ def interval_levels(quantiles: Sequence[float]) -> list[int | float]:
     return sorted({_level(p) for p in quantiles if p != 0.5})
 
 
+def _interval_column(model: str, p: float) -> str:
+    """statsforecast's column of the p-quantile's interval bound (p != 0.5): "AutoETS-hi-90" for 0.95."""
+    return f"{model}-{'hi' if p > 0.5 else 'lo'}-{_level(p)}"
+
+
 def _quantile_expr(model: str, p: float) -> pl.Expr:
     """The p-quantile of a model's forecast, never negative: from its native interval (symmetric: the median is the
     mean), else the empirical quantile column joined next to it (`_empirical_q..`)."""
-    if model not in NATIVE_INTERVALS and model != FALLBACK_ALIAS:
+    if model not in NATIVE_INTERVALS:
         col = pl.col(f"_empirical_{quantile_name(p)}")
     else:
-        col = pl.col(model) if p == 0.5 else pl.col(f"{model}-{'hi' if p > 0.5 else 'lo'}-{_level(p)}")
+        col = pl.col(model) if p == 0.5 else pl.col(_interval_column(model, p))
     return col.clip(0.0, None).alias(quantile_name(p))
 
 
@@ -205,12 +211,7 @@ def _interval_widths(fc: pl.DataFrame, models: Sequence[str], quantiles: Sequenc
             ID,
             pl.lit(m).alias("model"),
             step=pl.col(DS).rank("ordinal").over(ID).cast(pl.Int64),
-            **{
-                f"_width_{quantile_name(p)}": pl.lit(0.0)
-                if p == 0.5
-                else pl.col(f"{m}-{'hi' if p > 0.5 else 'lo'}-{_level(p)}") - pl.col(m)
-                for p in quantiles
-            },
+            **{f"_width_{quantile_name(p)}": pl.lit(0.0) if p == 0.5 else pl.col(_interval_column(m, p)) - pl.col(m) for p in quantiles},
         )
         for m in models
         if m in NATIVE_INTERVALS
@@ -224,7 +225,7 @@ def _backtest_long(
     """The backtest, one row per window, step and model, with quantiles: a native model's point forecast plus the
     interval widths of its final fit at the same step (the residual spread changes little between windows; computing
     intervals in every window would cost more than the fits); the empirical quantiles at each window's cutoff for the
-    others (`empirical_quantiles`, from the demand before the cutoff only)."""
+    others (`empirical_quantiles`, from the demand up to and including the cutoff: training data only)."""
     frames = []
     for m in models:
         base = wide.select(*index, pl.lit(m).alias("model"), pl.col(m).alias("forecast"), pl.col("^_empirical_.*$"))
@@ -233,7 +234,7 @@ def _backtest_long(
                 (pl.col("forecast") + pl.col(f"_width_{quantile_name(p)}")).clip(0.0, None).alias(quantile_name(p)) for p in quantiles
             )
         else:
-            base = base.with_columns(pl.col(f"_empirical_{quantile_name(p)}").clip(0.0, None).alias(quantile_name(p)) for p in quantiles)
+            base = base.with_columns(_quantile_expr(m, p) for p in quantiles)
         frames.append(base.select(*index, "model", "forecast", *[quantile_name(p) for p in quantiles]))
     return pl.concat(frames) if frames else pl.DataFrame()
 
@@ -430,7 +431,7 @@ def _run_chunk(
         .filter(pl.col("step") <= (pl.col("lead_time_periods") + pl.col("review_periods")).ceil().clip(1, None))
         .sort(ID, "cutoff", DS)
     )
-    if empirical is not None:  # the quantiles at each window's origin, from the demand before it only
+    if empirical is not None:  # the quantiles at each window's origin, from the demand up to and including it
         wide = wide.join(empirical.rename({DS: "cutoff"}), on=[ID, "cutoff"], how="left")
     on_lead_time = pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)
     index = [ID, DS, "cutoff", Y, "step", "lead_time_periods", "review_periods"]
@@ -604,7 +605,7 @@ def backtest_and_forecast(
 
     `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
     n_periods, lead_time_periods, review_periods. SKUs go through statsforecast in chunks of `s.chunk_size`
-    per group (model set, seasonality, horizon bucket, windows): each chunk is reduced to its metrics, its
+    per group (model set, seasonality, trend, horizon bucket, windows, step): each chunk is reduced to its metrics, its
     chosen model and that model's backtest and future before the next starts, so memory stays bounded.
     """
     s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group

@@ -120,5 +120,5 @@ MODEL_FAMILIES = {
     "TSB": "croston",
     "ADIDA": "temporal_aggregation",
     "IMAPA": "temporal_aggregation",
-    "Combination": "combination",  # forecasting.backtest.COMBINATION: the mean of the best two
+    "Combination": "combination",  # forecasting.backtest.COMBINATION: the mean of the best `combination_k`
 }

@@ -20,6 +20,7 @@ from flows.cli import app
 from flows.publish import read_manifest, read_table
 from flows.schemas import OUTPUT_SCHEMAS
 from flows.sources import InputError
+from forecasting.backtest import quantile_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -56,7 +57,7 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
             m for c, col in schema.columns.items() for m in ([t for t in table.columns if re.fullmatch(c, t)] if col.regex else [c])
         ]
         assert table.columns == expected, name
-    quantiles = [f"q{round(p * 100):d}" for p in cfg.models.quantiles]
+    quantiles = [quantile_name(p) for p in cfg.models.quantiles]
     assert set(quantiles) <= set(pl.read_parquet(out / "forecasts" / f"as_of={AS_OF}").columns)
     assert {f"coverage_{q}" for q in quantiles} <= set(pl.read_parquet(out / "backtest_metrics" / f"as_of={AS_OF}").columns)
     recs = read_table(out, "recommendations", AS_OF)
