@@ -183,7 +183,7 @@ def run_buffercast(series: list[dict[str, Any]], lead_months: int, n_windows: in
             variable_from=c.volatility.variable_from,
             erratic_from=c.volatility.erratic_from,
             panel=panel,
-            calibration=calibrate_buffers(profiles, fc, settings, with_panel=True),
+            calibration=calibrate_buffers(profiles, fc, settings, panel),
         )
         timing["build_recommendations_s"] += time.perf_counter() - t0
 

@@ -21,8 +21,12 @@ family (`forecasting.models.MODEL_FAMILIES`) gets its own map within its class w
 `family_min_points` errors (and at least `min_points`), is not the whole class, and the class has its own map; its SKUs
 use the class's map otherwise (`resolve_levels`).
 
-Only the normal method is calibrated (its quantile is z x sigma); the bootstrap buffers of intermittent and lumpy
-SKUs are empirical quantiles already and keep their level (status `not_normal_method`).
+The bootstrap buffers of intermittent and lumpy SKUs (an empirical alpha-quantile of bootstrapped lead-time demand)
+get maps of their own per class, from the same windows: the bootstrap drawn from each window's history up to its
+cutoff covers the demand that followed at level alpha exactly when the share of its samples below that demand is
+< alpha (`buffers.lead_time_demand.bootstrap_window_coverage`); u = z(share) and "covered" is u < z(alpha) (strict),
+so the same isotonic fit and inversion apply (`empirical_errors`). No leave-one-out is needed there: a window's
+bootstrap never sees its own demand. No model family either: the bootstrap does not use the model.
 """
 
 from __future__ import annotations
@@ -82,18 +86,26 @@ def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
     `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `plan`: unique_id,
     lead_time_periods, review_periods.
     """
-    error = pl.col("y") - pl.col("forecast")
+    return _per_window(cv, plan, pl.col("y") - pl.col("forecast"), "error")
+
+
+def window_demand(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
+    """As `window_errors`, the demand itself (`actual`) over each exposure after each backtest cutoff."""
+    return _per_window(cv, plan, pl.col("y"), "actual")
+
+
+def _per_window(cv: pl.DataFrame, plan: pl.DataFrame, value: pl.Expr, name: str) -> pl.DataFrame:
     lead = pl.col("lead_time_periods")
     return (
         cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
         .sort(ID, "cutoff", "step")
         .group_by(ID, "cutoff", maintain_order=True)
         .agg(
-            in_row_order(lead_time_weights(pl.col("step"), lead) * error).list.sum().alias(LEAD_TIME),
-            in_row_order(lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * error).list.sum().alias(REVIEW_LEAD_TIME),
+            in_row_order(lead_time_weights(pl.col("step"), lead) * value).list.sum().alias(LEAD_TIME),
+            in_row_order(lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * value).list.sum().alias(REVIEW_LEAD_TIME),
         )
         .with_columns(from_latest=pl.col("cutoff").rank("ordinal", descending=True).over(ID).cast(pl.Int64) - 1)
-        .unpivot(index=[ID, "cutoff", "from_latest"], on=list(EXPOSURES), variable_name="exposure", value_name="error")
+        .unpivot(index=[ID, "cutoff", "from_latest"], on=list(EXPOSURES), variable_name="exposure", value_name=name)
         .sort(ID, "exposure", "cutoff")
     )
 
@@ -148,6 +160,19 @@ def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
     return out.select(*keys, "set").with_columns(u=pl.Series(carried, dtype=pl.Float64))
 
 
+def empirical_errors(shares: pl.DataFrame) -> pl.DataFrame:
+    """unique_id, exposure, set, u for the bootstrap buffers: u = z(share_below) per window (-inf where no sample
+    lies below the demand, +inf where all do); the latest window is the check set. A buffer at level alpha covered
+    the window exactly when u < z(alpha).
+
+    `shares`: unique_id, exposure, from_latest, share_below (`bootstrap_window_coverage`).
+    """
+    u = stats.norm.ppf(shares["share_below"].to_numpy().astype(float))
+    return shares.select(
+        ID, "exposure", set=pl.when(pl.col("from_latest") > 0).then(pl.lit("fit")).otherwise(pl.lit("check"))
+    ).with_columns(u=pl.Series(u, dtype=pl.Float64))
+
+
 def _ratio(error: pl.Expr, sigma: pl.Expr) -> pl.Expr:
     """error / sigma; with a zero sigma, +-inf by the error's sign, null for a zero error."""
     inf = float("inf")
@@ -155,19 +180,34 @@ def _ratio(error: pl.Expr, sigma: pl.Expr) -> pl.Expr:
 
 
 def fit_calibration(
-    errors: pl.DataFrame, groups: pl.DataFrame, targets: Sequence[float], *, min_points: int = 100, family_min_points: int | None = 500
+    errors: pl.DataFrame,
+    groups: pl.DataFrame,
+    targets: Sequence[float],
+    *,
+    min_points: int = 100,
+    family_min_points: int | None = 500,
+    empirical: pl.DataFrame | None = None,
+    empirical_groups: pl.DataFrame | None = None,
 ) -> Calibration:
     """Per exposure and demand class (and model family within it, where the data suffice), the isotonic map
     nominal -> achieved and the calibrated level of each target.
 
     `errors`: from `window_errors`; `groups`: unique_id, demand_class and optionally model_family (only SKUs of the
-    normal method). `family_min_points` None: class maps only.
+    normal method). `family_min_points` None: class maps only. `empirical` (unique_id, exposure, from_latest,
+    share_below) with `empirical_groups` (unique_id, demand_class): the bootstrap buffers' windows, one map per
+    exposure and class (their classes must not be among `groups`').
     """
     groups = groups if "model_family" in groups.columns else groups.with_columns(model_family=pl.lit(None, pl.String))
-    u = standardised_errors(errors).join(groups, on=ID)
+    u = standardised_errors(errors).join(groups, on=ID).with_columns(strict=pl.lit(False))
+    if empirical is not None and empirical_groups is not None and not empirical.is_empty():
+        emp = empirical_errors(empirical).join(empirical_groups.select(ID, "demand_class"), on=ID)
+        clash = set(empirical_groups["demand_class"]) & set(groups["demand_class"])
+        if clash:
+            raise ValueError(f"fit_calibration: classes {sorted(clash)} are both normal-method and bootstrap")
+        u = pl.concat([u, emp.with_columns(model_family=pl.lit(None, pl.String), strict=pl.lit(True))], how="diagonal_relaxed")
     levels: list[dict] = []
     curves: list[pl.DataFrame] = []
-    for (exposure, cls), group in sorted(u.group_by("exposure", "demand_class"), key=lambda g: g[0]):
+    for (exposure, cls, strict), group in sorted(u.group_by("exposure", "demand_class", "strict"), key=lambda g: g[0]):
         parts = [(ALL_FAMILIES, group, min_points)]
         # Family maps refine a class map: none where the class itself has too few errors.
         if family_min_points is not None and group.filter(pl.col("set") == "fit").height >= min_points:
@@ -181,7 +221,7 @@ def fit_calibration(
             key = {"exposure": exposure, "demand_class": cls, "model_family": family}
             fit = np.sort(part.filter(pl.col("set") == "fit")["u"].to_numpy())
             check = part.filter(pl.col("set") == "check")["u"].to_numpy()
-            rows, curve = _fit_map(fit, check, targets, needed)
+            rows, curve = _fit_map(fit, check, targets, needed, strict)
             levels += [key | row for row in rows]
             if curve is not None:
                 curves.append(pl.DataFrame(key | curve))
@@ -191,33 +231,38 @@ def fit_calibration(
     )
 
 
-def _fit_map(fit: np.ndarray, check: np.ndarray, targets: Sequence[float], needed: int) -> tuple[list[dict], dict | None]:
-    """One map: the level rows of each target, and the curve (None when there are too few errors to fit)."""
+def _fit_map(
+    fit: np.ndarray, check: np.ndarray, targets: Sequence[float], needed: int, strict: bool = False
+) -> tuple[list[dict], dict | None]:
+    """One map: the level rows of each target, and the curve (None when there are too few errors to fit).
+    Covered at alpha: u <= z(alpha), or u < z(alpha) when `strict` (the bootstrap's windows)."""
+    side = "left" if strict else "right"
     if fit.size < needed:
         status = f"too_few_windows ({fit.size} < {needed})"
-        return [_level(t, t, status, fit.size, check, t) for t in targets], None
-    achieved = np.searchsorted(fit, Z_GRID, side="right") / fit.size  # share of u <= z(alpha)
+        return [_level(t, t, status, fit.size, check, t, strict) for t in targets], None
+    achieved = np.searchsorted(fit, Z_GRID, side=side) / fit.size  # share of u <= z(alpha) (u < z when strict)
     # Isotonic in the level is isotonic in its z (same order); z keeps the far-tail levels distinct.
     fitted = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(Z_GRID, achieved).predict(Z_GRID)
     rows = []
     for t in targets:
         reach = np.flatnonzero(fitted >= t)
         level = float(min(GRID[reach[0]], MAX_LEVEL)) if reach.size else MAX_LEVEL
-        rows.append(_level(t, level, "calibrated" if reach.size else "capped", fit.size, check, level))
-    check_cov = np.searchsorted(np.sort(check), Z_GRID, side="right") / max(check.size, 1)
+        rows.append(_level(t, level, "calibrated" if reach.size else "capped", fit.size, check, level, strict))
+    check_cov = np.searchsorted(np.sort(check), Z_GRID, side=side) / max(check.size, 1)
     return rows, {"nominal": GRID, "achieved_before": achieved, "achieved_fitted": fitted, "achieved_check": check_cov}
 
 
-def _level(target: float, level: float, status: str, n_fit: int, check: np.ndarray, used: float) -> dict:
+def _level(target: float, level: float, status: str, n_fit: int, check: np.ndarray, used: float, strict: bool) -> dict:
     z_before, z_after = stats.norm.ppf(target), stats.norm.ppf(used)
+    covered = np.less if strict else np.less_equal
     return {
         "service_level_target": float(target),
         "calibrated_level": float(level),
         "status": status,
         "n_fit": int(n_fit),
         "n_check": int(check.size),
-        "heldout_before": float(np.mean(check <= z_before)) if check.size else None,
-        "heldout_after": float(np.mean(check <= z_after)) if check.size else None,
+        "heldout_before": float(np.mean(covered(check, z_before))) if check.size else None,
+        "heldout_after": float(np.mean(covered(check, z_after))) if check.size else None,
     }
 
 

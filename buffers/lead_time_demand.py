@@ -31,7 +31,7 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 def quantile_column(q: float) -> str:
     """Output column of a quantile: 0.95 -> "ltd_q95", 0.975 -> "ltd_q97_5"."""
-    return f"ltd_q{q * 100:g}".replace(".", "_")
+    return f"ltd_q{q * 100:.10g}".replace(".", "_")
 
 
 def bootstrap_lead_time_demand(
@@ -86,42 +86,15 @@ def bootstrap_lead_time_demand(
             f"bootstrap_lead_time_demand: missing columns {missing} (panel has {panel.columns}, lead_times {lead_times.columns})"
         )
 
-    panel = panel.select(id_col, time_col, target_col)
-    in_order = (pl.col(time_col).diff() > 0) | (pl.col(id_col) != pl.col(id_col).shift())
-    if not (panel[id_col].is_sorted() and panel.select(in_order.all()).item()):  # sorting 36M rows costs seconds, checking 0.3 s
-        panel = panel.sort(id_col, time_col)
-    y = panel[target_col].cast(pl.Float64).to_numpy()
-    if np.isnan(y).any():
-        bad = panel.filter(pl.col(target_col).cast(pl.Float64).fill_null(np.nan).is_nan())[id_col].unique()
-        raise ValueError(
-            f"panel.{target_col} is null or NaN in {np.isnan(y).sum()} rows of {bad.len()} SKUs (e.g. {bad.head(3).to_list()}): "
-            "fill missing periods with zeros first"
-        )
-    runs = panel[id_col].rle()  # sorted: one run per SKU
-    ids, length = runs.struct.field("value"), runs.struct.field("len").to_numpy().astype(np.int64)
-    end = np.cumsum(length)
-    # History starts at the first non-zero period (leading zeros are not demand); an all-zero SKU keeps its zeros.
-    nonzero = np.append(np.flatnonzero(y), y.size)
-    first_sale = nonzero[np.searchsorted(nonzero, end - length)]  # first non-zero row at or after each SKU's start
-    first = np.where(first_sale < end, first_sale, end - length)
-    if history_periods is not None:
-        first = np.maximum(first, end - history_periods)
-    used = end - first  # the most recent `used` periods: rows first .. end - 1
-
+    panel, y, ids, start, end = _histories(panel, id_col, time_col, target_col)
+    first, used = _sampled_rows(y, start, end, history_periods)
     lt = pl.DataFrame({id_col: ids}).join(
         lead_times.select(id_col, lead_time_col, lead_time_std_col), on=id_col, how="left", maintain_order="left"
     )
     if lt.height != ids.len():
         raise ValueError(f"lead_times has more than one row for some {id_col}")
-    mean = lt[lead_time_col].cast(pl.Float64).to_numpy()
-    std = lt[lead_time_std_col].cast(pl.Float64).fill_null(0.0).to_numpy()
-    bad = ~(mean >= 0) | ~(std >= 0)  # catches NaN
-    if bad.any():
-        raise ValueError(
-            f"{bad.sum()} SKUs lack a lead time >= 0 (or have a negative/NaN std) in lead_times.{lead_time_col}/{lead_time_std_col}, "
-            f"e.g. {ids.filter(pl.Series(bad)).head(3).to_list()}: give every SKU of the panel a lead time"
-        )
-    keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}\x1f{u}".encode(), digest_size=8).digest(), "little") for u in ids], np.uint64)
+    mean, std = _lead_times(lt, ids, lead_time_col, lead_time_std_col)
+    keys = _keys(seed, [str(u) for u in ids])
 
     means = np.empty(ids.len())
     quants = np.empty((len(qs), ids.len()))
@@ -139,6 +112,111 @@ def bootstrap_lead_time_demand(
             "bootstrap_history_periods": used,
         }
     )
+
+
+def bootstrap_window_coverage(
+    panel: pl.DataFrame,
+    windows: pl.DataFrame,
+    *,
+    seed: int,
+    n_samples: int = 2000,
+    history_periods: int | None = None,
+    chunk_size: int = 500,
+) -> pl.DataFrame:
+    """The bootstrap of `bootstrap_lead_time_demand` judged on backtest windows: per SKU and window, the share of
+    lead-time demand samples drawn from the SKU's history UP TO AND INCLUDING the window's cutoff (never after) that
+    lie strictly below the demand that followed (`share_below`).
+
+    The empirical alpha-quantile (QUANTILE_METHOD) of those samples covers the actual demand exactly when
+    share_below < alpha: the coverage a bootstrap buffer sized at alpha achieved on that window (the isotonic
+    calibration of `buffers.calibration` maps it per demand class).
+
+    `panel`: unique_id, ds, y (as for `bootstrap_lead_time_demand`). `windows`: unique_id, cutoff (a ds of the
+    SKU's panel), lead_time_periods, lead_time_std_periods, actual (demand over the lead time after the cutoff).
+    Returns `windows`' unique_id and cutoff with `share_below`, in the order of `windows`. Deterministic: each
+    window's draws are keyed by (seed, unique_id, cutoff).
+    """
+    need = ["unique_id", "cutoff", "lead_time_periods", "lead_time_std_periods", "actual"]
+    missing = [c for c in need if c not in windows.columns]
+    if missing:
+        raise ValueError(f"bootstrap_window_coverage: windows lacks columns {missing} (has {windows.columns})")
+    if n_samples < 1 or chunk_size < 1 or (history_periods is not None and history_periods < 1):
+        raise ValueError(f"n_samples, chunk_size and history_periods must be >= 1, got {n_samples}, {chunk_size}, {history_periods}")
+    panel, y, ids, start, _ = _histories(panel, "unique_id", "ds", "y")
+    rows = panel.with_row_index("_row").select("unique_id", cutoff="ds", _end=pl.col("_row").cast(pl.Int64) + 1)
+    sku_start = pl.DataFrame({"unique_id": ids, "_start": start})
+    located = windows.select(need).join(rows, on=["unique_id", "cutoff"], how="left", maintain_order="left")
+    located = located.join(sku_start, on="unique_id", how="left", maintain_order="left")
+    lost = located.filter(pl.col("_end").is_null())
+    if lost.height:
+        raise ValueError(
+            f"bootstrap_window_coverage: {lost.height} windows have no (unique_id, cutoff) row in the panel, "
+            f"e.g. {lost.select('unique_id', 'cutoff').head(3).rows()}"
+        )
+    first, used = _sampled_rows(y, located["_start"].to_numpy(), located["_end"].to_numpy(), history_periods)
+    mean, std = _lead_times(located, located["unique_id"], "lead_time_periods", "lead_time_std_periods")
+    keys = _keys(seed, [f"{u}\x1f{c}" for u, c in located.select("unique_id", "cutoff").iter_rows()])
+    actual = located["actual"].cast(pl.Float64).to_numpy()
+    below = np.empty(located.height)
+    for lo in range(0, located.height, chunk_size):
+        sl = slice(lo, lo + chunk_size)
+        samples = _sample_chunk(y, first[sl], used[sl], mean[sl], std[sl], keys[sl], n_samples)
+        # Sums of the same periods in another order may differ in the last bit: a tie is a tie.
+        edge = actual[sl, None] - 1e-9 * np.maximum(np.abs(actual[sl, None]), 1.0)
+        below[sl] = (samples < edge).mean(axis=1)
+    return located.select("unique_id", "cutoff").with_columns(share_below=pl.Series(below))
+
+
+def _histories(
+    panel: pl.DataFrame, id_col: str, time_col: str, target_col: str
+) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray, np.ndarray]:
+    """The panel sorted by SKU and period, its demand as float (no NaN), the SKU ids and each SKU's first and
+    one-past-last row."""
+    panel = panel.select(id_col, time_col, target_col)
+    in_order = (pl.col(time_col).diff() > 0) | (pl.col(id_col) != pl.col(id_col).shift())
+    if not (panel[id_col].is_sorted() and panel.select(in_order.all()).item()):  # sorting 36M rows costs seconds, checking 0.3 s
+        panel = panel.sort(id_col, time_col)
+    y = panel[target_col].cast(pl.Float64).to_numpy()
+    if np.isnan(y).any():
+        bad = panel.filter(pl.col(target_col).cast(pl.Float64).fill_null(np.nan).is_nan())[id_col].unique()
+        raise ValueError(
+            f"panel.{target_col} is null or NaN in {np.isnan(y).sum()} rows of {bad.len()} SKUs (e.g. {bad.head(3).to_list()}): "
+            "fill missing periods with zeros first"
+        )
+    runs = panel[id_col].rle()  # sorted: one run per SKU
+    ids, length = runs.struct.field("value"), runs.struct.field("len").to_numpy().astype(np.int64)
+    end = np.cumsum(length)
+    return panel, y, ids, end - length, end
+
+
+def _sampled_rows(y: np.ndarray, start: np.ndarray, end: np.ndarray, history_periods: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a history start..end - 1 is sampled from: from its first non-zero period (leading zeros are not
+    demand; an all-zero history keeps its zeros), at most the last `history_periods`. Returns (first row, count)."""
+    nonzero = np.append(np.flatnonzero(y), y.size)
+    first_sale = nonzero[np.searchsorted(nonzero, start)]  # first non-zero row at or after each start
+    first = np.where(first_sale < end, first_sale, start)
+    if history_periods is not None:
+        first = np.maximum(first, end - history_periods)
+    return first, end - first
+
+
+def _lead_times(lt: pl.DataFrame, ids: pl.Series, mean_col: str, std_col: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lead-time mean and std per row (a null std: 0), checked >= 0."""
+    mean = lt[mean_col].cast(pl.Float64).to_numpy()
+    std = lt[std_col].cast(pl.Float64).fill_null(0.0).to_numpy()
+    bad = ~(mean >= 0) | ~(std >= 0)  # catches NaN
+    if bad.any():
+        raise ValueError(
+            f"{bad.sum()} SKUs lack a lead time >= 0 (or have a negative/NaN std) in lead_times.{mean_col}/{std_col}, "
+            f"e.g. {ids.filter(pl.Series(bad)).head(3).to_list()}: give every SKU of the panel a lead time"
+        )
+    return mean, std
+
+
+def _keys(seed: int, names: Sequence[str]) -> np.ndarray:
+    """One 64-bit stream key per name: blake2b(seed, name)."""
+    digests = (hashlib.blake2b(f"{seed}\x1f{u}".encode(), digest_size=8).digest() for u in names)
+    return np.array([int.from_bytes(d, "little") for d in digests], np.uint64)
 
 
 def _uniform_bits(keys: np.ndarray, n_samples: int) -> np.ndarray:

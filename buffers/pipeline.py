@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from buffers.calibration import Calibration, fit_calibration, model_family, window_errors
+from buffers.calibration import LEAD_TIME, Calibration, fit_calibration, model_family, window_demand, window_errors
 from buffers.evaluate import Scenario, simulate_recommendations, stress_test
+from buffers.lead_time_demand import bootstrap_window_coverage
 from buffers.recommend import BufferSettings, recommend
 from features.xyz import volatility_classes
 from forecasting.backtest import ForecastResult
@@ -189,22 +190,50 @@ def build_scenarios(
     return table.select(pl.lit(as_of).alias("as_of"), pl.all())
 
 
-def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, settings: BufferSettings, with_panel: bool) -> Calibration | None:
-    """The backtest's calibration maps per exposure, demand class and model family (`buffers.calibration`), for the
-    normal-method SKUs; None when off or without a backtest. `with_panel`: the bootstrap buffers run (their classes
-    are not calibrated)."""
+def calibrate_buffers(
+    profiles: pl.DataFrame, fc: ForecastResult, settings: BufferSettings, panel: pl.DataFrame | None
+) -> Calibration | None:
+    """The backtest's calibration maps per exposure, demand class and model family (`buffers.calibration`); None when
+    off or without a backtest. `panel` (the demand the bootstrap buffers are drawn from): the intermittent and lumpy
+    classes get maps of their bootstrap's coverage of each window (drawn from the history up to its cutoff); without
+    it every class is sized by the normal formula and calibrated as such."""
     if not settings.calibrate or fc.cv.is_empty():
         return None
-    empirical = list(settings.empirical_classes) if with_panel else []
+    empirical = list(settings.empirical_classes) if panel is not None else []
     normal = (
         profiles.filter(~pl.col("demand_class").is_in(empirical))
         .join(fc.selection.select(ID, "model"), on=ID, how="left")
         .select(ID, "demand_class", model_family=model_family(pl.col("model")))
     )
+    bootstrap = profiles.filter(pl.col("demand_class").is_in(empirical)).select(ID, "demand_class")
+    shares = None
+    if panel is not None and not bootstrap.is_empty():
+        lead, review = pl.col("lead_time_periods"), pl.col("review_periods")
+        windows = (
+            window_demand(fc.cv.join(bootstrap, on=ID, how="semi"), fc.plan)
+            .join(fc.plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
+            # The map is learnt at the planned lead time (like the normal maps' errors); the deployed bootstrap adds
+            # the lead time's variability on top.
+            .with_columns(
+                lead_time_periods=pl.when(pl.col("exposure") == LEAD_TIME).then(lead).otherwise(lead + review),
+                lead_time_std_periods=pl.lit(0.0),
+            )
+        )
+        shares = windows.select(ID, "exposure", "from_latest").with_columns(
+            share_below=bootstrap_window_coverage(
+                panel,
+                windows,
+                seed=settings.seed,
+                n_samples=settings.bootstrap_samples,
+                history_periods=settings.bootstrap_history_periods,
+            )["share_below"]
+        )
     return fit_calibration(
         window_errors(fc.cv, fc.plan),
         normal,
         settings.target_levels,
         min_points=settings.calibration_min_points,
         family_min_points=settings.calibration_family_min_points,
+        empirical=shares,
+        empirical_groups=bootstrap,
     )

@@ -139,7 +139,7 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
             pl.format(
                 "{} demand is not normal: buffer = the {} quantile of bootstrapped lead-time demand minus its mean",
                 pl.col("demand_class"),
-                _pct(pl.col("service_level_target")),
+                _pct(pl.col("sizing_level")),
             )
         ),
         pl.when(pl.col("safety_stock_method") == "normal_fill_rate").then(
@@ -156,11 +156,14 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
             (pl.col("calibration_status") == "calibrated") & (pl.col("safety_stock_units") != pl.col("uncalibrated_safety_stock_units"))
         ).then(
             pl.format(
-                "calibrated on the backtest: sized at {} nominal for the {} target (map: {} forecast errors over the lead time), "
+                "calibrated on the backtest: sized at {} nominal for the {} target (map: {} {} over the lead time), "
                 "buffer {} units instead of {}",
                 _pct(pl.col("sizing_level")),
                 _pct(pl.col("service_level_target")),
                 pl.col("calibration_map"),
+                pl.when(pl.col("safety_stock_method") == "bootstrap_quantile")
+                .then(pl.lit("bootstrap quantiles against the demand"))
+                .otherwise(pl.lit("forecast errors")),
                 pl.col("safety_stock_units").cast(pl.Int64),
                 pl.col("uncalibrated_safety_stock_units").cast(pl.Int64),
             )
@@ -190,10 +193,11 @@ def recommend(
     - ROP = lead-time demand + SS (continuous review); S = demand over R + L + SS over R + L (periodic review);
       min = ROP, max = ROP + Q. Never negative; SS rounded up to whole units and pack sizes.
     - A dead, non-critical SKU gets no buffer and nothing to reorder.
-    - `calibration` (`buffers.calibration.Calibration.levels`): a normal-method cycle target is sized at the
-      calibrated nominal level of its model family's map, else its demand class's (`resolve_levels`): the safety
-      stock by the lead-time map (`calibrated_service_level`), the order-up-to level by the review + lead-time map
-      (`calibrated_review_service_level`). `calibration_map` says which map.
+    - `calibration` (`buffers.calibration.Calibration.levels`, fitted with the same `panel` or none): a cycle target
+      is sized at the calibrated nominal level of its model family's map, else its demand class's (`resolve_levels`;
+      a bootstrap SKU's class map is of the bootstrap's coverage): the safety stock by the lead-time map
+      (`calibrated_service_level`), the order-up-to level by the review + lead-time map
+      (`calibrated_review_service_level`). `calibration_map` says which map. Fill-rate targets keep their level.
     - Internal columns for the stress test: `order_up_to_jit_units`, `order_up_to_jic_units` (every SKU at the JIT
       level / with the full buffer at its matrix target).
     """
@@ -216,8 +220,8 @@ def recommend(
     if out["service_level_target"].null_count():
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
-    normal_cycle = ~pl.col("demand_class").is_in(list(s.empirical_classes)) | pl.lit(panel is None)
-    normal_cycle = normal_cycle & (pl.col("service_level_measure") == "cycle")
+    # Cycle targets are calibrated, by the normal method's maps or (intermittent and lumpy with a panel) the bootstrap's.
+    cycle = pl.col("service_level_measure") == "cycle"
     # The calibrated nominal levels (buffers/calibration.py): the reorder point's safety stock by the lead-time map,
     # the order-up-to level by the review + lead-time map; the stress test's pure JIT and JIC levels are calibrated
     # like the recommended one, so the three compare fairly.
@@ -231,14 +235,12 @@ def recommend(
         out = out.join(resolve_levels(out, calibration, exposure, level, name), on="unique_id", how="left")
     usable = pl.col("_lt_status").is_in(USABLE)
     out = out.with_columns(
-        calibration_status=pl.when(normal_cycle).then("_lt_status").otherwise(pl.lit("not_normal_method")),
-        calibration_map=pl.when(normal_cycle & usable).then("_lt_map"),
-        sizing_level=pl.when(normal_cycle & usable).then("_lt").otherwise("service_level_target"),
-        calibrated_review_service_level=pl.when(normal_cycle & pl.col("_rlt_status").is_in(USABLE))
-        .then("_rlt")
-        .otherwise("service_level_target"),
-        _jic_level=pl.when(normal_cycle & (pl.col("_matrix_measure") == "cycle")).then("_jic").otherwise("_matrix_level"),
-        _jit_level=pl.when(normal_cycle).then("_jit").otherwise(pl.lit(s.jit_service_level)),
+        calibration_status=pl.when(cycle).then("_lt_status").otherwise(pl.lit("fill_rate_target")),
+        calibration_map=pl.when(cycle & usable).then("_lt_map"),
+        sizing_level=pl.when(cycle & usable).then("_lt").otherwise("service_level_target"),
+        calibrated_review_service_level=pl.when(cycle & pl.col("_rlt_status").is_in(USABLE)).then("_rlt").otherwise("service_level_target"),
+        _jic_level=pl.when(pl.col("_matrix_measure") == "cycle").then("_jic").otherwise("_matrix_level"),
+        _jit_level=pl.when(cycle).then("_jit").otherwise(pl.lit(s.jit_service_level)),
     ).drop("model_family")
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
@@ -280,19 +282,24 @@ def recommend(
         _factor_jic=_numpy(safety_factor, "_jic_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
         _z_jit=_numpy(z_for_cycle_service_level, "_jit_level"),
     )
-    levels = s.target_levels
+    # The bootstrap's quantiles at every level an empirical SKU is sized at: the targets and their calibrated levels.
+    sized_at = out.filter(pl.col("_empirical")).select(
+        pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
+    )
+    levels = sorted(set(s.target_levels) | set(sized_at.to_series().drop_nulls().to_list()))
     boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
     empirical = pl.col("_empirical") & pl.col("_lt_mean").is_not_null() if "_lt_mean" in out.columns else pl.lit(False)
     normal_ss = (pl.col("safety_factor_z") * pl.col("sigma_buffered")).clip(0.0, None)
     normal_review_ss = (pl.col("_factor_review") * pl.col("_sigma_review_buffered")).clip(0.0, None)
     if "_lt_mean" in out.columns:
-        emp_ss = (_at_target("lt", levels) - pl.col("_lt_mean")).clip(0.0, None)
-        emp_review_ss = (_at_target("rlt", levels) - pl.col("_rlt_mean")).clip(0.0, None)
-        emp_jit = (pl.col(f"_rlt_{s.jit_service_level}") - pl.col("_rlt_mean")).clip(0.0, None)
-        emp_jic = (_at_target("rlt", levels, "_matrix_level") - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_ss = (_at_target("lt", levels, "sizing_level") - pl.col("_lt_mean")).clip(0.0, None)
+        emp_uncalibrated = (_at_target("lt", levels) - pl.col("_lt_mean")).clip(0.0, None)
+        emp_review_ss = (_at_target("rlt", levels, "calibrated_review_service_level") - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_jit = (_at_target("rlt", levels, "_jit_level") - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_jic = (_at_target("rlt", levels, "_jic_level") - pl.col("_rlt_mean")).clip(0.0, None)
     else:
-        emp_ss = emp_review_ss = emp_jit = emp_jic = pl.lit(None, pl.Float64)
+        emp_ss = emp_uncalibrated = emp_review_ss = emp_jit = emp_jic = pl.lit(None, pl.Float64)
     # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.
     covered = pl.when(pl.col("sigma_total") > 0).then(pl.col("safety_factor_z") * pl.col("sigma_buffered") / pl.col("sigma_total"))
     out = out.with_columns(_covered=covered).with_columns(
@@ -315,7 +322,8 @@ def recommend(
     pack = pl.col("pack_size")
     buffer = round_up_units(pl.col("_ss"), pack)
     uncalibrated = round_up_units(
-        pl.when(empirical).then(pl.col("_ss")).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None)), pack
+        pl.when(empirical).then(emp_uncalibrated).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None)),
+        pack,
     )
     nothing = no_buffer()
     out = (

@@ -152,7 +152,7 @@ def recommend_stage(
     """The recommendations (calibrated on the backtest, replayed over the held-out demand), the disruption stress
     test and the calibration (None when off)."""
     settings = buffer_settings(cfg)
-    calibration = calibrate_buffers(p.profiles, fc, settings, with_panel=True)
+    calibration = calibrate_buffers(p.profiles, fc, settings, p.panel)
     recs = build_recommendations(
         as_of=as_of,
         profiles=p.profiles,

@@ -425,7 +425,7 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "calibrated_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "calibrated_review_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "calibration_status": _col(
-                pl.String, checks=pa.Check.isin(["calibrated", "capped", "too_few_windows", "not_calibrated", "not_normal_method"])
+                pl.String, checks=pa.Check.isin(["calibrated", "capped", "too_few_windows", "not_calibrated", "fill_rate_target"])
             ),
             "calibration_map": _col(pl.String, nullable=True),
             "uncalibrated_safety_stock_units": _col(pl.Float64, checks=_NON_NEGATIVE),

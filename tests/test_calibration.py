@@ -16,6 +16,7 @@ from buffers.calibration import (
     ALL_FAMILIES,
     EXPOSURES,
     LEAD_TIME,
+    empirical_errors,
     fit_calibration,
     pinball_losses,
     resolve_levels,
@@ -23,6 +24,7 @@ from buffers.calibration import (
     window_coverage,
     window_errors,
 )
+from buffers.lead_time_demand import bootstrap_lead_time_demand, bootstrap_window_coverage
 from buffers.recommend import recommend
 from flows.config import load_config
 from flows.core import backtest_settings
@@ -296,3 +298,121 @@ def test_family_maps_only_refine_a_class_that_has_its_own_map():
     assert few.levels["model_family"].to_list() == [ALL_FAMILIES] and few.levels["status"].item().startswith("too_few_windows")
     enough = fit_calibration(errors, groups, [0.9], min_points=300, family_min_points=300)  # 350 each
     assert sorted(enough.levels.filter(pl.col("status") == "calibrated")["model_family"]) == sorted([ALL_FAMILIES, "a", "b"])
+
+
+NO_ERRORS = pl.DataFrame(
+    schema={"unique_id": pl.String, "cutoff": pl.Int64, "from_latest": pl.Int64, "exposure": pl.String, "error": pl.Float64}
+)
+NO_GROUPS = pl.DataFrame(schema={"unique_id": pl.String, "demand_class": pl.String})
+
+
+@pytest.fixture(scope="module")
+def drifting_intermittent():
+    """800 SKUs of Poisson demand whose rate drifts (a random walk in its log, sd 0.08 a period, from 0.4), 500
+    periods, L = 4, 12 backtest windows: the bootstrap of the last 365 periods is too narrow for the demand that
+    follows (it mixes old rates in, but the next weeks' rate has moved on), so its quantiles under-cover."""
+    n, periods, lead, n_windows = 800, 500, 4, 12
+    rng = np.random.default_rng(11)
+    rate = 0.4 * np.exp(np.cumsum(rng.normal(0, 0.08, (n, periods)), axis=1))
+    y = rng.poisson(np.minimum(rate / rate[:, :1] * 0.4, 20)).astype(float)
+    y[:, 0] = 3.0
+    ids = [f"s{i:04d}" for i in range(n)]
+    panel = pl.DataFrame({"unique_id": np.repeat(ids, periods), "ds": np.tile(np.arange(periods), n), "y": y.ravel()})
+    cutoffs = [periods - 1 - lead - k * lead for k in range(n_windows)]  # the latest first: from_latest = k
+    windows = pl.DataFrame(
+        [(u, c, float(y[i, c + 1 : c + 1 + lead].sum()), k) for i, u in enumerate(ids) for k, c in enumerate(cutoffs)],
+        schema=["unique_id", "cutoff", "actual", "from_latest"],
+        orient="row",
+    ).with_columns(lead_time_periods=pl.lit(float(lead)), lead_time_std_periods=pl.lit(0.0), exposure=pl.lit(LEAD_TIME))
+    return panel, windows, pl.DataFrame({"unique_id": ids, "demand_class": "intermittent"})
+
+
+def bootstrap_calibration(panel, windows, classes):
+    share = bootstrap_window_coverage(panel, windows, seed=1, history_periods=365)["share_below"]
+    shares = windows.select("unique_id", "exposure", "from_latest").with_columns(share_below=share)
+    return fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=shares, empirical_groups=classes), shares
+
+
+def test_calibrating_the_bootstrap_brings_held_out_coverage_within_2_points_where_it_misses(drifting_intermittent):
+    calibration, _ = bootstrap_calibration(*drifting_intermittent)
+    rows = class_levels(calibration)
+    assert set(rows) == set(TARGETS) and all(r["demand_class"] == "intermittent" for r in rows.values())
+    before = {t: r["heldout_before"] for t, r in rows.items()}
+    after = {t: r["heldout_after"] for t, r in rows.items()}
+    print("\nbootstrap held-out coverage before", before, "after", after)
+    assert max(t - b for t, b in before.items()) > 0.03  # measured: 78.8 / 86.0 / 91.3 / 93.9 %
+    for t, r in rows.items():
+        assert r["status"] == "calibrated" and r["n_fit"] == 800 * 11 and r["n_check"] == 800
+        assert abs(after[t] - t) <= 0.02, (t, after[t])  # measured: 80.8 / 90.5 / 95.4 / 96.5 %
+        assert r["calibrated_level"] >= t  # a bootstrap that under-covers is sized higher
+
+
+def test_the_bootstrap_map_never_reads_the_held_out_windows(drifting_intermittent):
+    panel, windows, classes = drifting_intermittent
+    calibration, shares = bootstrap_calibration(panel, windows, classes)
+    # Any other demand in the latest window (and the shares' rows in another order): the same map.
+    rng = np.random.default_rng(0)
+    moved = shares.with_columns(
+        share_below=pl.when(pl.col("from_latest") == 0).then(pl.Series(rng.random(shares.height))).otherwise("share_below")
+    ).sample(fraction=1.0, shuffle=True, seed=3)
+    again = fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=moved, empirical_groups=classes)
+    cols = ["exposure", "demand_class", "service_level_target", "calibrated_level", "status", "n_fit"]
+    assert again.levels.select(cols).equals(calibration.levels.select(cols))
+    assert again.curves.select("nominal", "achieved_before", "achieved_fitted").equals(
+        calibration.curves.select("nominal", "achieved_before", "achieved_fitted")
+    )
+
+
+def test_bootstrap_errors_are_covered_strictly_below_the_level():
+    # share_below < alpha is covered: u = z(share) < z(alpha). A share of exactly alpha is not covered.
+    shares = pl.DataFrame({"unique_id": ["a", "a", "a"], "exposure": LEAD_TIME, "from_latest": [2, 1, 0], "share_below": [0.0, 0.5, 1.0]})
+    u = empirical_errors(shares)
+    assert u["set"].to_list() == ["fit", "fit", "check"]
+    assert u["u"].to_list() == [-np.inf, 0.0, np.inf]
+    lumpy = pl.DataFrame({"unique_id": ["a"], "demand_class": ["lumpy"]})
+    calibration = fit_calibration(NO_ERRORS, NO_GROUPS, [0.9], min_points=2, empirical=shares, empirical_groups=lumpy)
+    row = calibration.levels.row(0, named=True)
+    # Fit: one window always covered, the other (share 0.5) only above 50%: at the level 0.5 half is covered, at the
+    # next grid level (z = 0.01) both are. Non-strict (u <= z) would have called 0.5 enough.
+    assert row["calibrated_level"] == pytest.approx(stats.norm.cdf(0.01)) and row["calibrated_level"] > 0.5
+    assert row["heldout_before"] == 0.0 and row["heldout_after"] == 0.0  # nothing covers a demand above every sample
+    with pytest.raises(ValueError, match="both normal-method and bootstrap"):
+        fit_calibration(
+            NO_ERRORS,
+            pl.DataFrame({"unique_id": ["b"], "demand_class": ["lumpy"]}),
+            [0.5],
+            empirical=shares,
+            empirical_groups=lumpy,
+        )
+
+
+def test_a_calibrated_bootstrap_buffer_is_its_quantile_at_the_calibrated_level():
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.2) * rng.integers(1, 9, 400)
+    y[0] = 4
+    ds = pl.date_range(dt.date(2025, 1, 1), dt.date(2026, 2, 4), eager=True)
+    panel = pl.DataFrame({"unique_id": "S1", "ds": ds, "y": y.astype(float)})
+    sku = pl.DataFrame([JIT_SKU], schema_overrides={"pack_size": pl.Float64}).with_columns(
+        demand_class=pl.lit("intermittent"), lead_time_days=pl.lit(40.0), lead_time_periods=pl.lit(40.0), lead_time_std_days=pl.lit(0.0),
+        abc_class=pl.lit("A"), critical=pl.lit(True), pack_size=pl.lit(None, pl.Float64),
+    )  # fmt: skip
+    plain = recommend(sku, SETTINGS, panel).row(0, named=True)
+    target = plain["service_level_target"]
+    levels = levels_frame({target: 0.993}, cls="intermittent")
+    row = recommend(sku, SETTINGS, panel, levels).row(0, named=True)
+    boot = bootstrap_lead_time_demand(
+        panel,
+        pl.DataFrame({"unique_id": ["S1"], "lead_time_periods": [40.0], "lead_time_std_periods": [0.0]}),
+        [target, 0.993],
+        seed=SETTINGS.seed,
+        n_samples=SETTINGS.bootstrap_samples,
+        history_periods=SETTINGS.bootstrap_history_periods,
+    ).row(0, named=True)
+    assert row["safety_stock_method"] == "bootstrap_quantile" and row["calibration_status"] == "calibrated"
+    assert (row["calibrated_service_level"], row["calibration_map"]) == (0.993, "intermittent")
+    assert row["safety_stock_units"] == np.ceil(boot["ltd_q99_3"] - boot["bootstrap_mean"] - 1e-9)
+    assert row["uncalibrated_safety_stock_units"] == plain["safety_stock_units"]
+    assert plain["safety_stock_units"] == np.ceil(boot[f"ltd_q{target * 100:g}".replace(".", "_")] - boot["bootstrap_mean"] - 1e-9)
+    assert row["safety_stock_units"] > row["uncalibrated_safety_stock_units"]
+    assert "the 99.3% quantile of bootstrapped lead-time demand" in row["reasons"]
+    assert "map: intermittent bootstrap quantiles against the demand" in row["reasons"]

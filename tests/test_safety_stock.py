@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from scipy import optimize, stats
 
-from buffers.lead_time_demand import _window_sums, bootstrap_lead_time_demand, quantile_column
+from buffers.lead_time_demand import QUANTILE_METHOD, _window_sums, bootstrap_lead_time_demand, bootstrap_window_coverage, quantile_column
 from buffers.safety_stock import (
     economic_order_quantity,
     normal_loss,
@@ -219,3 +219,57 @@ def test_bootstrap_bad_inputs_name_what_is_wrong():
     panel = panel_of({"a": [1.0, 2.0]}).with_columns(y=pl.Series([1.0, None]))
     with pytest.raises(ValueError, match=r"panel.y is null or NaN in 1 rows of 1 SKUs \(e.g. \['a'\]\)"):
         bootstrap_lead_time_demand(panel, lead_times_of({"a": (1.0, 0.0)}), seed=1)
+
+
+def windows_of(rows: list[tuple[str, int, float, float]]) -> pl.DataFrame:
+    """(unique_id, cutoff, lead time, actual) -> the `windows` of `bootstrap_window_coverage` (fixed lead times)."""
+    return pl.DataFrame(rows, schema=["unique_id", "cutoff", "lead_time_periods", "actual"], orient="row").with_columns(
+        lead_time_std_periods=pl.lit(0.0)
+    )
+
+
+def test_share_below_is_exactly_the_coverage_of_the_empirical_quantile():
+    # What calibrating the bootstrap rests on: the inverted-CDF alpha-quantile of the samples covers an actual demand
+    # exactly when the share of samples strictly below it is < alpha (ties and discrete demand included).
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        samples = rng.integers(0, 6, int(rng.integers(1, 40))).astype(float)
+        actual, alpha = float(rng.integers(0, 7)), float(rng.choice([0.1, 0.5, 0.8, 0.9, 0.95, rng.random()]))
+        covered = actual <= np.quantile(samples, alpha, method=QUANTILE_METHOD)
+        assert covered == ((samples < actual).mean() < alpha), (samples, actual, alpha)
+
+
+def test_window_coverage_of_a_lumpy_history_by_hand():
+    # An order of 200 every 50 periods, L = 5: about 10% of the windows hold the order (share below 200: ~0.9).
+    y = np.zeros(1000)
+    y[::50] = 200.0
+    cov = bootstrap_window_coverage(
+        panel_of({"lumpy": y}),
+        # Histories of whole 50-period cycles (to 899, to 499), so the circular windows never join two orders.
+        windows_of([("lumpy", 899, 5.0, 0.0), ("lumpy", 899, 5.0, 200.0), ("lumpy", 899, 5.0, 201.0), ("lumpy", 499, 5.0, 100.0)]),
+        seed=1,
+    )
+    share = cov["share_below"].to_list()
+    assert share[0] == 0.0 and share[2] == 1.0
+    assert share[1] == pytest.approx(0.9, abs=0.03)  # Monte Carlo sd sqrt(0.09 / 2000) = 0.007
+    assert share[3] == pytest.approx(0.9, abs=0.03)  # only the empty windows lie below 100
+    assert cov.select("unique_id", "cutoff").rows() == [("lumpy", 899)] * 3 + [("lumpy", 499)]
+
+
+def test_window_coverage_never_reads_the_demand_after_its_cutoff():
+    rng = np.random.default_rng(8)
+    y = rng.poisson(1.5, 400).astype(float)
+    windows = windows_of([("s", 200, 4.0, 7.0), ("s", 300, 4.0, 7.0)])
+    before = bootstrap_window_coverage(panel_of({"s": y}), windows, seed=3)["share_below"].to_list()
+    later = y.copy()
+    later[301:] = 50.0  # after both cutoffs (a cutoff's own period is history)
+    assert bootstrap_window_coverage(panel_of({"s": later}), windows, seed=3)["share_below"].to_list() == before
+    between = y.copy()
+    between[201:301] = 50.0  # after the first cutoff, before the second
+    moved = bootstrap_window_coverage(panel_of({"s": between}), windows, seed=3)["share_below"].to_list()
+    assert moved[0] == before[0] and moved[1] < before[1]  # bigger samples: fewer below the same actual
+
+
+def test_window_coverage_names_windows_missing_from_the_panel():
+    with pytest.raises(ValueError, match=r"1 windows have no \(unique_id, cutoff\) row in the panel.*'s', 999"):
+        bootstrap_window_coverage(panel_of({"s": [1.0] * 10}), windows_of([("s", 5, 2.0, 1.0), ("s", 999, 2.0, 1.0)]), seed=0)
