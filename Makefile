@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python bench/m3_service_levels.py
 	$(BIN)/python bench/m3_service_levels.py --no-calibrate --out bench/results/m3_service_levels_uncalibrated.json
 	$(BIN)/python bench/forecast_speed.py
+	$(BIN)/python bench/bootstrap_speed.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)
 clean:

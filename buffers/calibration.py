@@ -71,6 +71,8 @@ CURVE_SCHEMA = {
 class Calibration:
     levels: pl.DataFrame  # LEVEL_SCHEMA: one row per exposure, class, family ("all": the class) and target
     curves: pl.DataFrame  # CURVE_SCHEMA: the raw and fitted maps on GRID, and the held-out windows' coverage
+    #: the bootstrap buffers' windows the maps were fitted on: unique_id, exposure, cutoff, from_latest, share_below
+    bootstrap_windows: pl.DataFrame | None = None
 
 
 def model_family(model: pl.Expr) -> pl.Expr:
@@ -327,6 +329,24 @@ def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
         within.filter(pl.col("ss") > 0)
         .group_by(ID)
         .agg(buffer_coverage_before=pl.col("before").mean(), buffer_coverage_after=pl.col("after").mean())
+        .sort(ID)
+    )
+
+
+def bootstrap_coverage(shares: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
+    """Per bootstrap SKU: the share of its backtest windows whose lead-time demand the bootstrap's quantile, drawn
+    from the history up to each window's cutoff, covered at the target (`buffer_coverage_before`) and at the level it
+    is sized at (`buffer_coverage_after`): share_below < level (`empirical_errors`).
+
+    `shares`: `Calibration.bootstrap_windows`; `sizing`: unique_id, service_level_target, calibrated_service_level.
+    """
+    lead = shares.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
+    return (
+        lead.group_by(ID)
+        .agg(
+            buffer_coverage_before=(pl.col("share_below") < pl.col("service_level_target")).mean(),
+            buffer_coverage_after=(pl.col("share_below") < pl.col("calibrated_service_level")).mean(),
+        )
         .sort(ID)
     )
 

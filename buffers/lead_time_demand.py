@@ -241,6 +241,8 @@ def _sample_chunk(
     # n / 2^32), the low 32 bits the lead time through the normal inverse CDF.
     bits = _uniform_bits(keys, n_samples)
     start = (((bits >> np.uint64(32)) * n.astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
+    if not std.any():  # fixed lead times (the calibration's windows): the same numbers without the normal draws
+        return _window_sums(cs, base, n, total, start, mean[:, None])
     z = special.ndtri(((bits & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * 2.0**-32)
     return _window_sums(cs, base, n, total, start, np.maximum(mean[:, None] + std[:, None] * z, 0.0))
 

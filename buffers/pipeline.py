@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -219,7 +219,7 @@ def calibrate_buffers(
                 lead_time_std_periods=pl.lit(0.0),
             )
         )
-        shares = windows.select(ID, "exposure", "from_latest").with_columns(
+        shares = windows.select(ID, "exposure", "cutoff", "from_latest").with_columns(
             share_below=bootstrap_window_coverage(
                 panel,
                 windows,
@@ -228,7 +228,7 @@ def calibrate_buffers(
                 history_periods=settings.bootstrap_history_periods,
             )["share_below"]
         )
-    return fit_calibration(
+    calibration = fit_calibration(
         window_errors(fc.cv, fc.plan),
         normal,
         settings.target_levels,
@@ -237,3 +237,4 @@ def calibrate_buffers(
         empirical=shares,
         empirical_groups=bootstrap,
     )
+    return replace(calibration, bootstrap_windows=shares)

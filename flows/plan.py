@@ -20,7 +20,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from buffers.calibration import ALL_FAMILIES, LEVEL_SCHEMA, USABLE, Calibration, pinball_losses, window_coverage, window_errors
+from buffers.calibration import (
+    ALL_FAMILIES,
+    LEVEL_SCHEMA,
+    USABLE,
+    Calibration,
+    bootstrap_coverage,
+    pinball_losses,
+    window_coverage,
+    window_errors,
+)
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import change_counts, compare_runs
 from flows import publish as publisher
@@ -130,23 +139,29 @@ def recommend_buffers(
     return recommend_stage(cfg, as_of, p, fc)
 
 
-def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFrame) -> pl.DataFrame:
-    """unique_id, model (the chosen one), buffer_coverage_before/after (`buffers.calibration.window_coverage`) of the
-    normal-method SKUs: how often the safety stock at the target / at its calibrated level covered the backtest."""
-    sizing = (
-        recs.filter(pl.col("safety_stock_method") == "normal_cycle")
-        .join(key_cols, on=["sku_id", "location_id"], nulls_equal=True)
-        .select("unique_id", "model", "service_level_target", "calibrated_service_level")
+def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFrame, calibration: Calibration | None) -> pl.DataFrame:
+    """unique_id, model (the chosen one), buffer_coverage_before/after of the cycle-target SKUs: how often the safety
+    stock at the target / at its calibrated level covered the backtest windows. Normal-method SKUs by the sigma of
+    their other windows (`buffers.calibration.window_coverage`); bootstrap SKUs by the bootstrap drawn from the
+    history up to each cutoff (`bootstrap_coverage`, when calibration ran)."""
+    sizing = recs.join(key_cols, on=["sku_id", "location_id"], nulls_equal=True).select(
+        "unique_id", "model", "safety_stock_method", "service_level_target", "calibrated_service_level"
     )
-    if fc.cv.is_empty() or sizing.is_empty():
-        return pl.DataFrame(
-            schema={"unique_id": pl.String, "model": pl.String, "buffer_coverage_before": pl.Float64, "buffer_coverage_after": pl.Float64}
-        )
-    coverage = window_coverage(window_errors(fc.cv, fc.plan), sizing.drop("model"))
-    return coverage.join(sizing.select("unique_id", "model"), on="unique_id")
+    columns = ["unique_id", "service_level_target", "calibrated_service_level"]
+    normal = sizing.filter(pl.col("safety_stock_method") == "normal_cycle")
+    boot = sizing.filter(pl.col("safety_stock_method") == "bootstrap_quantile", pl.col("service_level_target").is_not_null())
+    parts = [pl.DataFrame(schema={"unique_id": pl.String, "buffer_coverage_before": pl.Float64, "buffer_coverage_after": pl.Float64})]
+    if not fc.cv.is_empty() and not normal.is_empty():
+        parts.append(window_coverage(window_errors(fc.cv, fc.plan), normal.select(columns)))
+    windows = calibration.bootstrap_windows if calibration is not None else None
+    if windows is not None and not boot.is_empty():
+        parts.append(bootstrap_coverage(windows, boot.select(columns)))
+    return pl.concat(parts, how="vertical_relaxed").join(sizing.select("unique_id", "model"), on="unique_id")
 
 
-def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs) -> dict[str, pl.DataFrame]:
+def output_tables(
+    as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, inputs: Inputs, calibration: Calibration | None = None
+) -> dict[str, pl.DataFrame]:
     """The published tables in their contract shape, each validated by its pandera schema."""
     key_cols = p.keys.select("unique_id", "sku_id", "location_id")
     selected = fc.selection.select("unique_id", "model", selected=pl.lit(True))
@@ -166,7 +181,7 @@ def output_tables(as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Pro
         .sort("sku_id", "location_id", "date"),
         "backtest_metrics": fc.metrics.join(key_cols, on="unique_id")
         .join(selected, on=["unique_id", "model"], how="left")
-        .join(buffer_coverage(recs, fc, key_cols), on=["unique_id", "model"], how="left")
+        .join(buffer_coverage(recs, fc, key_cols, calibration), on=["unique_id", "model"], how="left")
         .select(
             stamp,
             "sku_id",
@@ -527,7 +542,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     p = profile.with_options(timeout_seconds=t.profile)(cfg, sales, master, as_of)
     fc = forecast.with_options(timeout_seconds=t.forecast)(cfg, p)
     recs, stress, calibration = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
-    tables = output_tables(as_of, recs, fc, p, inputs) | {
+    tables = output_tables(as_of, recs, fc, p, inputs, calibration) | {
         "scenarios": validate_output("scenarios", stress),
         "calibration": validate_output("calibration", calibration_table(as_of, calibration, fc, p, cfg)),
     }

@@ -16,6 +16,7 @@ from buffers.calibration import (
     ALL_FAMILIES,
     EXPOSURES,
     LEAD_TIME,
+    bootstrap_coverage,
     empirical_errors,
     fit_calibration,
     pinball_losses,
@@ -416,3 +417,21 @@ def test_a_calibrated_bootstrap_buffer_is_its_quantile_at_the_calibrated_level()
     assert row["safety_stock_units"] > row["uncalibrated_safety_stock_units"]
     assert "the 99.3% quantile of bootstrapped lead-time demand" in row["reasons"]
     assert "map: intermittent bootstrap quantiles against the demand" in row["reasons"]
+
+
+def test_bootstrap_buffer_coverage_per_sku_counts_windows_below_the_level():
+    # Windows whose demand left 0%, 50%, 96% and 100% of the bootstrap below it: at a 95% target the quantile
+    # covers the first two, sized at 97% the first three. The review + lead-time windows are not the safety stock's.
+    shares = pl.DataFrame(
+        {
+            "unique_id": "a",
+            "exposure": [LEAD_TIME] * 4 + ["review_lead_time"],
+            "cutoff": [1, 2, 3, 4, 4],
+            "from_latest": [3, 2, 1, 0, 0],
+            "share_below": [0.0, 0.5, 0.96, 1.0, 0.0],
+        }
+    )
+    sizing = pl.DataFrame({"unique_id": ["a", "b"], "service_level_target": [0.95, 0.9], "calibrated_service_level": [0.97, 0.9]})
+    row = bootstrap_coverage(shares, sizing).row(0, named=True)
+    assert (row["unique_id"], row["buffer_coverage_before"], row["buffer_coverage_after"]) == ("a", 0.5, 0.75)
+    assert bootstrap_coverage(shares, sizing).height == 1  # no windows, no row

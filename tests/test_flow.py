@@ -90,11 +90,13 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     metrics = read_table(out, "backtest_metrics", AS_OF)
     chosen = metrics.filter("selected").select("sku_id", "model")
     assert recs.filter(pl.col("backtest_windows") > 0).select("sku_id", "model").sort("sku_id").equals(chosen.sort("sku_id"))
-    # Buffer coverage before/after calibration: on the chosen model's rows of normal-method SKUs only.
+    # Buffer coverage before/after calibration: on the chosen model's rows of cycle-target SKUs only, normal-method
+    # and bootstrap alike.
     covered = metrics.filter(pl.col("buffer_coverage_after").is_not_null())
     assert covered.height >= 1 and covered["selected"].all()
-    normal = recs.filter(pl.col("safety_stock_method") == "normal_cycle").select("sku_id")
-    assert covered.join(normal, on="sku_id", how="anti").is_empty()
+    method = covered.join(recs.select("sku_id", "safety_stock_method", "service_level_measure"), on="sku_id")
+    assert set(method["safety_stock_method"]) == {"normal_cycle", "bootstrap_quantile"}
+    assert set(method["service_level_measure"]) == {"cycle"}
     calibration = read_table(out, "calibration", AS_OF).filter(pl.col("service_level_target").is_not_null())
     assert set(calibration["exposure"]) == {"lead_time", "review_lead_time"} and "all" in set(calibration["model_family"])
 
