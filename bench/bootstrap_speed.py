@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,8 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from profile_m5 import machine
 
 from buffers.lead_time_demand import bootstrap_lead_time_demand, bootstrap_window_coverage
 
@@ -93,12 +94,7 @@ def main() -> None:
         "times_s": times,
         "median_s": med,
         "ratio_calibration_to_recommendation": med["calibration_windows_s"] / med["recommendation_bootstrap_s"],
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu_model": platform.processor(),
-            "python": platform.python_version(),
-            "polars": pl.__version__,
-        },
+        "machine": machine(),
     }
     print(
         f"{args.skus:,} SKUs x {args.periods} periods, {args.windows} windows x 2 exposures, {SAMPLES} samples per draw, "

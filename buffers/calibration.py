@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import mean_pinball_loss
@@ -163,15 +164,18 @@ def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
 
 
 def empirical_errors(shares: pl.DataFrame) -> pl.DataFrame:
-    """unique_id, exposure, set, u for the bootstrap buffers: u = z(share_below) per window (-inf where no sample
-    lies below the demand, +inf where all do); the latest window is the check set. A buffer at level alpha covered
-    the window exactly when u < z(alpha).
+    """unique_id, exposure, set, u (and demand_class when `shares` has it) for the bootstrap buffers:
+    u = z(share_below) per window (-inf where no sample lies below the demand, +inf where all do); the latest window
+    is the check set. A buffer at level alpha covered the window exactly when u < z(alpha).
 
     `shares`: unique_id, exposure, from_latest, share_below (`bootstrap_window_coverage`).
     """
     u = stats.norm.ppf(shares["share_below"].to_numpy().astype(float))
     return shares.select(
-        ID, "exposure", set=pl.when(pl.col("from_latest") > 0).then(pl.lit("fit")).otherwise(pl.lit("check"))
+        ID,
+        cs.by_name("demand_class", require_all=False),
+        "exposure",
+        set=pl.when(pl.col("from_latest") > 0).then(pl.lit("fit")).otherwise(pl.lit("check")),
     ).with_columns(u=pl.Series(u, dtype=pl.Float64))
 
 
@@ -189,24 +193,23 @@ def fit_calibration(
     min_points: int = 100,
     family_min_points: int | None = 500,
     empirical: pl.DataFrame | None = None,
-    empirical_groups: pl.DataFrame | None = None,
 ) -> Calibration:
     """Per exposure and demand class (and model family within it, where the data suffice), the isotonic map
     nominal -> achieved and the calibrated level of each target.
 
     `errors`: from `window_errors`; `groups`: unique_id, demand_class and optionally model_family (only SKUs of the
-    normal method). `family_min_points` None: class maps only. `empirical` (unique_id, exposure, from_latest,
-    share_below) with `empirical_groups` (unique_id, demand_class): the bootstrap buffers' windows, one map per
-    exposure and class (their classes must not be among `groups`').
+    normal method). `family_min_points` None: class maps only. `empirical` (unique_id, demand_class, exposure,
+    from_latest, share_below): the bootstrap buffers' windows, one map per exposure and class (their classes must
+    not be among `groups`').
     """
     groups = groups if "model_family" in groups.columns else groups.with_columns(model_family=pl.lit(None, pl.String))
     u = standardised_errors(errors).join(groups, on=ID).with_columns(strict=pl.lit(False))
-    if empirical is not None and empirical_groups is not None and not empirical.is_empty():
-        emp = empirical_errors(empirical).join(empirical_groups.select(ID, "demand_class"), on=ID)
-        clash = set(empirical_groups["demand_class"]) & set(groups["demand_class"])
+    if empirical is not None and not empirical.is_empty():
+        clash = set(empirical["demand_class"]) & set(groups["demand_class"])
         if clash:
             raise ValueError(f"fit_calibration: classes {sorted(clash)} are both normal-method and bootstrap")
-        u = pl.concat([u, emp.with_columns(model_family=pl.lit(None, pl.String), strict=pl.lit(True))], how="diagonal_relaxed")
+        emp = empirical_errors(empirical).with_columns(model_family=pl.lit(None, pl.String), strict=pl.lit(True))
+        u = pl.concat([u, emp], how="diagonal_relaxed")
     levels: list[dict] = []
     curves: list[pl.DataFrame] = []
     for (exposure, cls, strict), group in sorted(u.group_by("exposure", "demand_class", "strict"), key=lambda g: g[0]):

@@ -133,8 +133,8 @@ def bootstrap_window_coverage(
 
     `panel`: unique_id, ds, y (as for `bootstrap_lead_time_demand`). `windows`: unique_id, cutoff (a ds of the
     SKU's panel), lead_time_periods, lead_time_std_periods, actual (demand over the lead time after the cutoff).
-    Returns `windows`' unique_id and cutoff with `share_below`, in the order of `windows`. Deterministic: each
-    window's draws are keyed by (seed, unique_id, cutoff).
+    Returns `windows` with `share_below` added, rows in their order. Deterministic: each window's draws are keyed by
+    (seed, unique_id, cutoff).
     """
     need = ["unique_id", "cutoff", "lead_time_periods", "lead_time_std_periods", "actual"]
     missing = [c for c in need if c not in windows.columns]
@@ -164,7 +164,7 @@ def bootstrap_window_coverage(
         # Sums of the same periods in another order may differ in the last bit: a tie is a tie.
         edge = actual[sl, None] - 1e-9 * np.maximum(np.abs(actual[sl, None]), 1.0)
         below[sl] = (samples < edge).mean(axis=1)
-    return located.select("unique_id", "cutoff").with_columns(share_below=pl.Series(below))
+    return windows.with_columns(share_below=pl.Series(below))
 
 
 def _histories(

@@ -219,14 +219,12 @@ def calibrate_buffers(
                 lead_time_std_periods=pl.lit(0.0),
             )
         )
-        shares = windows.select(ID, "exposure", "cutoff", "from_latest").with_columns(
-            share_below=bootstrap_window_coverage(
-                panel,
-                windows,
-                seed=settings.seed,
-                n_samples=settings.bootstrap_samples,
-                history_periods=settings.bootstrap_history_periods,
-            )["share_below"]
+        shares = (
+            bootstrap_window_coverage(
+                panel, windows, seed=settings.seed, n_samples=settings.bootstrap_samples, history_periods=settings.bootstrap_history_periods
+            )
+            .join(bootstrap, on=ID, maintain_order="left")
+            .select(ID, "demand_class", "exposure", "cutoff", "from_latest", "share_below")
         )
     calibration = fit_calibration(
         window_errors(fc.cv, fc.plan),
@@ -235,6 +233,5 @@ def calibrate_buffers(
         min_points=settings.calibration_min_points,
         family_min_points=settings.calibration_family_min_points,
         empirical=shares,
-        empirical_groups=bootstrap,
     )
     return replace(calibration, bootstrap_windows=shares)

@@ -120,12 +120,13 @@ def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, s: BufferSettings, level
     return out
 
 
-def _at_target(prefix: str, levels: list[float], target: str = "service_level_target") -> pl.Expr:
-    """The bootstrap quantile column `_{prefix}_{level}` matching each SKU's target."""
-    expr = pl.lit(None, pl.Float64)
+def _bootstrap_buffer(prefix: str, levels: list[float], level: str = "service_level_target") -> pl.Expr:
+    """The bootstrap buffer at each SKU's `level`: its quantile column `_{prefix}_{level}` minus the bootstrap mean
+    `_{prefix}_mean`, never negative."""
+    quantile = pl.lit(None, pl.Float64)
     for q in levels:
-        expr = pl.when(pl.col(target) == q).then(pl.col(f"_{prefix}_{q}")).otherwise(expr)
-    return expr
+        quantile = pl.when(pl.col(level) == q).then(pl.col(f"_{prefix}_{q}")).otherwise(quantile)
+    return (quantile - pl.col(f"_{prefix}_mean")).clip(0.0, None)
 
 
 def _pct(expr: pl.Expr) -> pl.Expr:
@@ -293,11 +294,11 @@ def recommend(
     normal_ss = (pl.col("safety_factor_z") * pl.col("sigma_buffered")).clip(0.0, None)
     normal_review_ss = (pl.col("_factor_review") * pl.col("_sigma_review_buffered")).clip(0.0, None)
     if "_lt_mean" in out.columns:
-        emp_ss = (_at_target("lt", levels, "sizing_level") - pl.col("_lt_mean")).clip(0.0, None)
-        emp_uncalibrated = (_at_target("lt", levels) - pl.col("_lt_mean")).clip(0.0, None)
-        emp_review_ss = (_at_target("rlt", levels, "calibrated_review_service_level") - pl.col("_rlt_mean")).clip(0.0, None)
-        emp_jit = (_at_target("rlt", levels, "_jit_level") - pl.col("_rlt_mean")).clip(0.0, None)
-        emp_jic = (_at_target("rlt", levels, "_jic_level") - pl.col("_rlt_mean")).clip(0.0, None)
+        emp_ss = _bootstrap_buffer("lt", levels, "sizing_level")
+        emp_uncalibrated = _bootstrap_buffer("lt", levels)
+        emp_review_ss = _bootstrap_buffer("rlt", levels, "calibrated_review_service_level")
+        emp_jit = _bootstrap_buffer("rlt", levels, "_jit_level")
+        emp_jic = _bootstrap_buffer("rlt", levels, "_jic_level")
     else:
         emp_ss = emp_uncalibrated = emp_review_ss = emp_jit = emp_jic = pl.lit(None, pl.Float64)
     # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.

@@ -145,11 +145,11 @@ def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFra
     their other windows (`buffers.calibration.window_coverage`); bootstrap SKUs by the bootstrap drawn from the
     history up to each cutoff (`bootstrap_coverage`, when calibration ran)."""
     sizing = recs.join(key_cols, on=["sku_id", "location_id"], nulls_equal=True).select(
-        "unique_id", "model", "safety_stock_method", "service_level_target", "calibrated_service_level"
+        "unique_id", "model", "safety_stock_method", "service_level_measure", "service_level_target", "calibrated_service_level"
     )
     columns = ["unique_id", "service_level_target", "calibrated_service_level"]
     normal = sizing.filter(pl.col("safety_stock_method") == "normal_cycle")
-    boot = sizing.filter(pl.col("safety_stock_method") == "bootstrap_quantile", pl.col("service_level_target").is_not_null())
+    boot = sizing.filter(pl.col("safety_stock_method") == "bootstrap_quantile", pl.col("service_level_measure") == "cycle")
     parts = [pl.DataFrame(schema={"unique_id": pl.String, "buffer_coverage_before": pl.Float64, "buffer_coverage_after": pl.Float64})]
     if not fc.cv.is_empty() and not normal.is_empty():
         parts.append(window_coverage(window_errors(fc.cv, fc.plan), normal.select(columns)))

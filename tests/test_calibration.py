@@ -25,7 +25,7 @@ from buffers.calibration import (
     window_coverage,
     window_errors,
 )
-from buffers.lead_time_demand import bootstrap_lead_time_demand, bootstrap_window_coverage
+from buffers.lead_time_demand import bootstrap_lead_time_demand, bootstrap_window_coverage, quantile_column
 from buffers.recommend import recommend
 from flows.config import load_config
 from flows.core import backtest_settings
@@ -329,9 +329,8 @@ def drifting_intermittent():
 
 
 def bootstrap_calibration(panel, windows, classes):
-    share = bootstrap_window_coverage(panel, windows, seed=1, history_periods=365)["share_below"]
-    shares = windows.select("unique_id", "exposure", "from_latest").with_columns(share_below=share)
-    return fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=shares, empirical_groups=classes), shares
+    shares = bootstrap_window_coverage(panel, windows, seed=1, history_periods=365).join(classes, on="unique_id")
+    return fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=shares), shares
 
 
 def test_calibrating_the_bootstrap_brings_held_out_coverage_within_2_points_where_it_misses(drifting_intermittent):
@@ -356,7 +355,7 @@ def test_the_bootstrap_map_never_reads_the_held_out_windows(drifting_intermitten
     moved = shares.with_columns(
         share_below=pl.when(pl.col("from_latest") == 0).then(pl.Series(rng.random(shares.height))).otherwise("share_below")
     ).sample(fraction=1.0, shuffle=True, seed=3)
-    again = fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=moved, empirical_groups=classes)
+    again = fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=moved)
     cols = ["exposure", "demand_class", "service_level_target", "calibrated_level", "status", "n_fit"]
     assert again.levels.select(cols).equals(calibration.levels.select(cols))
     assert again.curves.select("nominal", "achieved_before", "achieved_fitted").equals(
@@ -366,12 +365,13 @@ def test_the_bootstrap_map_never_reads_the_held_out_windows(drifting_intermitten
 
 def test_bootstrap_errors_are_covered_strictly_below_the_level():
     # share_below < alpha is covered: u = z(share) < z(alpha). A share of exactly alpha is not covered.
-    shares = pl.DataFrame({"unique_id": ["a", "a", "a"], "exposure": LEAD_TIME, "from_latest": [2, 1, 0], "share_below": [0.0, 0.5, 1.0]})
+    shares = pl.DataFrame(
+        {"unique_id": "a", "demand_class": "lumpy", "exposure": LEAD_TIME, "from_latest": [2, 1, 0], "share_below": [0.0, 0.5, 1.0]}
+    )
     u = empirical_errors(shares)
     assert u["set"].to_list() == ["fit", "fit", "check"]
     assert u["u"].to_list() == [-np.inf, 0.0, np.inf]
-    lumpy = pl.DataFrame({"unique_id": ["a"], "demand_class": ["lumpy"]})
-    calibration = fit_calibration(NO_ERRORS, NO_GROUPS, [0.9], min_points=2, empirical=shares, empirical_groups=lumpy)
+    calibration = fit_calibration(NO_ERRORS, NO_GROUPS, [0.9], min_points=2, empirical=shares)
     row = calibration.levels.row(0, named=True)
     # Fit: one window always covered, the other (share 0.5) only above 50%: at the level 0.5 half is covered, at the
     # next grid level (z = 0.01) both are. Non-strict (u <= z) would have called 0.5 enough.
@@ -383,7 +383,6 @@ def test_bootstrap_errors_are_covered_strictly_below_the_level():
             pl.DataFrame({"unique_id": ["b"], "demand_class": ["lumpy"]}),
             [0.5],
             empirical=shares,
-            empirical_groups=lumpy,
         )
 
 
@@ -411,9 +410,9 @@ def test_a_calibrated_bootstrap_buffer_is_its_quantile_at_the_calibrated_level()
     ).row(0, named=True)
     assert row["safety_stock_method"] == "bootstrap_quantile" and row["calibration_status"] == "calibrated"
     assert (row["calibrated_service_level"], row["calibration_map"]) == (0.993, "intermittent")
-    assert row["safety_stock_units"] == np.ceil(boot["ltd_q99_3"] - boot["bootstrap_mean"] - 1e-9)
+    assert row["safety_stock_units"] == np.ceil(boot[quantile_column(0.993)] - boot["bootstrap_mean"] - 1e-9)
     assert row["uncalibrated_safety_stock_units"] == plain["safety_stock_units"]
-    assert plain["safety_stock_units"] == np.ceil(boot[f"ltd_q{target * 100:g}".replace(".", "_")] - boot["bootstrap_mean"] - 1e-9)
+    assert plain["safety_stock_units"] == np.ceil(boot[quantile_column(target)] - boot["bootstrap_mean"] - 1e-9)
     assert row["safety_stock_units"] > row["uncalibrated_safety_stock_units"]
     assert "the 99.3% quantile of bootstrapped lead-time demand" in row["reasons"]
     assert "map: intermittent bootstrap quantiles against the demand" in row["reasons"]
