@@ -9,7 +9,7 @@ subprocess of this script (`--part`), so one part's peak memory and process pool
 - a: `backtest_and_forecast` with the default config (configs/default.yaml): what buffercast costs.
 - b: the same statsforecast work called directly: `plan_horizons` groups the SKUs exactly as the stage does
   (model set per class, seasonal or not, trended or not, horizon bucket, windows, step), the models come from
-  `build_model` / `without_season` / `without_trend`; same n_jobs rule, same fallback model, and the calls
+  `build_model` / `without_season` / `without_trend`; statsforecast's own n_jobs on groups of 100+ SKUs, same fallback model, and the calls
   statsforecast itself forces: point forecasts in the backtest and `level=` (the stage's
   `interval_levels(quantiles)`) in the final forecast, only on models with native intervals; with refit=False
   the models without `forward` refit in a call of their own. One set of calls per group (the stage chunks
@@ -70,13 +70,16 @@ from flows.config import BuffercastConfig, load_config
 from flows.plan import backtest_settings, model_sets, profile_sales, sales_as_of
 from flows.sample_data import generate_catalogue
 from flows.schemas import validate_sales, validate_sku_master
-from forecasting.backtest import MIN_SERIES_FOR_PROCESSES, BacktestSettings, backtest_and_forecast, interval_levels, plan_horizons
+from forecasting.backtest import BacktestSettings, backtest_and_forecast, interval_levels, plan_horizons
 from forecasting.models import NATIVE_INTERVALS, POLARS_FREQ, build_model, without_season, without_trend
 
 ID, DS, Y = "unique_id", "ds", "y"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_OUT = RESULTS / "latest.json"
+#: (b) calls statsforecast bare, with its own process pool on groups this large (outside Prefect, so no SIGTERM
+#: handler in its forked workers); the stage (a) runs every chunk on its own worker pool (forecasting/workers.py).
+MIN_SERIES_FOR_PROCESSES = 100
 GROUP_KEYS = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]  # backtest_and_forecast's grouping
 SEASON = 7  # daily data: the weekly season of c, d and the MASE scale
 #: The files behind (a): each part records their hash, so a run that straddles an edit shows it.

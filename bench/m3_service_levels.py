@@ -58,7 +58,7 @@ from features.calendar import period_days, series_keys, to_periods
 from features.profile import build_profiles
 from flows.config import BuffercastConfig, load_config
 from flows.plan import backtest_settings, buffer_settings, model_sets, profile_settings
-from forecasting.backtest import COMBINATION, MIN_SERIES_FOR_PROCESSES, ForecastResult, backtest_and_forecast
+from forecasting.backtest import COMBINATION, ForecastResult, backtest_and_forecast
 from forecasting.models import POLARS_FREQ, build_model, without_season
 
 TARGETS = (0.90, 0.95, 0.975, 0.99)
@@ -223,7 +223,7 @@ def long_forecasts(
         sf = StatsForecast(
             models=[build_model(model, spec)],
             freq=POLARS_FREQ["M"],
-            n_jobs=s.n_jobs if ids.len() >= MIN_SERIES_FOR_PROCESSES else 1,
+            n_jobs=1,  # monthly M3 series are cheap; no process pool
             fallback_model=build_model(s.fallback, spec),
         )
         out = sf.forecast(h=HOLDOUT, df=panel.join(pl.DataFrame({ID: ids}), on=ID, how="semi").sort(ID, "ds")).sort(ID, "ds")

@@ -27,15 +27,17 @@ def quiet_environment() -> None:
 
 
 class _NoTracebackForBadInput(logging.Filter):
-    """Bad input is the user's to fix, not a crash: Prefect logs it as one line, without the traceback.
+    """Bad input and a stage time-out are the operator's to act on, not crashes: Prefect logs them as one line,
+    without the traceback.
 
-    Prefect's engines log every failure with exc_info; the CLI prints the InputError's own message last.
+    Prefect's engines log every failure with exc_info; the CLI prints the error's own message last.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from flows.sources import InputError
 
-        if record.exc_info and isinstance(record.exc_info[1], InputError):
+        # TimeoutError: a stage's time-out (Prefect's TaskRunTimeoutError, then flows.plan.StageTimeout).
+        if record.exc_info and isinstance(record.exc_info[1], InputError | TimeoutError):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -89,7 +91,7 @@ def run(
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
 
-    from flows.plan import plan_buffers
+    from flows.plan import StageTimeout, plan_buffers
 
     _quiet_bad_input_tracebacks()
 
@@ -97,6 +99,8 @@ def run(
         result = plan_buffers(cfg)
     except InputError as exc:
         raise _fail(str(exc), 2) from None
+    except StageTimeout as exc:
+        raise _fail(str(exc), 1) from None
     except Exception as exc:  # the flow already logged the traceback; the user gets one line
         raise _fail(f"the run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
     typer.echo(format_summary(result))

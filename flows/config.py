@@ -174,7 +174,7 @@ class BacktestConfig(_Strict):
         description="SKUs are grouped by the smallest bucket covering their horizon: one statsforecast call per group.",
     )
     selection_metric: Literal["mae", "rmse", "mase", "rmsse", "lead_time_rmse"] = "mase"
-    n_jobs: int = Field(1, description="Processes for statsforecast (-1: all cores).")
+    n_jobs: int = Field(1, description="Worker processes of the forecasting stage (-1: all cores); statsforecast runs single in each.")
     chunk_size: int = Field(2000, ge=1, description="SKUs per statsforecast call; bounds the memory of the backtest.")
     combination_k: int = Field(2, ge=0, description="The mean of each SKU's best k models competes as 'Combination' (0 or 1: off).")
 

@@ -10,12 +10,13 @@ types at run time (a served flow run fails on a string annotation).
 import datetime as dt
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
@@ -398,6 +399,33 @@ def planner_report(
     return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
 
 
+class StageTimeout(TimeoutError):
+    """A stage ran past its time-out (config `timeouts.<stage>`); Prefect stopped it and its workers were killed."""
+
+    def __init__(self, stage: str, seconds: float) -> None:
+        self.stage, self.seconds = stage, seconds
+        super().__init__(
+            f"the {stage} stage did not finish within its time-out of {seconds:g} s (timeouts.{stage}) and was stopped, "
+            "its worker processes too; nothing of this run was published, the previous outputs are untouched. "
+            f"If the catalogue has grown, raise timeouts.{stage}; otherwise the log above shows where the stage was."
+        )
+
+
+def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Callable[..., Any]:
+    """`stage_task` with its time-out: Prefect raises a TimeoutError into the running task when it passes (an alarm
+    in the flow's main thread), the task's worker pool kills its workers on the way out (`forecasting.workers`),
+    and the run fails with one line naming the stage."""
+    bounded = stage_task.with_options(timeout_seconds=seconds, **options)
+
+    def call(*args: Any) -> Any:
+        try:
+            return bounded(*args)
+        except TimeoutError:
+            raise StageTimeout(stage, seconds) from None
+
+    return call
+
+
 class TrackingError(RuntimeError):
     """MLflow could not be reached or written to; the outputs were published all the same."""
 
@@ -531,17 +559,15 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     logger = get_run_logger()
     t = cfg.timeouts
     fingerprint = input_fingerprint(cfg.input.sales, cfg.input.sku_master)
-    raw_sales, raw_master = pull.with_options(timeout_seconds=t.pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(
-        cfg, fingerprint
-    )
-    inputs = validate.with_options(timeout_seconds=t.validation)(cfg, raw_sales, raw_master)
+    raw_sales, raw_master = timed("pull", t.pull, pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(cfg, fingerprint)
+    inputs = timed("validation", t.validation, validate)(cfg, raw_sales, raw_master)
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
     last_date = inputs.sales.valid["date"].max()
 
     master = inputs.master.valid if inputs.master else None
-    p = profile.with_options(timeout_seconds=t.profile)(cfg, sales, master, as_of)
-    fc = forecast.with_options(timeout_seconds=t.forecast)(cfg, p)
-    recs, stress, calibration = recommend_buffers.with_options(timeout_seconds=t.recommend)(cfg, as_of, p, fc)
+    p = timed("profile", t.profile, profile)(cfg, sales, master, as_of)
+    fc = timed("forecast", t.forecast, forecast)(cfg, p)
+    recs, stress, calibration = timed("recommend", t.recommend, recommend_buffers)(cfg, as_of, p, fc)
     tables = output_tables(as_of, recs, fc, p, inputs, calibration) | {
         "scenarios": validate_output("scenarios", stress),
         "calibration": validate_output("calibration", calibration_table(as_of, calibration, fc, p, cfg)),
@@ -594,7 +620,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             pngs, report = {}, None
             manifest["report_error"] = f"{type(exc).__name__}: {exc}"
         documents = {REPORT_FILE: report} if report is not None else {}
-        paths = publish.with_options(timeout_seconds=cfg.timeouts.publish)(cfg, as_of, run_id, tables, manifest, documents)
+        paths = timed("publish", t.publish, publish)(cfg, as_of, run_id, tables, manifest, documents)
         logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
         publish_prefect_artifacts(recs, summary, changes, as_of)
     except BaseException:

@@ -9,7 +9,8 @@ one sample per backtest window.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -26,12 +27,13 @@ from forecasting.models import (
     without_season,
     without_trend,
 )
+from forecasting.workers import map_in_order, worker_count, worker_pool
 
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
 
-#: Below this many series a process pool costs more to start than it saves.
-MIN_SERIES_FOR_PROCESSES = 100
+#: A group is split into chunks for the workers only while each chunk keeps at least this many SKUs.
+MIN_SKUS_PER_WORKER_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class BacktestSettings:
     max_horizon_periods: int
     horizon_buckets: Sequence[int]
     selection_metric: str
+    #: Worker processes of the stage (`forecasting.workers`); statsforecast itself always runs with n_jobs=1.
     n_jobs: int
     fallback: str
     spec: ModelSpec
@@ -311,9 +314,11 @@ def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> p
     return _long(flags, [ID], models, "fell_back")
 
 
-def _statsforecast(models: Sequence[str], fallback: str, s: BacktestSettings, n_jobs: int) -> StatsForecast:
+def _statsforecast(models: Sequence[str], fallback: str, s: BacktestSettings) -> StatsForecast:
+    """One process: the stage's parallelism is its own worker pool (`forecasting.workers`), never statsforecast's
+    forked `multiprocessing.Pool`, which can deadlock under Prefect (see that module)."""
     sf_models, fallback_model = build_models(models, s.spec, fallback)
-    return StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=fallback_model)
+    return StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=1, fallback_model=fallback_model)
 
 
 def _drop_fallback(frame: pl.DataFrame) -> pl.DataFrame:
@@ -342,9 +347,7 @@ def _calls(models: Sequence[str], s: BacktestSettings, refit: bool, with_levels:
     return [c for c in calls if c[0]]
 
 
-def _backtest(
-    panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings, n_jobs: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _backtest(panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The wide backtest of a chunk (one statsforecast call per `_calls` part) and the fallback flags of its models.
 
     Point forecasts only: statsforecast's native intervals cost about 1 ms per fit and window (scipy per level), more
@@ -352,7 +355,7 @@ def _backtest(
     """
     cv, flags = None, []
     for names, fallback, refit, _ in _calls(models, s, s.refit, with_levels=False):
-        part = _statsforecast(names, fallback, s, n_jobs).cross_validation(
+        part = _statsforecast(names, fallback, s).cross_validation(
             h=int(row["bucket"]),
             df=panel,
             n_windows=int(row["windows"]),
@@ -365,14 +368,12 @@ def _backtest(
     return cv, pl.concat(flags)
 
 
-def _forecast(
-    panel: pl.DataFrame, h: int, models: Sequence[str], s: BacktestSettings, n_jobs: int, fitted: bool
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _forecast(panel: pl.DataFrame, h: int, models: Sequence[str], s: BacktestSettings, fitted: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The wide future of a chunk (a call with intervals, one without) and, if `fitted`, the in-sample fitted values."""
     levels = interval_levels(s.quantiles)
     fc, fits = None, None
     for names, _, _, with_level in _calls(models, s, refit=True):
-        sf = _statsforecast(names, s.fallback, s, n_jobs)
+        sf = _statsforecast(names, s.fallback, s)
         part = _drop_fallback(sf.forecast(h=h, df=panel, fitted=fitted, **({"level": levels} if with_level else {})))
         fc = part if fc is None else fc.join(part, on=[ID, DS], how="inner")
         if fitted:
@@ -398,12 +399,11 @@ def _run_chunk(
     The bucket may be longer than the lead time: the models are scored on the lead-time steps only (DOMAIN.md:
     the backtest horizon is the lead time); the rows up to L + R are kept for the order-up-to level's sigma.
     """
-    n_jobs = s.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
     h = int(row["bucket"])
     sets = members.select(ID, "model_set")
     periods = members.select(ID, "lead_time_periods", "review_periods")
     empirical = empirical_quantiles(panel, s.quantiles, s.empirical_window) if any(m not in NATIVE_INTERVALS for m in models) else None
-    fc, fitted = _forecast(panel, h, models, s, n_jobs, fitted=not row["backtested"])
+    fc, fitted = _forecast(panel, h, models, s, fitted=not row["backtested"])
     if empirical is not None:  # the quantiles at the forecast origin, the last period
         fc = fc.join(empirical.group_by(ID).agg(pl.exclude(DS).last()), on=ID, how="left")
     future = _long_with_quantiles(fc, [ID, DS], models, s.quantiles).with_columns(
@@ -424,7 +424,7 @@ def _run_chunk(
         chosen = select_models(metrics.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set")
         return _Chunk(metrics, chosen, pl.DataFrame(), _chosen_rows(future, chosen))
 
-    wide, flags = _backtest(panel, row, models, s, n_jobs)
+    wide, flags = _backtest(panel, row, models, s)
     wide = (
         wide.join(periods, on=ID, how="left")
         .with_columns(step=pl.col(DS).rank("ordinal").over(ID, "cutoff").cast(pl.Int64))
@@ -591,8 +591,14 @@ def select_models(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]]
     return best.join(runner_up, on=ID, how="left")
 
 
-def _chunks(members: pl.DataFrame, size: int) -> list[pl.DataFrame]:
-    return [members.slice(i, size) for i in range(0, members.height, max(size, 1))]
+def _chunks(members: pl.DataFrame, size: int, workers: int = 1) -> list[pl.DataFrame]:
+    """Slices of at most `size` SKUs; with several workers, a group that fits one chunk is still split so that each
+    worker gets a share, while each share keeps at least MIN_SKUS_PER_WORKER_CHUNK SKUs. Every SKU is forecast on
+    its own, so the split changes which process computes a SKU, not its numbers."""
+    size = max(size, 1)
+    n_chunks = max(-(-members.height // size), min(workers, members.height // MIN_SKUS_PER_WORKER_CHUNK), 1)
+    size = -(-members.height // n_chunks)
+    return [members.slice(i, size) for i in range(0, members.height, size)]
 
 
 def backtest_and_forecast(
@@ -600,28 +606,24 @@ def backtest_and_forecast(
     attrs: pl.DataFrame,
     model_sets: Mapping[str, Sequence[str]],
     s: BacktestSettings,
+    pool: Executor | None = None,
 ) -> ForecastResult:
     """Backtest every SKU with its class's model set, pick a model per SKU and forecast its horizon.
 
     `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
     n_periods, lead_time_periods, review_periods. SKUs go through statsforecast in chunks of `s.chunk_size`
     per group (model set, seasonality, trend, horizon bucket, windows, step): each chunk is reduced to its metrics, its
-    chosen model and that model's backtest and future before the next starts, so memory stays bounded.
+    chosen model and that model's backtest and future before its result comes back, so memory stays bounded.
+    The chunks run on `pool` (an Executor: `forecasting.workers.worker_pool`, or a Dask client), else on a pool of
+    `s.n_jobs` workers opened for this call (none for one process); results are gathered in chunk order.
     """
+    if pool is None and worker_count(s.n_jobs) > 1:
+        with worker_pool(s.n_jobs) as own:
+            return backtest_and_forecast(panel, attrs, model_sets, s, own)
     s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
     plan = plan_horizons(attrs, s)
-    group_keys = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]
-    chunks: list[_Chunk] = []
-    for key, group in plan.group_by(group_keys, maintain_order=True):
-        row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(group["backtested"][0])}
-        models, spec = list(model_sets[row["model_set"]]), s.spec
-        if not row["seasonal"]:
-            models, spec = without_season(models, s.spec, s.fallback)
-        if not row["trended"]:
-            models = without_trend(models, s.fallback)
-        for members in _chunks(group, s.chunk_size):
-            chunk_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-            chunks.append(_run_chunk(chunk_panel, members, row, models, model_sets, replace(s, spec=spec)))
+    workers = 1 if pool is None else worker_count(s.n_jobs)
+    chunks = list(map_in_order(_run_chunk, _chunk_jobs(panel, plan, model_sets, s, workers), pool, in_flight=2 * workers))
 
     metrics = _concat([c.metrics for c in chunks if "mae" in c.metrics.columns])
     metrics = metrics if metrics.height else _empty_metrics(s.quantiles)
@@ -680,6 +682,23 @@ def backtest_and_forecast(
         selection=selection.sort(ID),
         forecasts=future.select(ID, DS, "step", "model", "forecast", *[quantile_name(p) for p in s.quantiles]).sort(ID, DS),
     )
+
+
+def _chunk_jobs(
+    panel: pl.DataFrame, plan: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], s: BacktestSettings, workers: int
+) -> Iterator[tuple]:
+    """The arguments of `_run_chunk` for each chunk of each group, built one at a time as the pool asks for them."""
+    group_keys = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]
+    for key, group in plan.group_by(group_keys, maintain_order=True):
+        row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(group["backtested"][0])}
+        models, spec = list(model_sets[row["model_set"]]), s.spec
+        if not row["seasonal"]:
+            models, spec = without_season(models, s.spec, s.fallback)
+        if not row["trended"]:
+            models = without_trend(models, s.fallback)
+        for members in _chunks(group, s.chunk_size, workers):
+            chunk_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
+            yield chunk_panel, members, row, models, dict(model_sets), replace(s, spec=spec)
 
 
 def _concat(frames: Sequence[pl.DataFrame], schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
