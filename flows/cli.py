@@ -34,10 +34,13 @@ class _NoTracebackForBadInput(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from flows.plan import StageWorkerDied
         from flows.sources import InputError
+        from forecasting.workers import WorkerDied
 
-        # TimeoutError: a stage's time-out (Prefect's TaskRunTimeoutError, then flows.plan.StageTimeout).
-        if record.exc_info and isinstance(record.exc_info[1], InputError | TimeoutError):
+        # TimeoutError: a stage's time-out (Prefect's TaskRunTimeoutError, then flows.plan.StageTimeout); a dead worker
+        # has no Python traceback to show, the parent's adds nothing to the one line.
+        if record.exc_info and isinstance(record.exc_info[1], InputError | TimeoutError | WorkerDied | StageWorkerDied):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -91,7 +94,7 @@ def run(
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
 
-    from flows.plan import StageTimeout, plan_buffers
+    from flows.plan import StageTimeout, StageWorkerDied, plan_buffers
 
     _quiet_bad_input_tracebacks()
 
@@ -99,7 +102,7 @@ def run(
         result = plan_buffers(cfg)
     except InputError as exc:
         raise _fail(str(exc), 2) from None
-    except StageTimeout as exc:
+    except (StageTimeout, StageWorkerDied) as exc:
         raise _fail(str(exc), 1) from None
     except Exception as exc:  # the flow already logged the traceback; the user gets one line
         raise _fail(f"the run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None

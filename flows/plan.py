@@ -50,6 +50,7 @@ from flows.schemas import Validated, quarantine_summary, validate_output, valida
 from flows.sources import InputError, input_fingerprint, read_sales, read_sku_master
 from flows.tracking import Tracker, resolve_tracking_uri
 from forecasting.backtest import ForecastResult
+from forecasting.workers import WorkerDied
 
 
 @dataclass(frozen=True)
@@ -411,10 +412,17 @@ class StageTimeout(TimeoutError):
         )
 
 
+class StageWorkerDied(RuntimeError):
+    """A worker process of a stage died (killed or crashed); the stage was stopped with its other workers."""
+
+    def __init__(self, stage: str, cause: WorkerDied) -> None:
+        super().__init__(f"the {stage} stage stopped: {cause}; nothing of this run was published, the previous outputs are untouched")
+
+
 def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Callable[..., Any]:
     """`stage_task` with its time-out: Prefect raises a TimeoutError into the running task when it passes (an alarm
     in the flow's main thread), the task's worker pool kills its workers on the way out (`forecasting.workers`),
-    and the run fails with one line naming the stage."""
+    and the run fails with one line naming the stage; so does a worker process that dies."""
     bounded = stage_task.with_options(timeout_seconds=seconds, **options)
 
     def call(*args: Any) -> Any:
@@ -422,6 +430,8 @@ def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Calla
             return bounded(*args)
         except TimeoutError:
             raise StageTimeout(stage, seconds) from None
+        except WorkerDied as exc:
+            raise StageWorkerDied(stage, exc) from None
 
     return call
 

@@ -25,10 +25,12 @@ What runs instead (`worker_pool`, `map_in_order`):
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -41,6 +43,11 @@ _SINGLE_THREADED = {
     "MKL_NUM_THREADS": "1",
     "POLARS_MAX_THREADS": "1",
 }
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without returning its result: killed (e.g. by the kernel's out-of-memory killer) or
+    crashed. The pool is broken; `worker_pool` kills the other workers on the way out."""
 
 
 def worker_count(n_jobs: int) -> int:
@@ -93,10 +100,23 @@ def map_in_order(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], pool: Ex
         for job in jobs:
             yield fn(*job)
         return
-    pending: deque = deque()
+    pending: deque[Future[T]] = deque()
     for job in jobs:
         pending.append(pool.submit(fn, *job))
         if len(pending) >= max(in_flight, 1):
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     while pending:
-        yield pending.popleft().result()
+        yield _result(pending.popleft())
+
+
+def _result(future: Future[T]) -> T:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        codes = re.search(r"exit codes of the workers are (.+)", str(exc))
+        raise WorkerDied(
+            "a worker process ended without returning its work"
+            + (f" (exit codes {codes.group(1).strip()})" if codes else "")
+            + ": killed by the system (often out of memory: lower backtest.chunk_size or backtest.n_jobs) or crashed; "
+            "the stage was stopped with its other workers"
+        ) from None

@@ -22,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
 import psutil
 import pytest
 
-from forecasting.workers import map_in_order, worker_count, worker_pool
+from forecasting.workers import WorkerDied, map_in_order, worker_count, worker_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -116,14 +117,40 @@ def test_forecasting_stage_in_a_loop_never_hangs_and_prints_no_traceback(stress_
     assert f"pool-stress finished: {LOOPS} loops" in text
 
 
-def _loky_workers() -> set[int]:
-    """Live (not zombie) loky worker processes on the machine."""
+def _pool_workers(parent: int) -> set[int]:
+    """Live loky worker processes started by `parent` (not its resource tracker)."""
+    try:
+        children = psutil.Process(parent).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    return {c.pid for c in children if _is_worker(c)}
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    try:
+        return "loky.backend.popen_loky_posix" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tagged(tag: str) -> set[int]:
+    """Live processes, anywhere (orphans included), whose environment carries BUFFERCAST_TEST_RUN=tag."""
     found = set()
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "loky" in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.add(proc.info["pid"])
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("BUFFERCAST_TEST_RUN") == tag and proc.status() != psutil.STATUS_ZOMBIE:
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
     return found
+
+
+def _until_empty(find, limit: float = 60.0) -> set[int]:
+    """`find()` until it comes back empty (the kernel reaps killed processes a moment later) or `limit` s pass."""
+    deadline = time.monotonic() + limit
+    while (left := find()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -145,23 +172,49 @@ def test_stage_time_out_stops_the_stage_and_its_workers_and_publishes_nothing(sm
 
     config = tmp_path / "short.yaml"
     config.write_text("backtest:\n  n_jobs: 2\n  chunk_size: 100\ntimeouts:\n  forecast: 3\n")
-    workers_before = _loky_workers()
+    tag = uuid.uuid4().hex
     cmd = [
         sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--sales", str(stress_catalogue["sales"]),
         "--no-sku-master", "--out", str(out), "--tracking-uri", cfg.tracking.uri,
     ]  # fmt: skip
-    rc, lines = _run_watched(cmd, _api_env(), progress="")
+    rc, lines = _run_watched(cmd, _api_env() | {"BUFFERCAST_TEST_RUN": tag}, progress="")
     text = "\n".join(lines)
     assert rc == 1, text[-3000:]
     assert lines[-1].startswith("buffercast: error: the forecast stage did not finish within its time-out of 3 s (timeouts.forecast)"), text
     assert "the previous outputs are untouched" in lines[-1]
     assert "Traceback" not in text, text[-3000:]
-    # No worker left: each was killed when the time-out reached the stage (a grace period for the kernel to reap).
-    deadline = time.monotonic() + 60
-    while (_loky_workers() - workers_before) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not (_loky_workers() - workers_before)
+    # No process of the run left, workers included, orphans too (a grace period for the kernel to reap them).
+    assert not _until_empty(lambda: _tagged(tag))
     assert _snapshot(out) == before, "the timed-out run changed the previous outputs"
+
+
+def test_a_worker_killed_mid_run_fails_the_run_with_one_line(stress_catalogue, tmp_path):
+    """The out-of-memory killer ends a forecasting worker during a real run: the run fails at once, naming the stage."""
+    config = tmp_path / "cheap.yaml"
+    config.write_text(
+        "backtest:\n  n_jobs: 2\n  chunk_size: 100\nmodels:\n" + "".join(f"  {c}: [{', '.join(m)}]\n" for c, m in CHEAP_MODELS.items())
+    )
+    cmd = [
+        sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--sales", str(stress_catalogue["sales"]),
+        "--no-sku-master", "--out", str(tmp_path / "outputs"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_api_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    victim = None
+    deadline = time.monotonic() + QUIET_LIMIT_S
+    while victim is None and proc.poll() is None and time.monotonic() < deadline:
+        workers = sorted(_pool_workers(proc.pid))
+        victim = psutil.Process(workers[0]) if workers else None
+        time.sleep(0.1)
+    assert victim is not None, "the run ended before its forecasting workers could be seen"
+    victim.kill()
+    out, _ = proc.communicate(timeout=QUIET_LIMIT_S)
+    lines = out.strip().splitlines()
+    assert proc.returncode == 1, out[-3000:]
+    assert lines[-1].startswith("buffercast: error: the forecast stage stopped: a worker process ended without returning its work"), out
+    assert "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "outputs" / "recommendations").exists()
 
 
 def _square(x: int) -> int:
@@ -183,13 +236,23 @@ def test_map_in_order_keeps_job_order_in_and_out_of_process():
 
 
 def test_a_failed_job_raises_in_the_parent_and_the_pool_kills_its_workers():
-    before = _loky_workers()
     with pytest.raises(ValueError, match="chunk 3 is bad"), worker_pool(2) as pool:
         list(map_in_order(_fail_on, [(i,) for i in range(6)], pool))
-    deadline = time.monotonic() + 60
-    while (_loky_workers() - before) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not (_loky_workers() - before)
+    assert not _until_empty(lambda: _pool_workers(os.getpid()))
+
+
+def _die_on(x: int) -> int:
+    if x == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+    time.sleep(0.2)
+    return x
+
+
+def test_a_killed_worker_fails_the_stage_instead_of_hanging_it():
+    """multiprocessing.Pool waits for ever for the result of a worker the kernel killed; the project's pool raises."""
+    with pytest.raises(WorkerDied, match="worker process ended without returning its work"), worker_pool(2) as pool:
+        list(map_in_order(_die_on, [(i,) for i in range(8)], pool))
+    assert not _until_empty(lambda: _pool_workers(os.getpid()))
 
 
 def test_worker_count():
