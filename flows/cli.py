@@ -164,6 +164,33 @@ def serve(
         raise _fail(str(exc), 1) from None
 
 
+@app.command("config")
+def show_config(
+    config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Print the schema defaults instead: the text of configs/default.yaml.")
+    ] = False,
+) -> None:
+    """Print a configuration as commented YAML: the one a run would use, or with --defaults every default.
+
+    Without --defaults: configs/default.yaml deep-merged with --config PATH, validated, relative paths made absolute.
+    `buffercast config --defaults > configs/default.yaml` regenerates the committed defaults from the schema.
+    """
+    from flows.config import ConfigError, load_config, render_config, render_defaults
+
+    if defaults:
+        if config is not None:
+            raise _fail("--defaults and --config exclude each other", 2)
+        typer.echo(render_defaults(), nl=False)
+        return
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    sources = " <- ".join(["configs/default.yaml", *([str(config)] if config else [])])
+    typer.echo(render_config(cfg, f"# buffercast configuration in effect: {sources} (relative paths made absolute).\n"), nl=False)
+
+
 @app.command("sample-data")
 def sample_data(
     out: Annotated[Path, typer.Option(help="Folder to write sales and sku_master into.")] = Path("data/sample"),

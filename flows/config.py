@@ -1,6 +1,7 @@
-"""The one configuration schema of buffercast.
+"""The one configuration schema of buffercast: every default and its meaning is stated here, once.
 
-`configs/default.yaml` is the base; a user's YAML file and CLI flags override it.
+`configs/default.yaml` is generated from it (`render_defaults`, `buffercast config --defaults`) and is the base of
+`load_config`; a user's YAML file and CLI flags override it.
 Every model forbids unknown keys, so a typo is an error naming the key, not a silent default.
 """
 
@@ -38,37 +39,41 @@ class _Strict(BaseModel):
 class SalesColumns(_Strict):
     """Names of the columns in the user's sales files."""
 
-    sku_id: str = "sku_id"
-    date: str = "date"
-    quantity: str = "quantity"
-    location_id: str | None = "location_id"
-    line_id: str | None = "line_id"
+    sku_id: str = Field("sku_id", description="SKU id column.")
+    date: str = Field("date", description="Date column: the day sold (or the period, grain 'period').")
+    quantity: str = Field("quantity", description="Quantity sold column.")
+    location_id: str | None = Field("location_id", description="Location id column; null or absent: no locations.")
+    line_id: str | None = Field("line_id", description="Order line id column: a repeated id is a duplicate line; null or absent: none.")
 
 
 class SkuMasterColumns(_Strict):
     """Names of the columns in the user's SKU master file."""
 
-    sku_id: str = "sku_id"
-    unit_cost: str = "unit_cost"
-    lead_time_days: str = "lead_time_days"
-    lead_time_std_days: str | None = "lead_time_std_days"
-    critical: str | None = "critical"
-    pack_size: str | None = "pack_size"
-    supplier_id: str | None = "supplier_id"
+    sku_id: str = Field("sku_id", description="SKU id column.")
+    unit_cost: str = Field("unit_cost", description="Unit cost column.")
+    lead_time_days: str = Field("lead_time_days", description="Lead time column, in days.")
+    lead_time_std_days: str | None = Field("lead_time_std_days", description="Lead-time standard deviation column, in days; optional.")
+    critical: str | None = Field("critical", description="Criticality column (true/false); optional, absent: not critical.")
+    pack_size: str | None = Field("pack_size", description="Pack size column (order multiple, at least 1); optional.")
+    supplier_id: str | None = Field("supplier_id", description="Supplier id column (the scenarios' suppliers); optional.")
 
 
 class InputConfig(_Strict):
+    """Where the sales history and the SKU master are read from, and how."""
+
     sales: str = Field("data/sample/sales.parquet", description="File, folder or fsspec URL of sales history (Parquet or CSV).")
-    sku_master: str | None = Field("data/sample/sku_master.parquet", description="File, folder or URL of the SKU master; null for none.")
-    sales_columns: SalesColumns = SalesColumns()
-    sku_master_columns: SkuMasterColumns = SkuMasterColumns()
+    sku_master: str | None = Field(
+        "data/sample/sku_master.parquet", description="File, folder or URL of the SKU master; null: run without one (`defaults` apply)."
+    )
+    sales_columns: SalesColumns = Field(SalesColumns(), description="Column names in the sales files.")
+    sku_master_columns: SkuMasterColumns = Field(SkuMasterColumns(), description="Column names in the SKU master.")
     grain: Literal["auto", "daily", "period"] = Field(
         "auto",
-        description="'period': each date stands for its whole week/month (already aggregated); 'auto': detected from the dates.",
+        description="'daily' rows, or 'period': one row per week/month (already aggregated); 'auto': detected from the dates.",
     )
     date_format: str | None = Field(None, description="strftime format of dates in CSV files; null tries ISO (YYYY-MM-DD).")
     cache_hours: float = Field(
-        12.0, ge=0.0, description="Reuse the last read of unchanged input files for this long (a retried run); 0: always read."
+        12.0, ge=0.0, description="A retried run reuses the read of unchanged files (path, size, mtime) this long; 0: always read."
     )
     max_quarantine_share: float = Field(
         0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales (or SKU master) rows is quarantined."
@@ -76,18 +81,18 @@ class InputConfig(_Strict):
 
 
 class SbcConfig(_Strict):
-    """Syntetos-Boylan-Croston cut-offs (DOMAIN.md)."""
+    """Syntetos-Boylan-Croston cut-offs (docs/methods.md)."""
 
-    adi_cutoff: float = Field(1.32, gt=1.0)
-    cv2_cutoff: float = Field(0.49, gt=0.0)
+    adi_cutoff: float = Field(1.32, gt=1.0, description="Average inter-demand interval at least this: intermittent or lumpy.")
+    cv2_cutoff: float = Field(0.49, gt=0.0, description="Squared CV of the non-zero demand at least this: erratic or lumpy.")
     min_periods: int = Field(8, ge=2, description="Fewer active periods than this: insufficient_history.")
 
 
 class VolatilityConfig(_Strict):
     """Error-CV cut-offs: X (stable) < variable_from <= Y (variable) < erratic_from <= Z (erratic)."""
 
-    variable_from: float = Field(0.5, gt=0.0)
-    erratic_from: float = Field(1.0, gt=0.0)
+    variable_from: float = Field(0.5, gt=0.0, description="Forecast-error CV (backtest RMSE / mean demand) at least this: Y.")
+    erratic_from: float = Field(1.0, gt=0.0, description="Forecast-error CV at least this: Z.")
 
     @model_validator(mode="after")
     def _ordered(self) -> VolatilityConfig:
@@ -97,8 +102,10 @@ class VolatilityConfig(_Strict):
 
 
 class AbcConfig(_Strict):
-    a_share: float = Field(0.80, gt=0.0, lt=1.0)
-    b_share: float = Field(0.95, gt=0.0, le=1.0)
+    """ABC classes by the cumulative share of annual value, largest series first (docs/methods.md)."""
+
+    a_share: float = Field(0.80, gt=0.0, lt=1.0, description="Cumulative value share (the series included) up to this: A.")
+    b_share: float = Field(0.95, gt=0.0, le=1.0, description="Up to this: B; the rest: C.")
 
     @model_validator(mode="after")
     def _ordered(self) -> AbcConfig:
@@ -126,22 +133,42 @@ ModelName = Literal[
 
 
 class ModelsConfig(_Strict):
-    """Which statsforecast models compete, per demand class."""
+    """Which statsforecast models compete, per demand class (the first listed wins a tie)."""
 
-    smooth: list[ModelName] = ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"]
-    erratic: list[ModelName] = ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"]
-    intermittent: list[ModelName] = ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"]
-    lumpy: list[ModelName] = ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"]
-    insufficient_history: list[ModelName] = ["HistoricAverage"]
+    smooth: list[ModelName] = Field(
+        ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"],
+        description="Models for smooth demand; AutoARIMA, AutoTheta are also allowed (~5x the cost of Theta).",
+    )
+    erratic: list[ModelName] = Field(
+        ["AutoETS", "Theta", "SeasonalNaive", "Naive", "HistoricAverage"], description="Models for erratic demand."
+    )
+    intermittent: list[ModelName] = Field(
+        ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"], description="Models for intermittent demand."
+    )
+    lumpy: list[ModelName] = Field(
+        ["CrostonSBA", "CrostonOptimized", "TSB", "ADIDA", "IMAPA", "HistoricAverage"], description="Models for lumpy demand."
+    )
+    insufficient_history: list[ModelName] = Field(
+        ["HistoricAverage"],
+        description="Too short to backtest, and new products: the mean, sigma from its one-step error.",
+    )
     fallback: ModelName = Field("HistoricAverage", description="Used for a SKU a model cannot fit; such SKUs are flagged.")
-    ets_model: str = Field("ZNZ", pattern=r"^[ZAM][ZNAM][ZNAM]$", description="AutoETS model space (error, trend, season).")
-    tsb_alpha_d: float = Field(0.1, gt=0.0, le=1.0)
-    tsb_alpha_p: float = Field(0.1, gt=0.0, le=1.0)
-    season_length: int | None = Field(None, ge=1, description="Null: 7 for D, 52 for W, 12 for M.")
+    ets_model: str = Field(
+        "ZNZ",
+        pattern=r"^[ZAM][ZNAM][ZNAM]$",
+        description="AutoETS model space (error, trend, season): ZNZ has no trend term; full ZZZ costs ~6x more.",
+    )
+    tsb_alpha_d: float = Field(0.1, gt=0.0, le=1.0, description="TSB smoothing of the demand size.")
+    tsb_alpha_p: float = Field(0.1, gt=0.0, le=1.0, description="TSB smoothing of the demand probability.")
+    season_length: int | None = Field(None, ge=1, description="Season length in periods; null: 7 (D), 52 (W), 12 (M).")
     quantiles: list[float] = Field(
         [0.5, 0.9, 0.95, 0.99], description="Demand quantiles per forecast step, published as q50, q90, ... next to the mean."
     )
-    empirical_window_days: int = Field(365, ge=7, description="Trailing demand behind the quantiles of models without native intervals.")
+    empirical_window_days: int = Field(
+        365,
+        ge=7,
+        description="Trailing days of demand behind the quantiles of models without native intervals (Croston, TSB, ADIDA, IMAPA).",
+    )
 
     @field_validator("quantiles")
     @classmethod
@@ -161,9 +188,13 @@ class ModelsConfig(_Strict):
 
 
 class BacktestConfig(_Strict):
+    """Rolling-origin backtest: it picks each SKU's model and measures the lead-time error behind sigma."""
+
     n_windows: int = Field(8, ge=1, description="Rolling-origin windows (fewer for SKUs with shorter history).")
-    min_windows: int = Field(2, ge=1, description="Fewer possible windows than this: sigma from one-step in-sample error x sqrt(L).")
-    step_periods: int | None = Field(None, ge=1, description="Periods between window origins; null: half the horizon (overlapping).")
+    min_windows: int = Field(2, ge=1, description="Fewer possible windows: sigma = one-step in-sample RMSE x sqrt(L) (docs/methods.md).")
+    step_periods: int | None = Field(
+        None, ge=1, description="Periods between window origins; null: half the horizon (overlapping, more lead-time errors)."
+    )
     refit: bool = Field(False, description="Refit the models at every window (slower) or only at the first.")
     min_train_periods: int | None = Field(
         None, ge=4, description="Periods of history needed before the first window; null: 28 (D), 13 (W), 12 (M)."
@@ -173,8 +204,10 @@ class BacktestConfig(_Strict):
         [1, 2, 3, 4, 6, 8, 13, 26, 52, 91, 120],
         description="SKUs are grouped by the smallest bucket covering their horizon: one statsforecast call per group.",
     )
-    selection_metric: Literal["mae", "rmse", "mase", "rmsse", "lead_time_rmse"] = "mase"
-    n_jobs: int = Field(1, description="Worker processes of the forecasting stage (-1: all cores); statsforecast runs single in each.")
+    selection_metric: Literal["mae", "rmse", "mase", "rmsse", "lead_time_rmse"] = Field(
+        "mase", description="Backtest error that picks each SKU's model."
+    )
+    n_jobs: int = Field(-1, description="Worker processes of the forecasting stage (-1: all cores); statsforecast runs single in each.")
     chunk_size: int = Field(2000, ge=1, description="SKUs per statsforecast call; bounds the memory of the backtest.")
     combination_k: int = Field(2, ge=0, description="The mean of each SKU's best k models competes as 'Combination' (0 or 1: off).")
 
@@ -190,17 +223,24 @@ ServiceMeasure = Literal["cycle", "fill_rate"]
 
 
 class ServiceMeasureConfig(_Strict):
-    critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "cycle"}
-    non_critical: dict[AbcClass, ServiceMeasure] = {"A": "cycle", "B": "cycle", "C": "cycle"}
+    """Per cell: a cycle service level (no stock-out in a cycle) or a fill rate (share of demand served)."""
+
+    critical: dict[AbcClass, ServiceMeasure] = Field(
+        {"A": "cycle", "B": "cycle", "C": "cycle"}, description="Measure of the critical targets, per ABC class."
+    )
+    non_critical: dict[AbcClass, ServiceMeasure] = Field(
+        {"A": "cycle", "B": "cycle", "C": "cycle"},
+        description="fill_rate: see README (the loss-function formula over-delivers at low targets).",
+    )
 
 
 class ServiceLevelConfig(_Strict):
-    """Service level targets over ABC class x criticality (DOMAIN.md), each a cycle service level or a fill rate."""
+    """Service level targets over ABC class x criticality (docs/methods.md), each a cycle service level or a fill rate."""
 
-    critical: dict[AbcClass, float] = {"A": 0.99, "B": 0.98, "C": 0.97}
-    non_critical: dict[AbcClass, float] = {"A": 0.97, "B": 0.95, "C": 0.90}
-    measure: ServiceMeasureConfig = ServiceMeasureConfig()
-    jit: float = Field(0.80, description="Cycle service level of the minimal JIT buffer.")
+    critical: dict[AbcClass, float] = Field({"A": 0.99, "B": 0.98, "C": 0.97}, description="Targets of critical SKUs, in [0.5, 1).")
+    non_critical: dict[AbcClass, float] = Field({"A": 0.97, "B": 0.95, "C": 0.90}, description="Targets of non-critical SKUs, in [0.5, 1).")
+    measure: ServiceMeasureConfig = Field(ServiceMeasureConfig(), description="What each target measures: cycle or fill_rate.")
+    jit: float = Field(0.80, description="Cycle service level of the minimal JIT buffer, in [0.5, 1).")
 
     @model_validator(mode="after")
     def _in_range(self) -> ServiceLevelConfig:
@@ -218,7 +258,7 @@ class ServiceLevelConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    """JIT / JIC / hybrid thresholds (DOMAIN.md: criticality, lead time, volatility)."""
+    """JIT / JIC / hybrid thresholds (docs/methods.md: criticality, lead time, volatility)."""
 
     jit_max_lead_time_days: float = Field(7.0, gt=0.0, description="JIT needs a lead time at most this.")
     jic_min_lead_time_days: float = Field(30.0, gt=0.0, description="A lead time at least this is long: JIC.")
@@ -237,29 +277,41 @@ class PolicyConfig(_Strict):
 class DefaultsConfig(_Strict):
     """Used for SKUs the master lacks (the reasons say so)."""
 
-    lead_time_days: float = Field(14.0, gt=0.0)
-    lead_time_std_days: float = Field(0.0, ge=0.0)
-    unit_cost: float = Field(1.0, gt=0.0)
+    lead_time_days: float = Field(14.0, gt=0.0, description="Lead time in days.")
+    lead_time_std_days: float = Field(0.0, ge=0.0, description="Lead-time standard deviation in days.")
+    unit_cost: float = Field(1.0, gt=0.0, description="Unit cost.")
     review_period_days: float = Field(7.0, ge=0.0, description="Review period R (at least 1 period): S covers R + L.")
 
 
 class CostConfig(_Strict):
-    holding_rate_per_year: float = Field(0.25, ge=0.0, le=5.0)
+    """What holding stock and placing an order cost."""
+
+    holding_rate_per_year: float = Field(0.25, ge=0.0, le=5.0, description="Holding cost per year, as a share of the unit cost.")
     order_cost: float | None = Field(
-        None, gt=0.0, description="Cost of placing one order; null: no EOQ (order quantity = review-period demand)."
+        None, gt=0.0, description="Cost of placing one order: EOQ; null: no EOQ (order quantity = review-period demand)."
     )
 
 
 class BuffersConfig(_Strict):
+    """How safety stock is sized: the bootstrap, the obsolescence risk, the calibration."""
+
     empirical_classes: list[DemandClass] = Field(
         ["intermittent", "lumpy"], description="Buffered by the bootstrap quantile of lead-time demand instead of the normal formula."
     )
-    bootstrap_samples: int = Field(2000, ge=100)
+    bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap samples of lead-time demand per SKU.")
     bootstrap_history_days: int = Field(365, ge=7, description="Trailing demand the bootstrap draws from.")
-    declining_trend_strength: float = Field(0.4, ge=0.0, le=1.0, description="Declining: trend at least this strong ...")
-    declining_ratio: float = Field(0.75, gt=0.0, le=1.0, description="... and the forecast below this share of last year's rate.")
+    declining_trend_strength: float = Field(
+        0.4, ge=0.0, le=1.0, description="Obsolescence risk, declining: a trend at least this strong ..."
+    )
+    declining_ratio: float = Field(
+        0.75,
+        gt=0.0,
+        le=1.0,
+        description="... and the forecast below this share of last year's rate; declining (or dead) with a buffer: capital at risk.",
+    )
     calibrate: bool = Field(
-        True, description="Size normal-method buffers at the nominal level the backtest calibration maps each target to."
+        True,
+        description="Size normal-method buffers at the nominal level an isotonic map of backtest coverage gives (per class, README).",
     )
     calibration_min_points: int = Field(100, ge=10, description="Fewer backtest errors in a demand class: its targets stay uncalibrated.")
     calibration_family_min_points: int | None = Field(
@@ -270,23 +322,31 @@ class BuffersConfig(_Strict):
 class ScenarioConfig(_Strict):
     """A disruption replayed over the held-out demand (buffers/evaluate.py)."""
 
-    name: str
-    kind: Literal["baseline", "lead_time", "outage", "demand_spike"]
+    name: str = Field(description="Scenario name in the outputs.")
+    kind: Literal["baseline", "lead_time", "outage", "demand_spike"] = Field(description="baseline, lead_time, outage or demand_spike.")
     factor: float = Field(1.0, ge=0.0, description="lead_time: lead time x factor; demand_spike: demand x factor.")
     start_day: int = Field(0, ge=0, description="outage, demand_spike: days after the start of the held-out demand.")
     days: int = Field(0, ge=0, description="outage, demand_spike: how long.")
-    suppliers: list[str] | None = Field(None, description="Supplier ids hit; null: every SKU.")
+    suppliers: list[str] | None = Field(None, description="Supplier ids hit, e.g. [S1, S2]; null: every SKU.")
 
 
 class OutputConfig(_Strict):
-    folder: str = "outputs"
+    """Where the tables, the report and the manifest are published."""
+
+    folder: str = Field("outputs", description="Folder the outputs are written to.")
 
 
 class TrackingConfig(_Strict):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: a sqlite file, a folder or an http(s) server.")
+    """MLflow tracking of every run: parameters, metrics, artifacts."""
+
+    uri: str = Field(
+        "sqlite:///mlflow.db", description="MLflow tracking URI: a sqlite file, a folder or an `mlflow server` (http://host:5000)."
+    )
     experiment: str | None = Field(None, description="MLflow experiment; null: one per config, 'buffercast-<name>'.")
     artifact_location: str | None = Field("mlruns", description="Artifact root for a new experiment on a local store.")
-    retries: int = Field(2, ge=0, description="Retries of each tracking step (start, log) when MLflow fails.")
+    retries: int = Field(
+        2, ge=0, description="Retries of each tracking step (start, log) when MLflow fails; the outputs are published even if all fail."
+    )
     retry_delay_seconds: float | list[float] = Field([2.0, 10.0], description="Backoff between those retries (seconds).")
     http_retries: int = Field(2, ge=0, description="MLflow's own HTTP retries per request (its default, 7, takes minutes).")
 
@@ -295,28 +355,30 @@ class TrackingConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    buffer_change_pct: float = Field(25.0, gt=0.0, description="A buffer moving by more than this % since the last run is a change.")
+    """What counts as a change against the previous published run."""
+
+    buffer_change_pct: float = Field(25.0, gt=0.0, description="A buffer moving by more than this % since the last as-of date is a change.")
 
 
 class TimeoutConfig(_Strict):
     """Seconds each stage may take before the run fails (a hung read or fit must not block next week's run)."""
 
-    pull: float = Field(900, gt=0)
-    validation: float = Field(900, gt=0)
-    profile: float = Field(900, gt=0)
-    forecast: float = Field(7200, gt=0)
-    recommend: float = Field(900, gt=0)
-    publish: float = Field(900, gt=0)
-    track: float = Field(600, gt=0)
+    pull: float = Field(900, gt=0, description="Reading the sales and the SKU master.")
+    validation: float = Field(900, gt=0, description="Validating the input rows.")
+    profile: float = Field(900, gt=0, description="Calendar, SKU attributes and demand features per series.")
+    forecast: float = Field(7200, gt=0, description="Backtest and forecast.")
+    recommend: float = Field(900, gt=0, description="Buffer recommendations and scenarios.")
+    publish: float = Field(900, gt=0, description="Writing the outputs.")
+    track: float = Field(600, gt=0, description="Logging the run to MLflow.")
 
 
 class LifeCycleConfig(_Strict):
     """Life cycle and FSN (fast / slow / non-moving), in days so one setting serves every frequency."""
 
-    new_days: float = Field(60.0, gt=0.0, description="First sale within the last N days: new (no backtest).")
+    new_days: float = Field(60.0, gt=0.0, description="First sale within the last N days: new (too short to backtest).")
     dead_days: float = Field(91.0, gt=0.0, description="No sale in the last N days: dead (obsolescence risk; no buffer unless critical).")
     window_days: float = Field(365.0, gt=0.0, description="Window of the movement frequency behind FSN.")
-    fast_from: float = Field(0.5, gt=0.0, le=1.0, description="Movement frequency at least this: F (fast).")
+    fast_from: float = Field(0.5, gt=0.0, le=1.0, description="Movement frequency (share of periods with a sale) at least this: F (fast).")
     slow_from: float = Field(0.1, gt=0.0, le=1.0, description="At least this: S (slow); below: N (non-moving).")
 
     @model_validator(mode="after")
@@ -329,11 +391,13 @@ class LifeCycleConfig(_Strict):
 class OutlierConfig(_Strict):
     """Demand points above median + k x robust scale of the non-zero demand are flagged (never deleted)."""
 
-    k: float = Field(5.0, gt=0.0)
+    k: float = Field(5.0, gt=0.0, description="The k of that threshold.")
     exclude_from_sigma: bool = Field(False, description="Cap flagged points at the threshold before forecasting and sizing sigma.")
 
 
 class ShapeConfig(_Strict):
+    """Seasonal and trend strength of each SKU: the models it gets."""
+
     seasonal_from: float = Field(0.3, ge=0.0, le=1.0, description="Seasonal strength below this: seasonal models are skipped for the SKU.")
     trend_from: float = Field(0.3, ge=0.0, le=1.0, description="Trend strength below this: trend models (Theta's drift) are skipped.")
 
@@ -346,7 +410,9 @@ class ScheduleConfig(_Strict):
     """When the deployed flow runs (prefect.yaml, `buffercast serve`): a cron read in an IANA time zone."""
 
     cron: str = Field("0 6 * * 1", description="Five fields: minute hour day-of-month month day-of-week; default Monday 06:00.")
-    timezone: str = Field("Europe/Berlin", description="IANA time zone the cron is read in, daylight saving included.")
+    timezone: str = Field(
+        "Europe/Berlin", description="IANA time zone the cron is read in, daylight saving included; keep prefect.yaml in step."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -370,36 +436,43 @@ class ScheduleConfig(_Strict):
 
 
 class BuffercastConfig(_Strict):
+    """Every setting of a buffercast run."""
+
     name: str = Field("default", description="Config name; also the MLflow run name prefix.")
-    frequency: Frequency = "D"
-    week_start: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
-    as_of: dt.date | None = Field(None, description="Run as if on this date; null: the last date in the data.")
-    seed: int = 20240101
-    input: InputConfig = InputConfig()
-    sbc: SbcConfig = SbcConfig()
-    volatility: VolatilityConfig = VolatilityConfig()
-    abc: AbcConfig = AbcConfig()
-    models: ModelsConfig = ModelsConfig()
-    backtest: BacktestConfig = BacktestConfig()
-    service_levels: ServiceLevelConfig = ServiceLevelConfig()
-    policy: PolicyConfig = PolicyConfig()
-    defaults: DefaultsConfig = DefaultsConfig()
-    cost: CostConfig = CostConfig()
-    buffers: BuffersConfig = BuffersConfig()
-    scenarios: list[ScenarioConfig] = [
-        ScenarioConfig(name="baseline", kind="baseline"),
-        ScenarioConfig(name="lead_time_x2", kind="lead_time", factor=2.0),
-        ScenarioConfig(name="supplier_outage_30d", kind="outage", start_day=14, days=30),
-        ScenarioConfig(name="demand_spike_50pct_4w", kind="demand_spike", factor=1.5, start_day=14, days=28),
-    ]
-    life_cycle: LifeCycleConfig = LifeCycleConfig()
-    outliers: OutlierConfig = OutlierConfig()
-    shape: ShapeConfig = ShapeConfig()
-    drift: DriftConfig = DriftConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
-    output: OutputConfig = OutputConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    frequency: Frequency = Field("D", description="D, W or M: daily, weekly, monthly buckets.")
+    week_start: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field("mon", description="Weekday weekly buckets start on.")
+    as_of: dt.date | None = Field(None, description="Run as if on this date (YYYY-MM-DD); null: the last date in the data.")
+    seed: int = Field(20240101, description="Random seed of the bootstrap and the scenarios: same seed, same results.")
+    input: InputConfig = Field(InputConfig(), description="The input files.")
+    sbc: SbcConfig = Field(SbcConfig(), description="Demand class: smooth, erratic, intermittent, lumpy or insufficient_history.")
+    volatility: VolatilityConfig = Field(VolatilityConfig(), description="XYZ volatility class from the backtest error.")
+    abc: AbcConfig = Field(AbcConfig(), description="ABC value class.")
+    models: ModelsConfig = Field(ModelsConfig(), description="Forecasting models.")
+    backtest: BacktestConfig = Field(BacktestConfig(), description="Model selection and forecast error.")
+    service_levels: ServiceLevelConfig = Field(ServiceLevelConfig(), description="Target service levels.")
+    policy: PolicyConfig = Field(PolicyConfig(), description="Stocking policy per SKU.")
+    defaults: DefaultsConfig = Field(DefaultsConfig(), description="SKU master values for SKUs it lacks.")
+    cost: CostConfig = Field(CostConfig(), description="Holding and ordering cost.")
+    buffers: BuffersConfig = Field(BuffersConfig(), description="Safety stock sizing.")
+    scenarios: list[ScenarioConfig] = Field(
+        [
+            ScenarioConfig(name="baseline", kind="baseline"),
+            ScenarioConfig(name="lead_time_x2", kind="lead_time", factor=2.0),
+            ScenarioConfig(name="supplier_outage_30d", kind="outage", start_day=14, days=30),
+            ScenarioConfig(name="demand_spike_50pct_4w", kind="demand_spike", factor=1.5, start_day=14, days=28),
+        ],
+        description="Disruption stress test over the held-out demand, under JIT, JIC and the recommended policy.",
+    )
+    life_cycle: LifeCycleConfig = Field(LifeCycleConfig(), description="New, active, dead; fast, slow, non-moving.")
+    outliers: OutlierConfig = Field(OutlierConfig(), description="Outlier flags.")
+    shape: ShapeConfig = Field(ShapeConfig(), description="Strength below these: no seasonal models / no trend models (Theta) for the SKU.")
+    drift: DriftConfig = Field(DriftConfig(), description="Changes since the last run.")
+    timeouts: TimeoutConfig = Field(TimeoutConfig(), description="Seconds per stage.")
+    output: OutputConfig = Field(OutputConfig(), description="Published outputs.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow.")
+    schedule: ScheduleConfig = Field(
+        ScheduleConfig(), description="The weekly deployment (prefect.yaml, `buffercast serve`, `make serve`)."
+    )
 
     @property
     def period_days(self) -> float:
@@ -511,3 +584,102 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return BuffercastConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, " + ".join(sources))) from None
+
+
+# ---------------------------------------------------------------- configs/default.yaml, from the schema
+
+#: Longest line a description is appended to as `  # ...`; longer ones go on a comment line above the key.
+_LINE_WIDTH = 140
+#: Inline comments of a block start in one column, unless a key's line is longer than this.
+_ALIGN_MAX = 48
+#: A string written without quotes (and read back as that string: see `_yaml_value`).
+_PLAIN = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./-]*")
+
+DEFAULTS_HEADER = """\
+# buffercast default configuration: every key, its default and what it means.
+# Generated from the schema in flows/config.py by `buffercast config --defaults` (a test checks it is current): edit the
+# schema, not this file. Every key is validated (an unknown key or a bad value is an error naming the key).
+# Override with `buffercast run --config my.yaml` (deep-merged over this file) and CLI flags; relative paths here are
+# read from the repository root.
+"""
+
+
+def _yaml_value(value: Any) -> str:
+    """`value` as one line of YAML flow style; strings YAML would read as something else are quoted."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(exclude_defaults=True)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_yaml_value(k)}: {_yaml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        plain = _PLAIN.fullmatch(value) is not None and yaml.safe_load(value) == value
+        return value if plain else json.dumps(value, ensure_ascii=False)  # a JSON string is a double-quoted YAML scalar
+    return yaml.safe_dump(value, default_flow_style=True).splitlines()[0]  # null, true, 12.0, 2024-01-01
+
+
+def _docline(model: type[BaseModel]) -> str:
+    return (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+
+
+def _commented(line: str, description: str, column: int) -> list[str]:
+    """`line` with its description as a trailing comment if it fits, else as a comment line above."""
+    if not description:
+        return [line]
+    indent = line[: len(line) - len(line.lstrip())]
+    padded = line.ljust(column) if len(line) + 2 <= column else line + "  "
+    if len(padded) + 2 + len(description) <= _LINE_WIDTH:
+        return [f"{padded}# {description}"]
+    if len(line) + 4 + len(description) <= _LINE_WIDTH:
+        return [f"{line}  # {description}"]
+    return [f"{indent}# {description}", line]
+
+
+def _render_block(model: BaseModel, indent: str) -> list[str]:
+    fields = type(model).model_fields
+    values = {name: getattr(model, name) for name in fields}
+    leaves = {
+        name: f"{indent}{name}: {_yaml_value(v)}"
+        for name, v in values.items()
+        if not isinstance(v, BaseModel) and not (isinstance(v, list) and v and all(isinstance(i, BaseModel) for i in v))
+    }
+    aligned = [len(line) for line in leaves.values() if len(line) <= _ALIGN_MAX]
+    column = max(aligned, default=0) + 2
+    lines: list[str] = []
+    for name, info in fields.items():
+        value, description = values[name], info.description or ""
+        if name in leaves:
+            lines += _commented(leaves[name], description, column)
+            continue
+        if not indent and lines and lines[-1]:
+            lines.append("")
+        item_type = type(value) if isinstance(value, BaseModel) else type(value[0])
+        lines.append(f"{indent}# {_docline(item_type)}")
+        lines += _commented(f"{indent}{name}:", description, 0)
+        if isinstance(value, BaseModel):
+            lines += _render_block(value, indent + "  ")
+            continue
+        for key, item in item_type.model_fields.items():  # a list of models: the keys an item takes, then the items
+            default = "required" if item.is_required() else f"default {_yaml_value(item.default)}"
+            lines.append(f"{indent}  #   {key} ({default}): {item.description or ''}")
+        lines += [f"{indent}  - {_yaml_value(item)}" for item in value]
+        if not indent:
+            lines.append("")
+    return lines
+
+
+def render_config(config: BuffercastConfig, header: str = "") -> str:
+    """`config` as commented YAML: top-level keys in schema order, each section preceded by its docstring, each key
+    followed by its description; a list of models (`scenarios`) shows only each item's non-default keys.
+
+    `yaml.safe_load` of the text, validated, gives `config` back.
+    """
+    lines = _render_block(config, "")
+    while lines and not lines[-1]:
+        lines.pop()
+    return header + "\n".join(lines) + "\n"
+
+
+def render_defaults() -> str:
+    """The schema defaults as commented YAML: the text of configs/default.yaml (`buffercast config --defaults`)."""
+    return render_config(BuffercastConfig(), DEFAULTS_HEADER)

@@ -32,7 +32,8 @@ from forecasting.workers import map_in_order, worker_count, worker_pool
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
 
-#: A group is split into chunks for the workers only while each chunk keeps at least this many SKUs.
+#: A group is split into chunks for the workers only while each chunk keeps at least this many SKUs; a stage with
+#: fewer than twice this many SKUs runs in-process.
 MIN_SKUS_PER_WORKER_CHUNK = 50
 
 
@@ -615,10 +616,11 @@ def backtest_and_forecast(
     per group (model set, seasonality, trend, horizon bucket, windows, step): each chunk is reduced to its metrics, its
     chosen model and that model's backtest and future before its result comes back, so memory stays bounded.
     The chunks run on `pool` (an Executor: `forecasting.workers.worker_pool`, or a Dask client), else on a pool of
-    `s.n_jobs` workers opened for this call (none for one process); results are gathered in chunk order.
+    `s.n_jobs` workers opened for this call (none for one process, or for fewer than 100 SKUs); results are gathered
+    in chunk order.
     """
-    if pool is None and worker_count(s.n_jobs) > 1:
-        with worker_pool(s.n_jobs) as own:
+    if pool is None and worker_count(s.n_jobs) > 1 and attrs.height >= 2 * MIN_SKUS_PER_WORKER_CHUNK:
+        with worker_pool(s.n_jobs) as own:  # fewer SKUs: starting the workers would cost more than they save
             return backtest_and_forecast(panel, attrs, model_sets, s, own)
     s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
     plan = plan_horizons(attrs, s)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import types
+import typing
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, load_config
+from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, load_config, render_defaults
+
+#: Keys `load_config` anchors at the repository root: the only differences between configs/default.yaml and the schema.
+ANCHORED = (("input", "sales"), ("input", "sku_master"), ("output", "folder"), ("tracking", "uri"), ("tracking", "artifact_location"))
 
 
 def test_default_yaml_is_the_schema_defaults():
@@ -100,3 +107,58 @@ def test_relative_paths_are_anchored_where_they_were_written(tmp_path, monkeypat
     assert cfg.input.sku_master == "s3://bucket/items.parquet"  # URLs untouched
     assert cfg.tracking.uri == f"sqlite:///{site / 'runs.db'}"
     assert cfg.output.folder == str(tmp_path / "out")  # flags: from the working directory
+
+
+def test_default_yaml_is_generated_from_the_schema():
+    assert DEFAULT_CONFIG_PATH.read_text() == render_defaults(), (
+        "configs/default.yaml is out of date with flows/config.py: run `.venv/bin/buffercast config --defaults > configs/default.yaml`"
+    )
+
+
+def test_rendered_defaults_round_trip():
+    assert BuffercastConfig.model_validate(yaml.safe_load(render_defaults())) == BuffercastConfig()
+
+
+def test_load_config_is_the_schema_defaults_but_the_anchored_paths():
+    ours, schema = load_config().model_dump(), BuffercastConfig().model_dump()
+    for dump in (ours, schema):
+        for section, key in ANCHORED:
+            dump[section].pop(key)
+    assert ours == schema
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """`model` and every model its fields hold (directly, in a list or dict, or in a union), once each."""
+    found: list[type[BaseModel]] = []
+
+    def walk(tp: object) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp not in found:
+                found.append(tp)
+                for info in tp.model_fields.values():
+                    walk(info.annotation)
+        elif isinstance(tp, types.UnionType) or typing.get_origin(tp) is not None:
+            for arg in typing.get_args(tp):
+                walk(arg)
+
+    walk(model)
+    return found
+
+
+def test_every_key_of_the_schema_is_described():
+    models = _models(BuffercastConfig)
+    assert len(models) > 20 and sum(len(m.model_fields) for m in models) > 120
+    undocumented = [m.__name__ for m in models if not (m.__doc__ or "").strip()]
+    undescribed = [f"{m.__name__}.{name}" for m in models for name, info in m.model_fields.items() if not (info.description or "").strip()]
+    assert undocumented == [] and undescribed == []
+    assert not any("DOMAIN.md" in (m.__doc__ or "") + "".join(i.description or "" for i in m.model_fields.values()) for m in models)
+
+
+def test_cli_prints_the_defaults():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["config", "--defaults"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == render_defaults()

@@ -279,6 +279,7 @@ def test_worker_chunks_give_the_numbers_of_one_process(small_catalogue):
     )
     s = backtest_settings(cfg)
     one = backtest_and_forecast(p.panel, inputs, model_sets(cfg), replace(s, n_jobs=1))
-    two = backtest_and_forecast(p.panel, inputs, model_sets(cfg), replace(s, n_jobs=2, chunk_size=7))
+    with worker_pool(2) as pool:  # 30 SKUs would run in-process on their own
+        two = backtest_and_forecast(p.panel, inputs, model_sets(cfg), replace(s, n_jobs=2, chunk_size=7), pool=pool)
     for name in ("plan", "cv", "metrics", "selection", "forecasts"):
         assert getattr(one, name).equals(getattr(two, name)), name
