@@ -13,11 +13,13 @@ swap leaves the previous outputs untouched; a rerun for the same as-of date repl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ SCHEMA_VERSION = 1
 STAGING = "_staging"
 MANIFESTS = "manifests"
 REPORTS = "reports"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside `target` for the block to write; when the block ends it is fsynced, made readable by
+    all (0644: mkstemp makes 0600) and renamed over `target` (atomic on one filesystem); if the block fails it is
+    removed and `target` is untouched. The one way a single file is written (the report, the sample data); a run's
+    tables go through `publish_tables`' staging folder instead, all or nothing."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def partition_dir(root: Path, table: str, as_of: dt.date) -> Path:

@@ -12,7 +12,6 @@ import html
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -394,21 +393,12 @@ def render_report(
 
 
 def write_report(path: str | os.PathLike[str], html_text: str) -> Path:
-    """Write the report atomically (a temp file in the same folder, fsynced, then `os.replace`); the resolved path."""
-    target = Path(path).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(html_text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write the report atomically (`flows.publish.atomic_path`); the resolved path."""
+    from flows.publish import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(html_text, encoding="utf-8", newline="\n")
+    return Path(path).resolve()
 
 
 def report_figures(

@@ -11,16 +11,15 @@ Everything is vectorised with numpy over a SKU x day matrix (one loop over arche
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import polars as pl
+
+from flows.publish import atomic_path
 
 DEFAULT_END_DATE = dt.date(2026, 10, 31)
 
@@ -315,18 +314,11 @@ def generate_catalogue(
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path, fmt: Literal["parquet", "csv"]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "parquet":
-            frame.write_parquet(tmp_name)
+            frame.write_parquet(tmp)
         else:
-            frame.write_csv(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+            frame.write_csv(tmp)
 
 
 def write_sample_data(
