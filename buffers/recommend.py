@@ -205,13 +205,26 @@ def recommend(
     missing = [c for c in REQUIRED if c not in skus.columns]
     if missing:
         raise ValueError(f"recommend() lacks columns {missing}")
-    t = s.thresholds
+    out = service_level_targets(skus, s)
+    out = calibrated_levels(out, s, calibration)
+    out = buffered_sigmas(out, s, with_bootstrap=panel is not None)
+    out = safety_factors(out)
+    out, boot = bootstrap_buffers(out, s, panel)
+    out = safety_stocks(out, boot)
+    out = stock_levels(out, boot)
+    out = costs_and_risks(out, s)
+    return with_reasons(out, s)
+
+
+def service_level_targets(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+    """Policy flags and policy (`buffers.policy`), the ABC x criticality cell (`_matrix_level`, `_matrix_measure`), and
+    `service_level_target` / `service_level_measure`: the JIT level (cycle) for JIT SKUs, the cell's otherwise."""
     out = (
         skus.cast(REQUIRED)
         .with_columns(pl.col("critical").fill_null(False))
         .join(_cells(s.service_levels, s.service_measures), on=["abc_class", "critical"], how="left")
         .with_columns(lead_time_std_periods=pl.col("lead_time_std_days").fill_null(0.0) / s.period_days)
-        .with_columns(policy_flags(t))
+        .with_columns(policy_flags(s.thresholds))
         .with_columns(policy=policy_expr())
         .with_columns(
             service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(s.jit_service_level)).otherwise("_matrix_level"),
@@ -221,11 +234,15 @@ def recommend(
     if out["service_level_target"].null_count():
         bad = out.filter(pl.col("service_level_target").is_null()).select("abc_class", "critical").unique().rows()
         raise ValueError(f"no service level target for (abc_class, critical) = {bad}")
-    # Cycle targets are calibrated, by the normal method's maps or (intermittent and lumpy with a panel) the bootstrap's.
+    return out
+
+
+def calibrated_levels(out: pl.DataFrame, s: BufferSettings, calibration: pl.DataFrame | None) -> pl.DataFrame:
+    """The nominal levels each buffer is sized at (buffers/calibration.py): the reorder point's safety stock by the
+    lead-time map (`sizing_level`), the order-up-to level by the review + lead-time map
+    (`calibrated_review_service_level`), and the stress test's pure JIT and JIC levels (`_jit_level`, `_jic_level`),
+    calibrated like the recommended one so the three compare fairly. Only cycle targets are calibrated."""
     cycle = pl.col("service_level_measure") == "cycle"
-    # The calibrated nominal levels (buffers/calibration.py): the reorder point's safety stock by the lead-time map,
-    # the order-up-to level by the review + lead-time map; the stress test's pure JIT and JIC levels are calibrated
-    # like the recommended one, so the three compare fairly.
     out = out.with_columns(model_family=model_family(pl.col("model")) if "model" in out.columns else pl.lit(None, pl.String))
     for exposure, level, name in (
         (LEAD_TIME, pl.col("service_level_target"), "_lt"),
@@ -235,7 +252,7 @@ def recommend(
     ):
         out = out.join(resolve_levels(out, calibration, exposure, level, name), on="unique_id", how="left")
     usable = pl.col("_lt_status").is_in(USABLE)
-    out = out.with_columns(
+    return out.with_columns(
         calibration_status=pl.when(cycle).then("_lt_status").otherwise(pl.lit("fill_rate_target")),
         calibration_map=pl.when(cycle & usable).then("_lt_map"),
         sizing_level=pl.when(cycle & usable).then("_lt").otherwise("service_level_target"),
@@ -243,13 +260,18 @@ def recommend(
         _jic_level=pl.when(pl.col("_matrix_measure") == "cycle").then("_jic").otherwise("_matrix_level"),
         _jit_level=pl.when(cycle).then("_jit").otherwise(pl.lit(s.jit_service_level)),
     ).drop("model_family")
+
+
+def buffered_sigmas(out: pl.DataFrame, s: BufferSettings, with_bootstrap: bool) -> pl.DataFrame:
+    """`sigma_total` = sqrt(sigma_LT^2 + d^2 sigma_L^2) over the lead time and over review + lead time, the part of it
+    the policy buffers (`sigma_buffered`: hybrid drops the stable term), the annual demand, the EOQ and the order
+    quantity (EOQ, else the demand over a review period); `_empirical`: sized by the bootstrap instead."""
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
-    unit_holding = pl.col("unit_cost") * s.holding_rate_per_year
     out = out.with_columns(
         _demand_part=demand_part,
         _lead_time_part=lead_time_part,
-        _empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(panel is not None),
+        _empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(with_bootstrap),
         sigma_total=sigma_total(pl.col("sigma_lead_time_demand"), d, pl.col("lead_time_std_periods")),
         _sigma_review_total=sigma_total(pl.col("sigma_review_lead_time_demand"), d, pl.col("lead_time_std_periods")),
         annual_demand_units=d * s.periods_per_year,
@@ -273,8 +295,14 @@ def recommend(
             "unit_cost",
         ),
     )
-    out = out.with_columns(order_quantity=pl.coalesce("economic_order_quantity", "_review_quantity"))
-    out = out.with_columns(
+    return out.with_columns(order_quantity=pl.coalesce("economic_order_quantity", "_review_quantity"))
+
+
+def safety_factors(out: pl.DataFrame) -> pl.DataFrame:
+    """The normal method's safety factors (`buffers.safety_stock.safety_factor`: z for a cycle target, k from the
+    normal loss for a fill rate): at the sizing level (`safety_factor_z`), for the order-up-to level, at the target
+    uncalibrated, and for the pure JIC and JIT levels."""
+    return out.with_columns(
         safety_factor_z=_numpy(safety_factor, "sizing_level", "service_level_measure", "order_quantity", "sigma_buffered"),
         _factor_review=_numpy(
             safety_factor, "calibrated_review_service_level", "service_level_measure", "_review_quantity", "_sigma_review_buffered"
@@ -283,24 +311,50 @@ def recommend(
         _factor_jic=_numpy(safety_factor, "_jic_level", "_matrix_measure", "_review_quantity", "_sigma_review_total"),
         _z_jit=_numpy(z_for_cycle_service_level, "_jit_level"),
     )
-    # The bootstrap's quantiles at every level an empirical SKU is sized at: the targets and their calibrated levels.
+
+
+@dataclass(frozen=True)
+class _BootstrapBuffers:
+    """Per SKU, the bootstrap buffers (quantile minus mean) at each level a bootstrap SKU is sized at; `sized` is
+    true where the SKU is sized by the bootstrap."""
+
+    sized: pl.Expr
+    lead_time: pl.Expr
+    uncalibrated: pl.Expr
+    review: pl.Expr
+    jit: pl.Expr
+    jic: pl.Expr
+
+
+def bootstrap_buffers(out: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None) -> tuple[pl.DataFrame, _BootstrapBuffers]:
+    """The bootstrap's quantiles of lead-time and review + lead-time demand (`buffers.lead_time_demand`) at every
+    level an intermittent or lumpy SKU is sized at (the targets and their calibrated levels), joined to `out`."""
     sized_at = out.filter(pl.col("_empirical")).select(
         pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
     )
     levels = sorted(set(s.target_levels) | set(sized_at.to_series().drop_nulls().to_list()))
     boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
-    empirical = pl.col("_empirical") & pl.col("_lt_mean").is_not_null() if "_lt_mean" in out.columns else pl.lit(False)
+    if "_lt_mean" not in out.columns:
+        none = pl.lit(None, pl.Float64)
+        return out, _BootstrapBuffers(pl.lit(False), none, none, none, none, none)
+    return out, _BootstrapBuffers(
+        sized=pl.col("_empirical") & pl.col("_lt_mean").is_not_null(),
+        lead_time=_bootstrap_buffer("lt", levels, "sizing_level"),
+        uncalibrated=_bootstrap_buffer("lt", levels),
+        review=_bootstrap_buffer("rlt", levels, "calibrated_review_service_level"),
+        jit=_bootstrap_buffer("rlt", levels, "_jit_level"),
+        jic=_bootstrap_buffer("rlt", levels, "_jic_level"),
+    )
+
+
+def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
+    """Unrounded safety stocks: SS = k x sigma_buffered (normal method, floored at 0) or the bootstrap buffer, for the
+    reorder point (`_ss`), the order-up-to level (`_review_ss`) and the pure JIT and JIC policies; the method used;
+    and the hybrid's expected cycle service level (it buffers the variable part only)."""
+    empirical = boot.sized
     normal_ss = (pl.col("safety_factor_z") * pl.col("sigma_buffered")).clip(0.0, None)
     normal_review_ss = (pl.col("_factor_review") * pl.col("_sigma_review_buffered")).clip(0.0, None)
-    if "_lt_mean" in out.columns:
-        emp_ss = _bootstrap_buffer("lt", levels, "sizing_level")
-        emp_uncalibrated = _bootstrap_buffer("lt", levels)
-        emp_review_ss = _bootstrap_buffer("rlt", levels, "calibrated_review_service_level")
-        emp_jit = _bootstrap_buffer("rlt", levels, "_jit_level")
-        emp_jic = _bootstrap_buffer("rlt", levels, "_jic_level")
-    else:
-        emp_ss = emp_uncalibrated = emp_review_ss = emp_jit = emp_jic = pl.lit(None, pl.Float64)
     # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.
     covered = pl.when(pl.col("sigma_total") > 0).then(pl.col("safety_factor_z") * pl.col("sigma_buffered") / pl.col("sigma_total"))
     out = out.with_columns(_covered=covered).with_columns(
@@ -308,29 +362,34 @@ def recommend(
         .then(_numpy(stats.norm.cdf, "_covered").fill_null(pl.col("service_level_target")))
         .otherwise(pl.col("service_level_target"))
     )
-    review_demand = pl.col("review_lead_time_demand")
-    out = out.with_columns(
+    return out.with_columns(
         safety_stock_method=pl.when(empirical)
         .then(pl.lit("bootstrap_quantile"))
         .when(pl.col("service_level_measure") == "fill_rate")
         .then(pl.lit("normal_fill_rate"))
         .otherwise(pl.lit("normal_cycle")),
-        _ss=pl.when(empirical).then(emp_ss).otherwise(normal_ss),
-        _review_ss=pl.when(empirical).then(emp_review_ss).otherwise(normal_review_ss),
-        _jit_ss=pl.when(empirical).then(emp_jit).otherwise((pl.col("_z_jit") * pl.col("_sigma_review_total")).clip(0.0, None)),
-        _jic_ss=pl.when(empirical).then(emp_jic).otherwise((pl.col("_factor_jic") * pl.col("_sigma_review_total")).clip(0.0, None)),
+        _ss=pl.when(empirical).then(boot.lead_time).otherwise(normal_ss),
+        _review_ss=pl.when(empirical).then(boot.review).otherwise(normal_review_ss),
+        _jit_ss=pl.when(empirical).then(boot.jit).otherwise((pl.col("_z_jit") * pl.col("_sigma_review_total")).clip(0.0, None)),
+        _jic_ss=pl.when(empirical).then(boot.jic).otherwise((pl.col("_factor_jic") * pl.col("_sigma_review_total")).clip(0.0, None)),
     )
+
+
+def stock_levels(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
+    """Rounded levels (`round_up_units`: whole units, pack sizes): safety stock (and what it would be uncalibrated),
+    reorder point = lead-time demand + SS, order-up-to level = demand over R + L + SS over R + L, min = ROP,
+    max = ROP + Q, the order quantity, the pure JIT/JIC order-up-to levels and the textbook baseline
+    z x sigma_d x sqrt(L). A dead, non-critical SKU (`no_buffer`) gets 0 everywhere it would order."""
     pack = pl.col("pack_size")
-    buffer = round_up_units(pl.col("_ss"), pack)
-    uncalibrated = round_up_units(
-        pl.when(empirical).then(emp_uncalibrated).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None)),
-        pack,
+    review_demand = pl.col("review_lead_time_demand")
+    uncalibrated = (
+        pl.when(boot.sized).then(boot.uncalibrated).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None))
     )
     nothing = no_buffer()
-    out = (
+    return (
         out.with_columns(
-            safety_stock_units=pl.when(nothing).then(0.0).otherwise(buffer),
-            uncalibrated_safety_stock_units=pl.when(nothing).then(0.0).otherwise(uncalibrated),
+            safety_stock_units=pl.when(nothing).then(0.0).otherwise(round_up_units(pl.col("_ss"), pack)),
+            uncalibrated_safety_stock_units=pl.when(nothing).then(0.0).otherwise(round_up_units(uncalibrated, pack)),
         )
         .with_columns(
             reorder_point_units=pl.when(nothing)
@@ -351,25 +410,41 @@ def recommend(
             ),
         )
     )
+
+
+def costs_and_risks(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+    """Safety-stock value, its holding cost per year, the capital tied up on average (SS + Q/2), expected turns,
+    the textbook buffer's value, and the obsolescence risk: dead, or declining (trend strength >= the setting and the
+    forecast below `declining_ratio` x last year's rate), with a buffer; its value is the capital at risk."""
+    d = pl.col("mean_demand_per_period")
     average_stock = pl.col("safety_stock_units") + pl.col("order_quantity_units") / 2
     recent_rate = pl.col("annual_units") / s.periods_per_year
     declining = (pl.col("trend_strength").fill_null(0.0) >= s.declining_trend_strength) & (d < s.declining_ratio * recent_rate)
-    out = out.with_columns(
-        safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
-        holding_cost_per_year=pl.col("safety_stock_units") * unit_holding,
-        capital_tied_up=average_stock * pl.col("unit_cost"),
-        expected_turns=pl.when(average_stock > 0).then(pl.col("annual_demand_units") / average_stock),
-        textbook_safety_stock_value=pl.col("textbook_safety_stock_units") * pl.col("unit_cost"),
-        flag_declining=declining,
-    ).with_columns(
-        flag_obsolescence_risk=(pl.col("flag_dead") | pl.col("flag_declining")) & (pl.col("safety_stock_units") > 0),
-    )
     return (
         out.with_columns(
-            capital_at_risk=pl.when("flag_obsolescence_risk").then(pl.col("safety_stock_value")).otherwise(0.0),
+            safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
+            holding_cost_per_year=pl.col("safety_stock_units") * (pl.col("unit_cost") * s.holding_rate_per_year),
+            capital_tied_up=average_stock * pl.col("unit_cost"),
+            expected_turns=pl.when(average_stock > 0).then(pl.col("annual_demand_units") / average_stock),
+            textbook_safety_stock_value=pl.col("textbook_safety_stock_units") * pl.col("unit_cost"),
+            flag_declining=declining,
         )
         .with_columns(
-            # A dead SKU without a buffer keeps its one reason (see `reasons_expr`).
+            flag_obsolescence_risk=(pl.col("flag_dead") | pl.col("flag_declining")) & (pl.col("safety_stock_units") > 0),
+        )
+        .with_columns(
+            capital_at_risk=pl.when("flag_obsolescence_risk").then(pl.col("safety_stock_value")).otherwise(0.0),
+        )
+    )
+
+
+def with_reasons(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+    """`reasons`: the policy, why (`buffers.policy.reasons_expr`) and how the buffer was sized (`_method_reasons`); a dead
+    SKU without a buffer keeps its one reason. Internal columns (`_...`) dropped, `sizing_level` published as
+    `calibrated_service_level`."""
+    t = s.thresholds
+    return (
+        out.with_columns(
             reasons=pl.format("{}: ", pl.col("policy"))
             + pl.when(no_buffer())
             .then(reasons_expr(t, s.period_days))

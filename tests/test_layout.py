@@ -1,0 +1,48 @@
+"""The layout's one rule that a linter can miss: the pure core never reaches the edges.
+
+features/, forecasting/ and buffers/ compute; flows/ orchestrates, reads, writes and tracks. A core module that
+imported flows/, prefect or mlflow (even inside a function, where ruff's banned-api rule also looks, or via
+importlib) would tie the maths to the orchestrator. This walks every import statement of every core module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ("features", "forecasting", "buffers")
+EDGES = {"flows", "prefect", "mlflow"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in {"import_module", "__import__"}:
+            names |= {arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
+    return names
+
+
+CORE_FILES = sorted(p for package in CORE for p in (ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_core_never_imports_flows_prefect_or_mlflow(path: Path):
+    reached = {name for name in _imported_modules(path) if name.split(".")[0] in EDGES}
+    assert not reached, f"{path.relative_to(ROOT)} imports {sorted(reached)}: the core must stay free of orchestration and I/O"
+
+
+def test_the_walk_sees_every_kind_of_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import mlflow.tracking\nfrom prefect import flow\ndef f():\n    import importlib\n    importlib.import_module('flows.plan')\n"
+    )
+    assert {"mlflow.tracking", "prefect", "flows.plan"} <= _imported_modules(probe)
+    assert len(CORE_FILES) > 20
