@@ -25,6 +25,8 @@ class PolicyThresholds:
 
 
 #: Flag columns, each one rule; the policy follows from them.
+#: The policies, lean to buffered (plots stack them in this order).
+POLICIES = ("JIT", "hybrid", "JIC")
 JIC_FLAGS = ("flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand")
 HYBRID_FLAGS = (
     "flag_moderate_lead_time",

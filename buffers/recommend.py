@@ -22,6 +22,11 @@ from buffers.safety_stock import (
     z_for_cycle_service_level,
 )
 
+#: How a safety stock was sized (`safety_stock_method`).
+SAFETY_STOCK_METHODS = ("normal_cycle", "normal_fill_rate", "bootstrap_quantile")
+#: The risk flags `costs_and_risks` adds after the policy flags (`buffers.policy.FLAG_COLUMNS`).
+RISK_FLAGS = ("flag_declining", "flag_obsolescence_risk")
+
 
 @dataclass(frozen=True)
 class BufferSettings:

@@ -20,11 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.calendar import period_days
+from features.sbc import DEMAND_CLASSES
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 Frequency = Literal["D", "W", "M"]
-DemandClass = Literal["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"]
+DemandClass = Literal[DEMAND_CLASSES]  # type: ignore[valid-type]  # one list: features/sbc.py
 AbcClass = Literal["A", "B", "C"]
 
 
@@ -177,7 +178,7 @@ class ModelsConfig(_Strict):
             raise ValueError("quantiles must be strictly increasing and strictly between 0 and 1")
         return v
 
-    @field_validator("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")
+    @field_validator(*DEMAND_CLASSES)
     @classmethod
     def _not_empty(cls, v: list[str]) -> list[str]:
         if not v:

@@ -19,6 +19,7 @@ from buffers.recommend import BufferSettings
 from features.calendar import series_keys, to_periods
 from features.outliers import cap_outliers
 from features.profile import ProfileSettings, build_profiles
+from features.sbc import DEMAND_CLASSES
 from flows.config import BuffercastConfig
 from forecasting.backtest import BacktestSettings, ForecastResult, backtest_and_forecast
 from forecasting.models import ModelSpec
@@ -100,7 +101,7 @@ def backtest_settings(cfg: BuffercastConfig) -> BacktestSettings:
 
 def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
     """The competing models per demand class, from the config."""
-    return {c: list(getattr(cfg.models, c)) for c in ("smooth", "erratic", "intermittent", "lumpy", "insufficient_history")}
+    return {c: list(getattr(cfg.models, c)) for c in DEMAND_CLASSES}
 
 
 def forecast_stage(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:

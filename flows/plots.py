@@ -14,6 +14,8 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from buffers.policy import POLICIES
+
 POLICY_COLOURS = {"JIT": "#2a9d8f", "hybrid": "#e9c46a", "JIC": "#e76f51"}
 
 
@@ -52,7 +54,6 @@ def sbc_quadrant_figure(recommendations: pl.DataFrame, adi_cutoff: float, cv2_cu
 
 # --- Shared helpers --------------------------------------------------------------------------------------------------
 
-POLICIES = ("JIT", "hybrid", "JIC")  # lean to buffered: stacked bottom to top
 ABC_ORDER = ("A", "B", "C")
 KEY = ("sku_id", "location_id")
 QUANTILE_COLUMNS = ("q50", "q90", "q95", "q99")

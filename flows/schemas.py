@@ -20,6 +20,11 @@ from pandera.errors import SchemaErrors
 from pydantic import BaseModel
 
 from buffers.drift import CHANGE_KINDS
+from buffers.policy import FLAG_COLUMNS, POLICIES
+from buffers.recommend import RISK_FLAGS, SAFETY_STOCK_METHODS
+from features.lifecycle import LIFE_CYCLES
+from features.sbc import DEMAND_CLASSES
+from features.xyz import VOLATILITY_CLASSES
 from flows.config import SalesColumns, SkuMasterColumns
 from flows.sources import ROW_NUMBER, SOURCE_FILE, InputError
 
@@ -377,9 +382,8 @@ def _quoted(value: str | None) -> str:
 # Contracts of buffercast's output tables (demand profile, backtest, forecast, buffers,
 # simulation, run manifest) go below this line: one pandera.polars schema per table.
 
-DEMAND_CLASSES = ["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"]
-VOLATILITY_CLASSES = ["stable", "variable", "erratic", "not_backtested"]
-POLICIES = ["JIT", "hybrid", "JIC"]
+# The vocabularies (demand classes, volatility classes, policies, flags, life cycles, methods) come from the module
+# that produces each column: one list each.
 
 
 def _col(
@@ -390,12 +394,7 @@ def _col(
 
 _NON_NEGATIVE = pa.Check.ge(0.0)
 _KEYS = {"as_of": _col(pl.Date), "sku_id": _col(pl.String), "location_id": _col(pl.String, nullable=True)}
-_FLAGS = (
-    "flag_critical", "flag_long_lead_time", "flag_unreliable_lead_time", "flag_erratic_error", "flag_lumpy_demand",
-    "flag_moderate_lead_time", "flag_variable_lead_time", "flag_variable_error", "flag_irregular_demand", "flag_no_backtest",
-    "flag_dead", "flag_new", "flag_declining", "flag_obsolescence_risk",
-)  # fmt: skip
-LIFE_CYCLES = ["new", "active", "slow_moving", "dead"]
+_FLAGS = (*FLAG_COLUMNS, *RISK_FLAGS)
 _UNIT_INTERVAL = [pa.Check.ge(0.0), pa.Check.le(1.0)]
 _LIFE_CYCLE_AND_SHAPE = {
     "life_cycle": _col(pl.String, checks=pa.Check.isin(LIFE_CYCLES)),
@@ -421,7 +420,7 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "service_level_target": _col(pl.Float64, checks=[pa.Check.ge(0.5), pa.Check.lt(1.0)]),
             "service_level_measure": _col(pl.String, checks=pa.Check.isin(["cycle", "fill_rate"])),
             "expected_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
-            "safety_stock_method": _col(pl.String, checks=pa.Check.isin(["normal_cycle", "normal_fill_rate", "bootstrap_quantile"])),
+            "safety_stock_method": _col(pl.String, checks=pa.Check.isin(SAFETY_STOCK_METHODS)),
             "calibrated_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "calibrated_review_service_level": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "calibration_status": _col(
