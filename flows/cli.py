@@ -191,6 +191,24 @@ def show_config(
     typer.echo(render_config(cfg, f"# buffercast configuration in effect: {sources} (relative paths made absolute).\n"), nl=False)
 
 
+@app.command("schema")
+def show_schema(
+    table: Annotated[str | None, typer.Option(help="One published table (e.g. recommendations); default: every table.")] = None,
+) -> None:
+    """Print the JSON Schema of the published tables (one row each; derived from the pandera contracts).
+
+    The same files are written with every run next to the outputs: `schemas/as_of=YYYY-MM-DD/<table>.schema.json`.
+    """
+    import json
+
+    from flows.schemas import OUTPUT_SCHEMAS, json_schema
+
+    if table is not None and table not in OUTPUT_SCHEMAS:
+        raise _fail(f"no published table {table!r}; the tables are {', '.join(OUTPUT_SCHEMAS)}", 2)
+    doc = json_schema(table) if table else {name: json_schema(name) for name in OUTPUT_SCHEMAS}
+    typer.echo(json.dumps(doc, indent=2))
+
+
 @app.command("sample-data")
 def sample_data(
     out: Annotated[Path, typer.Option(help="Folder to write sales and sku_master into.")] = Path("data/sample"),

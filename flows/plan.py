@@ -46,7 +46,7 @@ from flows.core import (  # noqa: F401  (settings builders re-exported: bench/ a
     recommend_stage,
 )
 from flows.report import FIGURE_FILES, render_pngs, render_report, report_figures, top_buffers
-from flows.schemas import Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
+from flows.schemas import SCHEMA_VERSION, Validated, quarantine_summary, validate_output, validate_sales, validate_sku_master
 from flows.sources import InputError, input_fingerprint, read_sales, read_sku_master
 from flows.tracking import Tracker, resolve_tracking_uri
 from forecasting.backtest import ForecastResult
@@ -463,7 +463,7 @@ def start_tracking(cfg: BuffercastConfig, as_of: dt.date, run_id: str, prefect_r
             "as_of": as_of.isoformat(),
             "config_name": cfg.name,
             "config_hash": cfg.fingerprint(),
-            "schema_version": str(publisher.SCHEMA_VERSION),
+            "schema_version": str(SCHEMA_VERSION),
             "git_commit": _git_commit(),
             "prefect_flow_run_id": prefect_run_id,
             "prefect_deployment": deployment.name or "none (local run)",

@@ -25,10 +25,12 @@ from typing import Any
 
 import polars as pl
 
-SCHEMA_VERSION = 1
+from flows.schemas import OUTPUT_SCHEMAS, SCHEMA_VERSION, json_schema
+
 STAGING = "_staging"
 MANIFESTS = "manifests"
 REPORTS = "reports"
+SCHEMAS = "schemas"
 
 
 @contextlib.contextmanager
@@ -76,8 +78,10 @@ def publish_tables(
 ) -> dict[str, str]:
     """Write every table's as-of partition, the documents and the manifest, all or nothing; returns name -> path.
 
-    `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`. The manifest gets
-    `tables` (path and row count per table) and `schema_version` added.
+    `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`; the JSON Schema of each
+    contract table (`flows.schemas.json_schema`) to `schemas/as_of=YYYY-MM-DD/<table>.schema.json`, so every
+    partition comes with the contract it was written under. The manifest gets `tables` (path and row count
+    per table), `schemas` (the JSON Schema file per table) and `schema_version` added.
     """
     root = Path(root).resolve()
     stage = root / STAGING / run_id
@@ -96,15 +100,24 @@ def publish_tables(
             for file_name, text in documents.items():
                 (part / file_name).write_text(text, encoding="utf-8")
                 written[file_name] = str(partition_dir(root, REPORTS, as_of) / file_name)
+        contracts = [name for name in tables if name in OUTPUT_SCHEMAS]
+        schema_files = {name: partition_dir(root, SCHEMAS, as_of) / f"{name}.schema.json" for name in contracts}
+        if contracts:
+            part = stage / "new" / SCHEMAS / f"as_of={as_of.isoformat()}"
+            _mkdir_public(part)
+            for name in contracts:
+                (part / schema_files[name].name).write_text(json.dumps(json_schema(name), indent=2) + "\n", encoding="utf-8")
+            written[SCHEMAS] = str(partition_dir(root, SCHEMAS, as_of))
         full_manifest = {
             **manifest,
             "schema_version": SCHEMA_VERSION,
             "as_of": as_of.isoformat(),
             "tables": {name: {"path": written[name], "rows": tables[name].height} for name in tables},
+            "schemas": {name: str(path) for name, path in schema_files.items()},
         }
         (stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
         # Swap: every staged partition replaces its predecessor with a rename (atomic on one filesystem).
-        _swap_into_place(root, as_of, [*tables, *([REPORTS] if documents else [])], stage)
+        _swap_into_place(root, as_of, [*tables, *([REPORTS] if documents else []), *([SCHEMAS] if contracts else [])], stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         staging_root = root / STAGING

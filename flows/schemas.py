@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -405,7 +406,11 @@ _LIFE_CYCLE_AND_SHAPE = {
     "seasonal_strength": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
 }
 
-#: Schema version 1 of the published tables (README "Output contract"). Column order is part of the contract.
+#: Version of the published tables' contract (README "Outputs"): bumped when a column is removed or renamed, or its
+#: type, meaning or allowed values change; a column added at the end does not bump it.
+SCHEMA_VERSION = 1
+
+#: The published tables' contracts, version SCHEMA_VERSION (README "Outputs"). Column order is part of the contract.
 OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "recommendations": pa.DataFrameSchema(
         {
@@ -668,6 +673,56 @@ def validate_output(name: str, frame: pl.DataFrame) -> pl.DataFrame:
     except SchemaErrors as exc:
         cases = exc.failure_cases.select("column", "check", "failure_case").unique().head(5).rows()
         raise OutputContractError(
-            f"output table '{name}' breaks its schema-v1 contract ({exc.failure_cases.height} failures, e.g. {cases}); "
+            f"output table '{name}' breaks its schema-v{SCHEMA_VERSION} contract ({exc.failure_cases.height} failures, e.g. {cases}); "
             "nothing was published. Please report this with the run's log."
         ) from None
+
+
+_JSON_TYPES = {"String": "string", "Float64": "number", "Int64": "integer", "Boolean": "boolean", "Date": "string"}
+_JSON_BOUNDS = {
+    "greater_than_or_equal_to": ("minimum", "min_value"),
+    "greater_than": ("exclusiveMinimum", "min_value"),
+    "less_than_or_equal_to": ("maximum", "max_value"),
+    "less_than": ("exclusiveMaximum", "max_value"),
+}
+
+
+def _json_column(column: pa.Column) -> dict[str, Any]:
+    """One column's pandera contract as a JSON Schema property: type (null allowed where nullable), bounds, enum."""
+    dtype = str(column.dtype)
+    prop: dict[str, Any] = {"type": [_JSON_TYPES[dtype], "null"] if column.nullable else _JSON_TYPES[dtype], "x-polars-dtype": dtype}
+    if dtype == "Date":
+        prop["format"] = "date"
+    for check in column.checks:
+        stats = check.statistics or {}
+        if check.name == "isin":
+            prop["enum"] = [*stats["allowed_values"], *([None] if column.nullable else [])]
+        elif check.name in _JSON_BOUNDS:
+            keyword, stat = _JSON_BOUNDS[check.name]
+            prop[keyword] = stats[stat]
+        elif check.name == "str_length":
+            prop |= {k: v for k, v in (("minLength", stats.get("min_value")), ("maxLength", stats.get("max_value"))) if v is not None}
+        else:
+            raise ValueError(f"no JSON Schema for check {check.name!r}: teach flows/schemas.py:_json_column")
+    return prop
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The published table `name` as a JSON Schema (draft 2020-12) of one row, derived from its pandera contract:
+    every column with its type, nullability, bounds and allowed values; `x-column-order` the column order and
+    `x-schema-version` the contract's version. Written next to every published partition (`schemas/as_of=.../`)."""
+    schema = OUTPUT_SCHEMAS[name]
+    properties = {c: _json_column(col) for c, col in schema.columns.items() if not col.regex}
+    patterns = {c: _json_column(col) for c, col in schema.columns.items() if col.regex}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"buffercast:{name}:v{SCHEMA_VERSION}",
+        "title": f"buffercast table {name}, one row (schema version {SCHEMA_VERSION})",
+        "type": "object",
+        "properties": properties,
+        **({"patternProperties": patterns} if patterns else {}),
+        "required": list(properties),
+        "additionalProperties": False,
+        "x-schema-version": SCHEMA_VERSION,
+        "x-column-order": list(schema.columns),
+    }

@@ -101,6 +101,59 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert set(calibration["exposure"]) == {"lead_time", "review_lead_time"} and "all" in set(calibration["model_family"])
 
 
+def _json_rows(frame: pl.DataFrame) -> list[dict]:
+    """Rows as a JSON reader gets them (dates as ISO strings)."""
+    return json.loads(frame.write_json())
+
+
+def test_every_published_table_comes_with_its_json_schema_and_meets_it(default_run):
+    """Downstream readers get a machine-readable contract next to the data: each table's JSON Schema (derived from the
+    pandera contract), and every published row validates against it; rows that break the contract do not."""
+    from jsonschema import Draft202012Validator
+
+    from flows.schemas import SCHEMA_VERSION, json_schema
+
+    cfg, _ = default_run
+    out = Path(cfg.output.folder)
+    manifest = read_manifest(out, AS_OF)
+    assert set(manifest["schemas"]) == set(OUTPUT_SCHEMAS)
+    for name in OUTPUT_SCHEMAS:
+        path = Path(manifest["schemas"][name])
+        assert path == out / "schemas" / f"as_of={AS_OF}" / f"{name}.schema.json"
+        schema = json.loads(path.read_text())
+        assert schema == json_schema(name) and schema["x-schema-version"] == SCHEMA_VERSION == manifest["schema_version"]
+        Draft202012Validator.check_schema(schema)
+        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        table = read_table(out, name, AS_OF)
+        named = [c for c in table.columns if c in schema["properties"]]
+        assert named == [c for c in schema["x-column-order"] if c in schema["properties"]], name
+        for row in _json_rows(table.head(200)):
+            errors = [e.message for e in validator.iter_errors(row)]
+            assert not errors, (name, errors[:3], row)
+    recs = _json_rows(read_table(out, "recommendations", AS_OF).head(1))[0]
+    validator = Draft202012Validator(json_schema("recommendations"), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for broken in (
+        recs | {"policy": "JUST_IN_TIME"},
+        recs | {"safety_stock_units": -1.0},
+        recs | {"as_of": "30/06/2026"},
+        recs | {"unexpected_column": 1},
+        {k: v for k, v in recs.items() if k != "reorder_point_units"},
+    ):
+        assert list(validator.iter_errors(broken)), broken
+
+
+def test_cli_prints_the_json_schema_of_a_table():
+    from flows.schemas import json_schema
+
+    result = CliRunner().invoke(app, ["schema", "--table", "recommendations"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == json_schema("recommendations")
+    every = json.loads(CliRunner().invoke(app, ["schema"]).output)
+    assert set(every) == set(OUTPUT_SCHEMAS)
+    bad = CliRunner().invoke(app, ["schema", "--table", "nope"])
+    assert bad.exit_code == 2
+
+
 def test_profiles_and_outlier_points_are_published(default_run):
     cfg, result = default_run
     recs = read_table(cfg.output.folder, "recommendations", AS_OF)
