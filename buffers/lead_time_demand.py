@@ -1,7 +1,7 @@
-"""Empirical lead-time demand for intermittent and lumpy SKUs: a seeded circular block bootstrap (DOMAIN.md).
+"""Empirical lead-time demand for intermittent and lumpy SKUs: a seeded circular block bootstrap (docs/methods.md).
 
-DOMAIN.md: "Intermittent and lumpy demand is not normal: use the alpha-quantile of lead-time demand (empirical/bootstrap
-over the SKU's own history with lead times drawn from its lead-time distribution) ... and SS = quantile - mean".
+Intermittent and lumpy demand is not normal (docs/methods.md, 4.5): the buffer is the alpha-quantile of lead-time demand,
+bootstrapped over the SKU's own history with lead times drawn from its lead-time distribution, minus its mean.
 
 Per SKU and sample: a lead time L ~ Normal(mean, std) clipped at 0, then the demand over a random contiguous window
 of L periods of the SKU's own recent history. Contiguous windows (a block bootstrap) keep the clustering of
@@ -52,7 +52,7 @@ def bootstrap_lead_time_demand(
     """Bootstrap quantiles of demand over a random lead time, per SKU.
 
     `panel`: unique_id, ds, y, one row per SKU and period with explicit zeros (sorted here by unique_id, ds; not
-    mutated). A SKU's history starts at its first non-zero period (leading zeros are not demand, DOMAIN.md; an
+    mutated). A SKU's history starts at its first non-zero period (leading zeros are not demand, docs/methods.md; an
     all-zero SKU keeps its zeros and gets 0) and y is used as given (returns are handled upstream).
     `lead_times`: unique_id, lead_time_periods, lead_time_std_periods, in periods (a null std is a reliable lead
     time: 0). Every SKU of the panel needs a lead time; rows for other SKUs are ignored.

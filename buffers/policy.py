@@ -1,4 +1,4 @@
-"""JIT / JIC / hybrid per SKU from the seed's three factors, with reasons (DOMAIN.md "Policy").
+"""JIT / JIC / hybrid per SKU from the seed's three factors, with reasons (docs/methods.md).
 
 - JIC when any factor calls for a full buffer: critical item, long or unreliable lead time,
   erratic forecast error (Z), lumpy demand.

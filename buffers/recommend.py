@@ -1,4 +1,4 @@
-"""Per-SKU buffer recommendation: policy, service level, safety stock, reorder point, order-up-to level, cost, risk (DOMAIN.md)."""
+"""Per-SKU buffer recommendation: policy, service level, safety stock, reorder point, order-up-to level, cost, risk (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def recommend(
     skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None = None, calibration: pl.DataFrame | None = None
 ) -> pl.DataFrame:
     """Adds policy, flags, service level, safety stock, reorder point, order-up-to level, min/max, order quantity,
-    costs, risks and reasons (DOMAIN.md "Safety stock and reorder point", "What a buffer costs and risks").
+    costs, risks and reasons (docs/methods.md, "What a buffer costs and risks").
 
     - Normal method: SS = k x sigma of the buffered variance terms, sigma_total = sqrt(sigma_LT^2 + d^2 sigma_L^2);
       k = z(alpha) for a cycle-service target, k with G(k) = (1 - beta) Q / sigma for a fill-rate target (Q: EOQ

@@ -1,4 +1,4 @@
-"""Safety stock, reorder point and their rounding (DOMAIN.md; Silver, Pyke & Thomas 2017, ch. 6).
+"""Safety stock, reorder point and their rounding (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6).
 
 Pure numpy/scipy maths on arrays plus polars expressions over columns; no I/O.
 """
@@ -26,7 +26,7 @@ def normal_loss(k: np.ndarray | float) -> np.ndarray:
 
 
 def k_for_fill_rate(beta: np.ndarray | float, order_quantity: np.ndarray | float, sigma: np.ndarray | float) -> np.ndarray:
-    """Safety factor k with G(k) = (1 - beta) * Q / sigma (DOMAIN.md, fill rate beta), solved numerically.
+    """Safety factor k with G(k) = (1 - beta) * Q / sigma (docs/methods.md, fill rate beta), solved numerically.
 
     G is convex and strictly decreasing (G' = -(1 - Phi)), so Newton's method started left of the root
     (G(k) ~ -k there) converges monotonically; vectorised over all SKUs at once. sigma = 0: k = 0.
@@ -63,7 +63,7 @@ def _floats(*arrays: ArrayLike) -> list[np.ndarray]:
 
 
 def safety_stock_cycle(z: ArrayLike, sigma_total: ArrayLike) -> np.ndarray:
-    """SS = z * sigma_total (DOMAIN.md), floored at 0: a safety stock is never negative.
+    """SS = z * sigma_total (docs/methods.md), floored at 0: a safety stock is never negative.
 
     Works for any safety factor: z = Phi^-1(alpha) for a cycle service level, or k from `safety_factor` for a fill
     rate, which may be negative (SS is then 0). NaN in, NaN out (np.maximum propagates it). Not rounded.
@@ -73,7 +73,7 @@ def safety_stock_cycle(z: ArrayLike, sigma_total: ArrayLike) -> np.ndarray:
 
 
 def safety_factor(target: ArrayLike, measure: ArrayLike, order_quantity: ArrayLike, sigma: ArrayLike) -> np.ndarray:
-    """The safety factor per SKU for its service measure (DOMAIN.md; Silver, Pyke & Thomas 2017, ch. 6):
+    """The safety factor per SKU for its service measure (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6):
     "cycle" -> z = Phi^-1(alpha); "fill_rate" -> k with G(k) = (1 - beta) * Q / sigma (`k_for_fill_rate`).
 
     Returns the raw factor, which may be negative: when Q is large relative to sigma the order cycle alone meets a
@@ -109,7 +109,7 @@ def economic_order_quantity(annual_demand_units: ArrayLike, order_cost: ArrayLik
 
 
 def order_up_to_level(review_lead_time_demand: ArrayLike, safety_factor: ArrayLike, sigma_review_lead_time: ArrayLike) -> np.ndarray:
-    """Periodic review (R, S): S = forecast over R + L + z * sigma over R + L (DOMAIN.md; Silver, Pyke & Thomas 2017, ch. 6).
+    """Periodic review (R, S): S = forecast over R + L + z * sigma over R + L (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6).
 
     The buffer term is floored at 0 like every safety stock here, so a negative fill-rate k never pulls S below the
     forecast; S itself is never negative. NaN in, NaN out. Not rounded: `round_up_units` does that.

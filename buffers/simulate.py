@@ -1,7 +1,7 @@
 """Proof by simulation: replay a periodic-review (R, s, S) policy over held-out demand, every SKU at once.
 
 Pure numpy (polars only in `SimulationResult.to_polars`), no I/O. The loop runs over periods only; each
-period updates all SKUs' state as arrays. DOMAIN.md "Checking a recommendation"; Silver, Pyke & Thomas
+period updates all SKUs' state as arrays. docs/methods.md; Silver, Pyke & Thomas
 (2017), ch. 6 (periodic review, order-up-to level).
 
 Timing within a period t (t = 0 is a SKU's first non-NaN period; leading NaN periods do not exist for it):

@@ -35,5 +35,5 @@ def require_non_negative(panel: pl.DataFrame, target_col: str, *, id_col: str, w
         ids = negative.get_column(id_col).unique(maintain_order=True).head(5).to_list()
         raise ValueError(
             f"{where}: column {target_col!r} has {negative.height} negative value(s) (series {ids}...); "
-            "negative quantities are returns, not demand: quarantine or net them first (DOMAIN.md)."
+            "negative quantities are returns, not demand: quarantine or net them first (docs/methods.md)."
         )

@@ -1,4 +1,4 @@
-"""Annual value and ABC class per series (DOMAIN.md, "Value and criticality").
+"""Annual value and ABC class per series (docs/methods.md).
 
 Silver, Pyke & Thomas (2017), ch. 2-3: rank items by annual value, cumulative share of the total.
 """
@@ -70,7 +70,7 @@ def abc_classes(
 
     Rank: `value_col` descending, ties by `id_col` ascending (deterministic). `cumulative_share` is the
     running total up to and including the series, over the grand total. `cumulative_share <= a_share`
-    is A, `<= b_share` B, the rest C (DOMAIN.md, literally: a series holding more than `a_share` of the
+    is A, `<= b_share` B, the rest C (docs/methods.md, 2.2: a series holding more than `a_share` of the
     value on its own is therefore not A). When the total is zero every series is C (share null).
     Null or negative values are an error.
     """

@@ -1,6 +1,6 @@
 """From validated sales rows to the demand panel: one row per series and period, gaps as explicit zeros.
 
-DOMAIN.md, "The demand series": a series starts at its first non-zero sale (leading zeros are not demand)
+docs/methods.md: a series starts at its first non-zero sale (leading zeros are not demand)
 and ends at the as-of date (trailing zeros ARE demand). A weekly or monthly bucket that the as-of date cuts
 short is dropped, so every period in the panel covers the same number of days of history.
 
@@ -166,9 +166,9 @@ def to_periods(
     - The last period is the last COMPLETE one (`last_complete_period`): a week or month that `as_of`
       cuts short is dropped, sales in it included, so it cannot look like a drop in demand.
     - Every period from the series' first non-zero period to the last period is present, gaps as 0.0
-      (leading zeros dropped, trailing zeros kept: DOMAIN.md). "Non-zero" is judged on the period sum.
+      (leading zeros dropped, trailing zeros kept: docs/methods.md). "Non-zero" is judged on the period sum.
     - A series with no non-zero period up to the last complete period has no rows.
-    - Quantities are expected non-negative (returns quarantined or netted upstream, DOMAIN.md).
+    - Quantities are expected non-negative (returns quarantined or netted upstream, docs/methods.md).
 
     `input_grain` says what one input row stands for (W and M only; D is always daily):
     - "daily": a day's sales (the rules above).

@@ -1,6 +1,6 @@
 """Life-cycle stage and FSN (fast / slow / non-moving) class per series.
 
-DOMAIN.md, "What a buffer costs and risks": a SKU with no sale in the last N periods is an obsolescence
+docs/methods.md: a SKU with no sale in the last N periods is an obsolescence
 risk. FSN analysis classes items by how often they move (share of recent periods with a sale); Silver,
 Pyke & Thomas (2017), ch. 2 (slow-moving and obsolete items) and ch. 4 (new items without history).
 """
@@ -47,7 +47,7 @@ def life_cycle(
     The panel is what `features.calendar.to_periods` returns (one row per period, explicit zeros, every
     series ending on the same last period); only the panel as given is used. A series' history starts at
     its first non-zero period: leading zeros, if a panel built some other way has them, are ignored
-    (DOMAIN.md), so they never change the result.
+    (docs/methods.md), so they never change the result.
 
     Columns: `id_col`;
     - `periods_since_first_sale` (Int64): periods from the first non-zero one to the last, both included

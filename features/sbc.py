@@ -1,4 +1,4 @@
-"""Demand profile and Syntetos-Boylan-Croston demand class per series (DOMAIN.md, "Demand pattern").
+"""Demand profile and Syntetos-Boylan-Croston demand class per series (docs/methods.md).
 
 Syntetos, Boylan & Croston (2005), JORS 56: ADI = active periods / non-zero periods, CV2 = squared
 coefficient of variation of the non-zero demand sizes; cut-offs 1.32 and 0.49.

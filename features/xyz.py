@@ -1,4 +1,4 @@
-"""XYZ: volatility from the forecasting stage's error, not from raw demand (DOMAIN.md)."""
+"""XYZ: volatility from the forecasting stage's error, not from raw demand (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 SKUs are grouped (model set, seasonality, trend, horizon bucket, windows, step) and each group goes through
 statsforecast in chunks of SKUs (`cross_validation`, then `forecast`; native-interval models and the others apart),
 never a call per SKU. The quantity the buffer is sized
-from is measured directly (DOMAIN.md): the error of the cumulative forecast over the SKU's lead time,
+from is measured directly (docs/methods.md): the error of the cumulative forecast over the SKU's lead time,
 one sample per backtest window.
 """
 
@@ -397,7 +397,7 @@ def _run_chunk(
 ) -> _Chunk:  # fmt: skip
     """Backtest, score, select and forecast one chunk of SKUs sharing a model set, horizon bucket and windows.
 
-    The bucket may be longer than the lead time: the models are scored on the lead-time steps only (DOMAIN.md:
+    The bucket may be longer than the lead time: the models are scored on the lead-time steps only (docs/methods.md:
     the backtest horizon is the lead time); the rows up to L + R are kept for the order-up-to level's sigma.
     """
     h = int(row["bucket"])
@@ -412,7 +412,7 @@ def _run_chunk(
     )
 
     if not row["backtested"]:
-        # DOMAIN.md: without a backtest, sigma_e is the one-step (in-sample) RMSE; periods a model cannot fit
+        # docs/methods.md: without a backtest, sigma_e is the one-step (in-sample) RMSE; periods a model cannot fit
         # in-sample (Naive's first, SeasonalNaive's first season) are left out.
         metrics = (
             _long(fitted, [ID, DS, Y], models, "fitted")
@@ -663,7 +663,7 @@ def backtest_and_forecast(
         .with_columns(
             *([] if "combined_models" in selection.columns else [pl.lit(None, pl.String).alias("combined_models")]),
             lead_time_demand=pl.col("mean_demand_per_period") * pl.col("lead_time_periods"),
-            # Without a backtest, sigma_e is the one-step in-sample RMSE (DOMAIN.md), floored at the Poisson spread
+            # Without a backtest, sigma_e is the one-step in-sample RMSE (docs/methods.md), floored at the Poisson spread
             # sqrt(mean demand): a new SKU with one sale, or a few equal ones, must not look certain (RMSE 0).
             sigma_lead_time_demand=pl.when(backtested)
             .then(pl.col("lead_time_rmse"))

@@ -50,7 +50,7 @@ def test_economic_order_quantity_with_an_order_cost():
 
 
 def test_fill_rate_target_solves_the_normal_loss_function():
-    """B non-critical at a 99% fill rate, JIC through a long lead time: G(k) = (1 - beta) Q / sigma (DOMAIN.md)."""
+    """B non-critical at a 99% fill rate, JIC through a long lead time: G(k) = (1 - beta) Q / sigma (docs/methods.md)."""
     measures = {"critical": {"A": "cycle", "B": "cycle", "C": "cycle"}, "non_critical": {"A": "cycle", "B": "fill_rate", "C": "cycle"}}
     levels = {"critical": {"A": 0.99, "B": 0.98, "C": 0.97}, "non_critical": {"A": 0.97, "B": 0.99, "C": 0.90}}
     s = replace(SETTINGS, service_measures=measures, service_levels=levels)

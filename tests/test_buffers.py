@@ -1,4 +1,4 @@
-"""Safety stock, rounding and policy rules against hand-worked numbers (DOMAIN.md)."""
+"""Safety stock, rounding and policy rules against hand-worked numbers (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_ties_are_broken_by_unique_id_whatever_the_input_order():
 
 
 def test_a_dominant_item_is_not_a_under_the_literal_rule():
-    # DOMAIN.md: cumulative share INCLUDING the item <= 80% -> A. One item with 90% of the value is B.
+    # docs/methods.md: cumulative share INCLUDING the item <= 80% -> A. One item with 90% of the value is B.
     assert classes_of({"big": 90, "x": 5, "y": 5}) == {"big": "B", "x": "B", "y": "C"}
 
 

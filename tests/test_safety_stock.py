@@ -1,4 +1,4 @@
-"""Safety-stock formulas and the lead-time demand bootstrap against hand-worked numbers (DOMAIN.md)."""
+"""Safety-stock formulas and the lead-time demand bootstrap against hand-worked numbers (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from flows.sample_data import generate_catalogue, write_sample_data
 END_DATE = dt.date(2026, 10, 31)
 N_DAYS = 730
 N_SKUS = 500
-# SBC cut-offs (Syntetos, Boylan & Croston 2005; DOMAIN.md).
+# SBC cut-offs (Syntetos, Boylan & Croston 2005; docs/methods.md).
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
 
