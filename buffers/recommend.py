@@ -212,7 +212,7 @@ def recommend(
         raise ValueError(f"recommend() lacks columns {missing}")
     out = service_level_targets(skus, s)
     out = calibrated_levels(out, s, calibration)
-    out = buffered_sigmas(out, s, with_bootstrap=panel is not None)
+    out = buffered_sigmas(out, s)
     out = safety_factors(out)
     out, boot = bootstrap_buffers(out, s, panel)
     out = safety_stocks(out, boot)
@@ -267,16 +267,15 @@ def calibrated_levels(out: pl.DataFrame, s: BufferSettings, calibration: pl.Data
     ).drop("model_family")
 
 
-def buffered_sigmas(out: pl.DataFrame, s: BufferSettings, with_bootstrap: bool) -> pl.DataFrame:
+def buffered_sigmas(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
     """`sigma_total` = sqrt(sigma_LT^2 + d^2 sigma_L^2) over the lead time and over review + lead time, the part of it
     the policy buffers (`sigma_buffered`: hybrid drops the stable term), the annual demand, the EOQ and the order
-    quantity (EOQ, else the demand over a review period); `_empirical`: sized by the bootstrap instead."""
+    quantity (EOQ, else the demand over a review period)."""
     demand_part, lead_time_part = buffered_components()
     d, r = pl.col("mean_demand_per_period"), pl.col("review_periods")
     out = out.with_columns(
         _demand_part=demand_part,
         _lead_time_part=lead_time_part,
-        _empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(with_bootstrap),
         sigma_total=sigma_total(pl.col("sigma_lead_time_demand"), d, pl.col("lead_time_std_periods")),
         _sigma_review_total=sigma_total(pl.col("sigma_review_lead_time_demand"), d, pl.col("lead_time_std_periods")),
         annual_demand_units=d * s.periods_per_year,
@@ -333,7 +332,9 @@ class _BootstrapBuffers:
 
 def bootstrap_buffers(out: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None) -> tuple[pl.DataFrame, _BootstrapBuffers]:
     """The bootstrap's quantiles of lead-time and review + lead-time demand (`buffers.lead_time_demand`) at every
-    level an intermittent or lumpy SKU is sized at (the targets and their calibrated levels), joined to `out`."""
+    level an intermittent or lumpy SKU is sized at (the targets and their calibrated levels), joined to `out`;
+    `_empirical`: the SKU's class is sized by the bootstrap (`empirical_classes`) and there is a panel to draw from."""
+    out = out.with_columns(_empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(panel is not None))
     sized_at = out.filter(pl.col("_empirical")).select(
         pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
     )

@@ -34,13 +34,16 @@ class _NoTracebackForBadInput(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flows.plan import StageWorkerDied
+        from prefect.task_engine import TaskRunTimeoutError
+
+        from flows.plan import StageTimeout, StageWorkerDied
         from flows.sources import InputError
         from forecasting.workers import WorkerDied
 
-        # TimeoutError: a stage's time-out (Prefect's TaskRunTimeoutError, then flows.plan.StageTimeout); a dead worker
-        # has no Python traceback to show, the parent's adds nothing to the one line.
-        if record.exc_info and isinstance(record.exc_info[1], InputError | TimeoutError | WorkerDied | StageWorkerDied):
+        # A stage's time-out (Prefect's TaskRunTimeoutError in the task, StageTimeout in the flow); a dead worker has
+        # no Python traceback to show, the parent's adds nothing to the one line.
+        quiet = InputError | TaskRunTimeoutError | StageTimeout | WorkerDied | StageWorkerDied
+        if record.exc_info and isinstance(record.exc_info[1], quiet):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -20,6 +20,7 @@ from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
+from prefect.task_engine import TaskRunTimeoutError
 
 from buffers.calibration import (
     ALL_FAMILIES,
@@ -404,7 +405,6 @@ class StageTimeout(TimeoutError):
     """A stage ran past its time-out (config `timeouts.<stage>`); Prefect stopped it and its workers were killed."""
 
     def __init__(self, stage: str, seconds: float) -> None:
-        self.stage, self.seconds = stage, seconds
         super().__init__(
             f"the {stage} stage did not finish within its time-out of {seconds:g} s (timeouts.{stage}) and was stopped, "
             "its worker processes too; nothing of this run was published, the previous outputs are untouched. "
@@ -420,15 +420,16 @@ class StageWorkerDied(RuntimeError):
 
 
 def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Callable[..., Any]:
-    """`stage_task` with its time-out: Prefect raises a TimeoutError into the running task when it passes (an alarm
-    in the flow's main thread), the task's worker pool kills its workers on the way out (`forecasting.workers`),
-    and the run fails with one line naming the stage; so does a worker process that dies."""
+    """`stage_task` with its time-out. When it passes, Prefect raises its TaskRunTimeoutError into the running task (an
+    alarm in the flow's main thread), the task's worker pool kills its workers on the way out (`forecasting.workers`)
+    and the run fails with one line naming the stage; so does a worker process that dies. Any other TimeoutError
+    (e.g. of a network read) is not the stage's time-out and propagates as it is."""
     bounded = stage_task.with_options(timeout_seconds=seconds, **options)
 
     def call(*args: Any) -> Any:
         try:
             return bounded(*args)
-        except TimeoutError:
+        except TaskRunTimeoutError:
             raise StageTimeout(stage, seconds) from None
         except WorkerDied as exc:
             raise StageWorkerDied(stage, exc) from None

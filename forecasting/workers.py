@@ -24,8 +24,6 @@ What runs instead (`worker_pool`, `map_in_order`):
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -51,13 +49,13 @@ class WorkerDied(RuntimeError):
 
 
 def worker_count(n_jobs: int) -> int:
-    """Processes for `n_jobs` (config `backtest.n_jobs`): -1 (or 0) means every core this process may run on."""
+    """Processes for `n_jobs` (config `backtest.n_jobs`): -1 (or 0) means every core this process may use
+    (`loky.cpu_count`: CPU affinity and cgroup quotas included)."""
     if n_jobs > 0:
         return n_jobs
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
+    from loky import cpu_count
+
+    return max(cpu_count(), 1)
 
 
 def _init_worker() -> None:
@@ -112,11 +110,8 @@ def map_in_order(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], pool: Ex
 def _result(future: Future[T]) -> T:
     try:
         return future.result()
-    except BrokenProcessPool as exc:
-        codes = re.search(r"exit codes of the workers are (.+)", str(exc))
+    except BrokenProcessPool as exc:  # loky's TerminatedWorkerError (its message has the exit codes) is one
         raise WorkerDied(
-            "a worker process ended without returning its work"
-            + (f" (exit codes {codes.group(1).strip()})" if codes else "")
-            + ": killed by the system (often out of memory: lower backtest.chunk_size or backtest.n_jobs) or crashed; "
-            "the stage was stopped with its other workers"
-        ) from None
+            "a worker process ended without returning its work: killed by the system (often out of memory: lower "
+            "backtest.chunk_size or backtest.n_jobs) or crashed; the stage was stopped with its other workers"
+        ) from exc
