@@ -1,7 +1,7 @@
 """What calibrating the bootstrap buffers costs: the deployed bootstrap against its backtest windows.
 
 The recommendation draws one bootstrap per intermittent or lumpy SKU and exposure (lead time, review + lead time:
-`buffers.recommend._bootstrap`). Calibration (`buffers.pipeline.calibrate_buffers`) draws one per SKU, backtest
+`buffers.recommend._bootstrap`). Calibration (`pipeline.stages.calibrate_buffers`) draws one per SKU, backtest
 window and exposure, from the history up to each window's cutoff (`bootstrap_window_coverage`). Both on the same
 generated intermittent panel, the same samples per draw (2,000) and history (365 periods); medians of `--repeat`
 runs after one warm-up, and the ratio of the two.

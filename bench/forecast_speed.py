@@ -65,13 +65,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from buffers.pipeline import forecast_inputs
-from flows.config import BuffercastConfig, load_config
-from flows.plan import backtest_settings, model_sets, profile_sales, sales_as_of
+from configs.schema import BuffercastConfig, load_config
 from flows.sample_data import generate_catalogue
-from flows.schemas import validate_sales, validate_sku_master
-from forecasting.backtest import BacktestSettings, backtest_and_forecast, interval_levels, plan_horizons
-from forecasting.models import NATIVE_INTERVALS, POLARS_FREQ, build_model, without_season, without_trend
+from forecasting.backtest import backtest_and_forecast, interval_levels, plan_horizons
+from forecasting.inputs import forecast_inputs
+from forecasting.models import NATIVE_INTERVALS, POLARS_FREQ, build_model, model_spec, without_season, without_trend
+from pipeline.contracts import validate_sales, validate_sku_master
+from pipeline.stages import model_sets, profile_sales
+from pipeline.tables import sales_as_of
 
 ID, DS, Y = "unique_id", "ds", "y"
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ MIN_SERIES_FOR_PROCESSES = 100
 GROUP_KEYS = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]  # backtest_and_forecast's grouping
 SEASON = 7  # daily data: the weekly season of c, d and the MASE scale
 #: The files behind (a): each part records their hash, so a run that straddles an edit shows it.
-STAGE_FILES = ("forecasting/backtest.py", "forecasting/models.py", "configs/default.yaml", "flows/config.py")
+STAGE_FILES = ("forecasting/backtest.py", "forecasting/models.py", "configs/default.yaml", "configs/schema.py")
 START_ATTEMPTS, START_RETRY_SECONDS = 4, 60
 MASE_CHUNK = 1_000  # SKUs scored per utilsforecast call (its per-window training frames grow with windows x history)
 
@@ -122,12 +123,12 @@ def lead_time_steps(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
 
 
 def sf_calls(
-    names: list[str], spec: Any, s: BacktestSettings, refit: bool, with_levels: bool = True
+    names: list[str], spec: Any, s: BuffercastConfig, refit: bool, with_levels: bool = True
 ) -> list[tuple[list[str], str, bool, dict[str, Any]]]:
     """(models, fallback, refit, level kwarg) per statsforecast call, split as statsforecast requires: `level=` raises
     on a model without native intervals, refit=False on a model without `forward` (Naive, the fallback of a forward
     call, has both). The stage asks for intervals in the forecast call only (`with_levels`), as here."""
-    level = {"level": interval_levels(s.quantiles)} if s.quantiles and with_levels else {}
+    level = {"level": interval_levels(s.models.quantiles)} if s.models.quantiles and with_levels else {}
     parts = (
         (([n for n in names if n in NATIVE_INTERVALS], level), ([n for n in names if n not in NATIVE_INTERVALS], {}))
         if level
@@ -136,18 +137,18 @@ def sf_calls(
     calls: list[tuple[list[str], str, bool, dict[str, Any]]] = []
     for group, kw in parts:
         if refit:
-            calls.append((group, s.fallback, True, kw))
+            calls.append((group, s.models.fallback, True, kw))
             continue
         fwd = [n for n in group if hasattr(build_model(n, spec), "forward")]
-        calls += [(fwd, "Naive", False, kw), ([n for n in group if n not in fwd], s.fallback, True, kw)]
+        calls += [(fwd, "Naive", False, kw), ([n for n in group if n not in fwd], s.models.fallback, True, kw)]
     return [c for c in calls if c[0]]
 
 
-def _sf(names: list[str], spec: Any, fallback: str, s: BacktestSettings, n_jobs: int) -> Any:
+def _sf(names: list[str], spec: Any, fallback: str, s: BuffercastConfig, n_jobs: int) -> Any:
     from statsforecast import StatsForecast
 
     models = [build_model(n, spec) for n in names]
-    return StatsForecast(models=models, freq=POLARS_FREQ[s.freq], n_jobs=n_jobs, fallback_model=build_model(fallback, spec))
+    return StatsForecast(models=models, freq=POLARS_FREQ[s.frequency], n_jobs=n_jobs, fallback_model=build_model(fallback, spec))
 
 
 class Stopwatch:
@@ -203,13 +204,11 @@ def part_profile(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     validate_s = time.perf_counter() - start
     clock = Stopwatch()
     p = profile_sales(cfg, used, master.valid, as_of)  # the flow's `profile` task minus its log line
-    inputs = forecast_inputs(
-        p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
-    )
+    inputs = forecast_inputs(p.profiles, p.attrs, cfg)
     timing = clock.stop()
     p.panel.write_parquet(o.workdir / "panel.parquet")
     inputs.write_parquet(o.workdir / "inputs.parquet")
-    plan = plan_horizons(inputs, backtest_settings(cfg))
+    plan = plan_horizons(inputs, cfg)
     return timing | {
         "skus": inputs.height,
         "generate_seconds": generate_s,
@@ -229,7 +228,7 @@ def part_a(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     """buffercast's forecasting stage, default config."""
     panel, inputs = _load(o)
     clock = Stopwatch()
-    fc = backtest_and_forecast(panel, inputs, model_sets(cfg), backtest_settings(cfg))
+    fc = backtest_and_forecast(panel, inputs, model_sets(cfg), cfg)
     timing = clock.stop()
     sel = fc.selection.select(ID, "model", "mase", "backtested")
     sel.write_parquet(o.workdir / "a_selection.parquet")
@@ -245,23 +244,23 @@ def part_a(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
 def part_b(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     """The stage's statsforecast calls made directly: same groups, models, windows, n_jobs; nothing else."""
     panel, inputs = _load(o)
-    s, sets = backtest_settings(cfg), model_sets(cfg)
+    s, sets = cfg, model_sets(cfg)
     groups = []
     clock = Stopwatch()
     plan = plan_horizons(inputs, s)
     for key, members in plan.group_by(GROUP_KEYS, maintain_order=True):
         row = dict(zip(GROUP_KEYS, key, strict=True))
         backtested = bool(members["backtested"][0])
-        names, spec = list(sets[row["model_set"]]), s.spec
+        names, spec = list(sets[row["model_set"]]), model_spec(s)
         if not row["seasonal"]:
-            names, spec = without_season(names, s.spec, s.fallback)
+            names, spec = without_season(names, model_spec(s), s.models.fallback)
         if not row["trended"]:
-            names = without_trend(names, s.fallback)
+            names = without_trend(names, s.models.fallback)
         df = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-        n_jobs = s.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
+        n_jobs = s.backtest.n_jobs if members.height >= MIN_SERIES_FOR_PROCESSES else 1
         t0 = time.perf_counter()
         if backtested:
-            for call_names, fallback, refit, level in sf_calls(names, spec, s, s.refit, with_levels=False):
+            for call_names, fallback, refit, level in sf_calls(names, spec, s, s.backtest.refit, with_levels=False):
                 _sf(call_names, spec, fallback, s, n_jobs).cross_validation(
                     h=row["bucket"], df=df, n_windows=row["windows"], step_size=row["step"], refit=refit, **level
                 )
@@ -280,9 +279,9 @@ def part_c(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     from statsforecast.models import AutoETS
 
     panel, inputs = _load(o)
-    s = backtest_settings(cfg)
+    s = cfg
     ids = subset_ids(inputs, o.subset_zzz, o.seed)
-    level = {"level": interval_levels(s.quantiles)} if s.quantiles else {}
+    level = {"level": interval_levels(s.models.quantiles)} if s.models.quantiles else {}
     held = []
     clock = Stopwatch()
     plan = plan_horizons(inputs.filter(pl.col(ID).is_in(ids)), s)
@@ -290,18 +289,18 @@ def part_c(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
         df = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
         sf = StatsForecast(
             models=[AutoETS(model="ZZZ", season_length=SEASON, alias="forecast")],
-            freq=POLARS_FREQ[s.freq],
-            n_jobs=s.n_jobs,
+            freq=POLARS_FREQ[s.frequency],
+            n_jobs=s.backtest.n_jobs,
             # refit=False needs a fallback with `forward`: Naive, as the stage's forward call
-            fallback_model=build_model(s.fallback if s.refit else "Naive", s.spec, alias="forecast"),
+            fallback_model=build_model(s.models.fallback if s.backtest.refit else "Naive", model_spec(s), alias="forecast"),
         )
         if backtested:
-            cv = sf.cross_validation(h=bucket, df=df, n_windows=windows, step_size=step, refit=s.refit)  # point forecasts, as (a)
+            cv = sf.cross_validation(h=bucket, df=df, n_windows=windows, step_size=step, refit=s.backtest.refit)  # point forecasts, as (a)
             held.append(lead_time_steps(cv, members))
         sf.forecast(h=bucket, df=df, **level)
     timing = clock.stop()
     pl.concat(held).write_parquet(o.workdir / "c_heldout.parquet")
-    return timing | {"skus": len(ids), "refit": s.refit}
+    return timing | {"skus": len(ids), "refit": s.backtest.refit}
 
 
 def _exponential_smoothing(train: np.ndarray, h: int) -> np.ndarray:
@@ -322,7 +321,7 @@ def part_d(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
     """A pandas groupby loop over the subset, statsmodels refit at every cutoff of (a)'s windows, one process."""
     panel, inputs = _load(o)
     ids = subset_ids(inputs, o.subset_loop, o.seed)
-    plan = plan_horizons(inputs.filter(pl.col(ID).is_in(ids)), backtest_settings(cfg))
+    plan = plan_horizons(inputs.filter(pl.col(ID).is_in(ids)), cfg)
     rows: list[tuple[str, Any, np.ndarray, np.ndarray, np.ndarray]] = []
     fits = 0
     clock = Stopwatch()

@@ -10,9 +10,9 @@ consecutive months ending 2024-12 (one row per month, `input_grain` "period"), t
 
 buffercast runs in-process exactly as the flow wires it, without Prefect or MLflow: `to_periods`, `series_keys`,
 `sku_attributes`, `build_profiles`, `forecast_inputs`, `backtest_and_forecast`, `build_recommendations(panel=...)`,
-with the settings of `flows.plan` (`profile_settings`, `backtest_settings`, `model_sets`, `buffer_settings`) from
-`load_config(None, overrides)`: frequency M, lead time L = 1 and 3 months (L x 365.25 / 12 days, std 0), review
-period 0, every SKU critical with the cycle-service target alpha in every ABC cell (so every SKU is JIC at alpha).
+each stage taking the validated config `load_config(None, overrides)` as the flow does: frequency M, lead time
+L = 1 and 3 months (L x 365.25 / 12 days, std 0), review period 0, every SKU critical with the cycle-service target
+alpha in every ABC cell (so every SKU is JIC at alpha).
 One forecasting run per L; `build_recommendations` reruns per alpha (the target does not change the forecast).
 
 Judged on `xx` only (everything published is fitted on `x`):
@@ -44,7 +44,6 @@ import math
 import os
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +52,14 @@ import polars as pl
 from scipy import stats
 from statsforecast import StatsForecast
 
-from buffers.pipeline import SkuDefaults, build_recommendations, calibrate_buffers, forecast_inputs, sku_attributes
+from configs.schema import BuffercastConfig, load_config
+from features.attributes import sku_attributes
 from features.calendar import period_days, series_keys, to_periods
 from features.profile import build_profiles
-from flows.config import BuffercastConfig, load_config
-from flows.plan import backtest_settings, buffer_settings, model_sets, profile_settings
 from forecasting.backtest import COMBINATION, ForecastResult, backtest_and_forecast
-from forecasting.models import POLARS_FREQ, build_model, without_season
+from forecasting.inputs import forecast_inputs
+from forecasting.models import POLARS_FREQ, build_model, model_spec, without_season
+from pipeline.stages import build_recommendations, calibrate_buffers, model_sets
 
 TARGETS = (0.90, 0.95, 0.975, 0.99)
 LEADS = (1, 3)
@@ -147,43 +147,39 @@ def run_buffercast(series: list[dict[str, Any]], lead_months: int, n_windows: in
     """The flow's pure pipeline for one lead time: one forecast, one recommendation run per target."""
     cfgs = {a: load_config(None, overrides(lead_months, a, n_windows)) for a in TARGETS}
     cfg = cfgs[TARGETS[0]]
-    for c in cfgs.values():  # the target must not reach the forecasting stage
-        assert backtest_settings(c) == backtest_settings(cfg) and profile_settings(c) == profile_settings(cfg)
+    for c in cfgs.values():  # the target must not reach the profiling or forecasting stage
+        assert c.model_dump(exclude={"service_levels"}) == cfg.model_dump(exclude={"service_levels"})
     timing: dict[str, float] = {}
 
     t0 = time.perf_counter()
     sales = sales_frame(series)
     panel = to_periods(sales, freq=cfg.frequency, as_of=AS_OF, week_start=cfg.week_start, input_grain=cfg.input.grain)
     keys = series_keys(sales)
-    attrs = sku_attributes(keys, sku_master(series, lead_months), SkuDefaults(**cfg.defaults.model_dump()))
-    profiles, _ = build_profiles(panel, attrs.select(ID, "unit_cost"), as_of=AS_OF, s=profile_settings(cfg))
-    inputs = forecast_inputs(
-        profiles, attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
-    )
+    attrs = sku_attributes(keys, sku_master(series, lead_months), cfg.defaults)
+    profiles, _ = build_profiles(panel, attrs.select(ID, "unit_cost"), as_of=AS_OF, cfg=cfg)
+    inputs = forecast_inputs(profiles, attrs, cfg)
     timing["profile_s"] = time.perf_counter() - t0
     lengths = panel.group_by(ID).len().sort(ID)["len"].to_list()
     if lengths != [len(s["x"]) for s in series]:
         raise RuntimeError("the monthly panel does not reproduce the M3 histories one row per month")
 
     t0 = time.perf_counter()
-    fc = backtest_and_forecast(panel, inputs, model_sets(cfg), backtest_settings(cfg))
+    fc = backtest_and_forecast(panel, inputs, model_sets(cfg), cfg)
     timing["backtest_and_forecast_s"] = time.perf_counter() - t0
 
     recs: dict[float, pl.DataFrame] = {}
     timing["build_recommendations_s"] = 0.0
     for a, c in cfgs.items():
         t0 = time.perf_counter()
-        settings = replace(buffer_settings(c), calibrate=calibrate)
+        c = c.updated({"buffers": {"calibrate": calibrate}})
         recs[a] = build_recommendations(
             as_of=AS_OF,
             profiles=profiles,
             attrs=attrs,
             fc=fc,
-            settings=settings,
-            variable_from=c.volatility.variable_from,
-            erratic_from=c.volatility.erratic_from,
+            cfg=c,
             panel=panel,
-            calibration=calibrate_buffers(profiles, fc, settings, panel),
+            calibration=calibrate_buffers(profiles, fc, c, panel),
         )
         timing["build_recommendations_s"] += time.perf_counter() - t0
 
@@ -211,20 +207,20 @@ def long_forecasts(
     The same model, spec (season dropped for non-seasonal series), fallback and data as `backtest_and_forecast`;
     a Combination is the mean of its two models. Checked against the published steps 1..L.
     """
-    s = backtest_settings(cfg)
+    spec_all, fallback = model_spec(cfg), cfg.models.fallback
     chosen = fc.selection.select(ID, "model", "combined_models").join(inputs.select(ID, "seasonal"), on=ID)
     parts = chosen.with_columns(
         part=pl.when(pl.col("model") == COMBINATION).then(pl.col("combined_models").str.split("+")).otherwise(pl.concat_list("model"))
     ).explode("part")
     raw: dict[tuple[str, str], np.ndarray] = {}
     for (seasonal, model), group in parts.group_by("seasonal", "part", maintain_order=True):
-        spec = s.spec if seasonal else without_season([model], s.spec, s.fallback)[1]
+        spec = spec_all if seasonal else without_season([model], spec_all, fallback)[1]
         ids = group[ID].unique().sort()
         sf = StatsForecast(
             models=[build_model(model, spec)],
             freq=POLARS_FREQ["M"],
             n_jobs=1,  # monthly M3 series are cheap; no process pool
-            fallback_model=build_model(s.fallback, spec),
+            fallback_model=build_model(fallback, spec),
         )
         out = sf.forecast(h=HOLDOUT, df=panel.join(pl.DataFrame({ID: ids}), on=ID, how="semi").sort(ID, "ds")).sort(ID, "ds")
         values = out[model].to_numpy().reshape(ids.len(), HOLDOUT)

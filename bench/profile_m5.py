@@ -31,16 +31,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from configs.schema import BuffercastConfig, load_config
 from features.calendar import to_periods
-from features.profile import ProfileSettings, build_profiles
+from features.profile import build_profiles
 from features.sbc import DEMAND_CLASSES, demand_profile
-from flows.config import load_config
-from flows.plan import profile_settings
 
 M5_DAY_ONE = dt.date(2011, 1, 29)
 """Date of M5 day d_1 (M5 Competitors' Guide; d_1969 is 2016-06-19)."""
@@ -64,23 +63,23 @@ PanelFeature = Callable[[pl.DataFrame, BenchInputs], pl.DataFrame]
 
 #: Functions of the long sales rows. The panel itself comes from this first entry.
 SALES_FEATURES: dict[str, SalesFeature] = {
-    "to_periods_D": lambda sales, i: to_periods(sales, freq="D", as_of=i.as_of),
+    "to_periods_D": lambda sales, i: to_periods(sales, freq="D", as_of=i.as_of, week_start="mon", input_grain="auto"),
 }
 
 #: Functions of the daily panel (`unique_id`, `ds`, `y`).
 PANEL_FEATURES: dict[str, PanelFeature] = {
-    "demand_profile": lambda panel, i: demand_profile(panel, min_periods=i.min_periods),
+    "demand_profile": lambda panel, i: demand_profile(panel, min_periods=i.min_periods, adi_cutoff=1.32, cv2_cutoff=0.49),
     # Every feature of the `profiles` table (SBC, life cycle / FSN, ABC, shape, outliers) with the default
     # config's daily settings, as the flow runs it; unit cost 1 for every series (M5 has no costs).
     "build_profiles": lambda panel, i: build_profiles(
-        panel, panel.select("unique_id").unique().with_columns(unit_cost=pl.lit(1.0)), as_of=i.as_of, s=_profile_settings(i)
+        panel, panel.select("unique_id").unique().with_columns(unit_cost=pl.lit(1.0)), as_of=i.as_of, cfg=_config(i)
     )[0],
 }
 
 
-def _profile_settings(i: BenchInputs) -> ProfileSettings:
+def _config(i: BenchInputs) -> BuffercastConfig:
     """The flow's daily settings, with the bench's min_periods."""
-    return replace(profile_settings(load_config()), min_periods=i.min_periods)
+    return load_config(None, {"sbc": {"min_periods": i.min_periods}})
 
 
 @dataclass(frozen=True)
@@ -240,11 +239,11 @@ def run(*, repeat: int, warmup: int, min_periods: int) -> dict:
     items, day_cols, mapping_check = load_item_level(data_dir)
     sales = long_sales(items, day_cols)
     as_of = sales.get_column("date").max()
-    panel = to_periods(sales, freq="D", as_of=as_of)
+    panel = to_periods(sales, freq="D", as_of=as_of, week_start="mon", input_grain="auto")
     inputs = BenchInputs(sales=sales, panel=panel, as_of=as_of, min_periods=min_periods)
 
     timings = {case.name: time_case(case, inputs, repeat=repeat, warmup=warmup) for case in cases()}
-    profile = demand_profile(panel, min_periods=min_periods)
+    profile = demand_profile(panel, min_periods=min_periods, adi_cutoff=1.32, cv2_cutoff=0.49)
     return {
         "bench": "profile_m5",
         "run_at_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

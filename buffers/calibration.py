@@ -27,6 +27,9 @@ cutoff covers the demand that followed at level alpha exactly when the share of 
 < alpha (`buffers.lead_time_demand.bootstrap_window_coverage`); u = z(share) and "covered" is u < z(alpha) (strict),
 so the same isotonic fit and inversion apply (`empirical_errors`). No leave-one-out is needed there: a window's
 bootstrap never sees its own demand. No model family either: the bootstrap does not use the model.
+
+The window errors come from `evaluation.windows` (`window_errors`); how often the buffers covered the backtest
+windows before and after calibration, and the quantiles' pinball loss, is evaluation (`evaluation.coverage`).
 """
 
 from __future__ import annotations
@@ -39,15 +42,12 @@ import polars as pl
 import polars.selectors as cs
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import mean_pinball_loss
 
-from forecasting.backtest import in_row_order, lead_time_weights, quantile_name
+# The exposures and the window sums are the backtest windows' (`evaluation.windows`).
+from evaluation.windows import other_windows_sigma, window_sums
 from forecasting.models import MODEL_FAMILIES
 
 ID = "unique_id"
-#: The exposures a buffer covers: the reorder point's lead time, the order-up-to level's review period + lead time.
-LEAD_TIME, REVIEW_LEAD_TIME = "lead_time", "review_lead_time"
-EXPOSURES = (LEAD_TIME, REVIEW_LEAD_TIME)
 #: `model_family` of a class-wide map.
 ALL_FAMILIES = "all"
 #: Statuses under which a map's level sizes the buffer.
@@ -79,50 +79,6 @@ class Calibration:
 def model_family(model: pl.Expr) -> pl.Expr:
     """The family of a chosen model's name (`forecasting.models.MODEL_FAMILIES`; unknown names are their own)."""
     return model.replace_strict(MODEL_FAMILIES, default=model, return_dtype=pl.String)
-
-
-def window_errors(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
-    """Per SKU, exposure and backtest window: the cumulative error (actual - forecast, a fractional last period by
-    its fraction) over the lead time and over review period + lead time, and the window's rank from the latest
-    (0 = latest).
-
-    `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `plan`: unique_id,
-    lead_time_periods, review_periods.
-    """
-    return _per_window(cv, plan, pl.col("y") - pl.col("forecast"), "error")
-
-
-def window_demand(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
-    """As `window_errors`, the demand itself (`actual`) over each exposure after each backtest cutoff."""
-    return _per_window(cv, plan, pl.col("y"), "actual")
-
-
-def _per_window(cv: pl.DataFrame, plan: pl.DataFrame, value: pl.Expr, name: str) -> pl.DataFrame:
-    lead = pl.col("lead_time_periods")
-    return (
-        cv.join(plan.select(ID, "lead_time_periods", "review_periods"), on=ID)
-        .sort(ID, "cutoff", "step")
-        .group_by(ID, "cutoff", maintain_order=True)
-        .agg(
-            in_row_order(lead_time_weights(pl.col("step"), lead) * value).list.sum().alias(LEAD_TIME),
-            in_row_order(lead_time_weights(pl.col("step"), lead + pl.col("review_periods")) * value).list.sum().alias(REVIEW_LEAD_TIME),
-        )
-        .with_columns(from_latest=pl.col("cutoff").rank("ordinal", descending=True).over(ID).cast(pl.Int64) - 1)
-        .unpivot(index=[ID, "cutoff", "from_latest"], on=list(EXPOSURES), variable_name="exposure", value_name=name)
-        .sort(ID, "exposure", "cutoff")
-    )
-
-
-def window_sums(errors: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """Per group `by` of `window_errors` rows: `ss`, the sum of squared errors (added in row order: the same bits
-    every run), and `n`, the number of windows."""
-    return errors.group_by(by).agg(ss=in_row_order(pl.col("error") ** 2).list.sum(), n=pl.len())
-
-
-def other_windows_sigma() -> pl.Expr:
-    """On `window_errors` rows joined to their group's `window_sums`: the RMSE of the group's OTHER windows (leave
-    one out)."""
-    return ((pl.col("ss") - pl.col("error") ** 2).clip(0.0, None) / (pl.col("n") - 1)).sqrt()
 
 
 def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
@@ -190,14 +146,14 @@ def fit_calibration(
     groups: pl.DataFrame,
     targets: Sequence[float],
     *,
-    min_points: int = 100,
-    family_min_points: int | None = 500,
+    min_points: int,
+    family_min_points: int | None,
     empirical: pl.DataFrame | None = None,
 ) -> Calibration:
     """Per exposure and demand class (and model family within it, where the data suffice), the isotonic map
     nominal -> achieved and the calibrated level of each target.
 
-    `errors`: from `window_errors`; `groups`: unique_id, demand_class and optionally model_family (only SKUs of the
+    `errors`: from `evaluation.windows.window_errors`; `groups`: unique_id, demand_class and optionally model_family (only SKUs of the
     normal method). `family_min_points` None: class maps only. `empirical` (unique_id, demand_class, exposure,
     from_latest, share_below): the bootstrap buffers' windows, one map per exposure and class (their classes must
     not be among `groups`').
@@ -311,63 +267,3 @@ def resolve_levels(skus: pl.DataFrame, levels: pl.DataFrame | None, exposure: st
         .then(pl.col("demand_class"))
         .alias(f"{name}_map"),
     )
-
-
-def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
-    """Per SKU: the share of its backtest windows whose cumulative lead-time error stays within the safety stock
-    sized at the target (`buffer_coverage_before`) and at the level it is sized at (`buffer_coverage_after`), each
-    window's sigma from the SKU's other windows (so no window is judged by a buffer that has seen it).
-
-    `errors`: from `window_errors`; `sizing`: unique_id, service_level_target, calibrated_service_level (the
-    normal-method SKUs). SKUs with fewer than 3 windows or no error are left out.
-    """
-    lead = errors.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
-    lead = lead.join(window_sums(lead, [ID]), on=ID).filter(pl.col("n") >= 3).with_columns(sigma=other_windows_sigma())
-    z = {c: stats.norm.ppf(lead[c].to_numpy()) for c in ("service_level_target", "calibrated_service_level")}
-    within = lead.with_columns(
-        before=pl.col("error") <= pl.Series(z["service_level_target"]) * pl.col("sigma"),
-        after=pl.col("error") <= pl.Series(z["calibrated_service_level"]) * pl.col("sigma"),
-    )
-    return (
-        within.filter(pl.col("ss") > 0)
-        .group_by(ID)
-        .agg(buffer_coverage_before=pl.col("before").mean(), buffer_coverage_after=pl.col("after").mean())
-        .sort(ID)
-    )
-
-
-def bootstrap_coverage(shares: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
-    """Per bootstrap SKU: the share of its backtest windows whose lead-time demand the bootstrap's quantile, drawn
-    from the history up to each window's cutoff, covered at the target (`buffer_coverage_before`) and at the level it
-    is sized at (`buffer_coverage_after`): share_below < level (`empirical_errors`).
-
-    `shares`: `Calibration.bootstrap_windows`; `sizing`: unique_id, service_level_target, calibrated_service_level.
-    """
-    lead = shares.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
-    return (
-        lead.group_by(ID)
-        .agg(
-            buffer_coverage_before=(pl.col("share_below") < pl.col("service_level_target")).mean(),
-            buffer_coverage_after=(pl.col("share_below") < pl.col("calibrated_service_level")).mean(),
-        )
-        .sort(ID)
-    )
-
-
-def pinball_losses(cv: pl.DataFrame, classes: pl.DataFrame, quantiles: Sequence[float]) -> pl.DataFrame:
-    """`sklearn.metrics.mean_pinball_loss` of each per-step forecast quantile, per demand class (units per period).
-
-    `cv`: the chosen models' backtest rows with the quantile columns (q50, q90, ...).
-    """
-    rows = []
-    data = cv.join(classes, on=ID)
-    for (cls,), group in sorted(data.group_by("demand_class"), key=lambda g: g[0]):
-        for p in quantiles:
-            name = quantile_name(p)
-            ok = group.filter(pl.col(name).is_not_null())
-            if ok.height:
-                loss = mean_pinball_loss(ok["y"].to_numpy(), ok[name].to_numpy(), alpha=p)
-                rows.append(
-                    {"demand_class": cls, "quantile": name, "pinball_loss": float(loss), "coverage": float((ok["y"] <= ok[name]).mean())}
-                )
-    return pl.DataFrame(rows, schema={"demand_class": pl.String, "quantile": pl.String, "pinball_loss": pl.Float64, "coverage": pl.Float64})

@@ -11,22 +11,19 @@ Romano 1992 for the circular version). Pure numpy on arrays; no I/O.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 from scipy import special
 
+from buffers.streams import stream_keys, uniform_bits
+
 #: numpy's quantile method. "inverted_cdf" is the empirical alpha-quantile by definition: the smallest sampled value
 #: x with share(samples <= x) >= alpha, so stocking x meets a cycle service level alpha on the bootstrap distribution;
 #: it is always an attained sample (a whole number for integer demand and whole lead times). "linear" would
 #: interpolate to unattainable values (14.6 units) and sit below the target when it rounds down.
 QUANTILE_METHOD = "inverted_cdf"
-
-# SplitMix64 (Steele, Lea & Flood 2014): output j of the stream keyed k is mix(k + (j + 1) * GAMMA).
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def quantile_column(q: float) -> str:
@@ -40,7 +37,7 @@ def bootstrap_lead_time_demand(
     quantiles: Sequence[float] = (0.95,),
     *,
     seed: int,
-    n_samples: int = 2000,
+    n_samples: int,
     history_periods: int | None = None,
     chunk_size: int = 500,
     id_col: str = "unique_id",
@@ -94,7 +91,7 @@ def bootstrap_lead_time_demand(
     if lt.height != ids.len():
         raise ValueError(f"lead_times has more than one row for some {id_col}")
     mean, std = _lead_times(lt, ids, lead_time_col, lead_time_std_col)
-    keys = _keys(seed, [str(u) for u in ids])
+    keys = stream_keys(seed, [str(u) for u in ids])
 
     means = np.empty(ids.len())
     quants = np.empty((len(qs), ids.len()))
@@ -119,7 +116,7 @@ def bootstrap_window_coverage(
     windows: pl.DataFrame,
     *,
     seed: int,
-    n_samples: int = 2000,
+    n_samples: int,
     history_periods: int | None = None,
     chunk_size: int = 500,
 ) -> pl.DataFrame:
@@ -155,7 +152,8 @@ def bootstrap_window_coverage(
         )
     first, used = _sampled_rows(y, located["_start"].to_numpy(), located["_end"].to_numpy(), history_periods)
     mean, std = _lead_times(located, located["unique_id"], "lead_time_periods", "lead_time_std_periods")
-    keys = _keys(seed, [f"{u}\x1f{c}" for u, c in located.select("unique_id", "cutoff").iter_rows()])
+    ids_and_cutoffs = located.select("unique_id", "cutoff").rows()
+    keys = stream_keys(seed, [u for u, _ in ids_and_cutoffs], [str(c) for _, c in ids_and_cutoffs])
     actual = located["actual"].cast(pl.Float64).to_numpy()
     below = np.empty(located.height)
     for lo in range(0, located.height, chunk_size):
@@ -213,20 +211,6 @@ def _lead_times(lt: pl.DataFrame, ids: pl.Series, mean_col: str, std_col: str) -
     return mean, std
 
 
-def _keys(seed: int, names: Sequence[str]) -> np.ndarray:
-    """One 64-bit stream key per name: blake2b(seed, name)."""
-    digests = (hashlib.blake2b(f"{seed}\x1f{u}".encode(), digest_size=8).digest() for u in names)
-    return np.array([int.from_bytes(d, "little") for d in digests], np.uint64)
-
-
-def _uniform_bits(keys: np.ndarray, n_samples: int) -> np.ndarray:
-    """(SKUs, n_samples) uint64: SplitMix64 outputs 0..n_samples-1 of each SKU's stream (wrapping uint64 arithmetic)."""
-    x = keys[:, None] + np.arange(1, n_samples + 1, dtype=np.uint64)[None, :] * _GAMMA
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
-
-
 def _sample_chunk(
     y: np.ndarray, first: np.ndarray, n: np.ndarray, mean: np.ndarray, std: np.ndarray, keys: np.ndarray, n_samples: int
 ) -> np.ndarray:
@@ -239,7 +223,7 @@ def _sample_chunk(
 
     # One 64-bit draw per sample: the high 32 bits pick the window start (Lemire's multiply-shift, unbiased to
     # n / 2^32), the low 32 bits the lead time through the normal inverse CDF.
-    bits = _uniform_bits(keys, n_samples)
+    bits = uniform_bits(keys, n_samples)
     start = (((bits >> np.uint64(32)) * n.astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
     if not std.any():  # fixed lead times (the calibration's windows): the same numbers without the normal draws
         return _window_sums(cs, base, n, total, start, mean[:, None])

@@ -11,17 +11,12 @@ Every rule is a boolean flag column (machine-readable) and a sentence in `reason
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-
-@dataclass(frozen=True)
-class PolicyThresholds:
-    jit_max_lead_time_days: float = 7.0
-    jic_min_lead_time_days: float = 30.0
-    jit_max_lead_time_cv: float = 0.2
-    jic_min_lead_time_cv: float = 0.5
+if TYPE_CHECKING:
+    from configs.schema import PolicyConfig
 
 
 #: Flag columns, each one rule; the policy follows from them.
@@ -49,7 +44,7 @@ def _lead_time_cv() -> pl.Expr:
     return pl.col("lead_time_std_days").fill_null(0.0) / pl.col("lead_time_days")
 
 
-def policy_flags(t: PolicyThresholds) -> list[pl.Expr]:
+def policy_flags(t: PolicyConfig) -> list[pl.Expr]:
     """Boolean rule columns from critical, lead_time_days, lead_time_std_days, volatility_class, demand_class."""
     lt = pl.col("lead_time_days")
     lt_cv = _lead_time_cv()
@@ -102,7 +97,7 @@ def buffered_components() -> tuple[pl.Expr, pl.Expr]:
     return demand, lead_time
 
 
-def reasons_expr(t: PolicyThresholds, period_days: float) -> pl.Expr:
+def reasons_expr(t: PolicyConfig, period_days: float) -> pl.Expr:
     """Planner-readable reasons, most decisive first, joined by '; '."""
     since_last_sale = (pl.col("periods_since_last_sale") * period_days).round(0).cast(pl.Int64).cast(pl.String)
     lt = pl.col("lead_time_days")

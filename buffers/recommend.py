@@ -2,66 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import polars.selectors as cs
 from scipy import stats
 
-from buffers.calibration import LEAD_TIME, REVIEW_LEAD_TIME, USABLE, model_family, resolve_levels
+from buffers.calibration import USABLE, model_family, resolve_levels
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
-from buffers.policy import PolicyThresholds, buffered_components, no_buffer, policy_expr, policy_flags, reasons_expr
+from buffers.policy import buffered_components, no_buffer, policy_expr, policy_flags, reasons_expr
 from buffers.safety_stock import (
     economic_order_quantity,
+    order_up_to_level,
+    reorder_point,
     round_up_units,
     safety_factor,
+    safety_stock_cycle,
     sigma_total,
     textbook_safety_stock,
     z_for_cycle_service_level,
 )
+from evaluation.windows import LEAD_TIME, REVIEW_LEAD_TIME
+
+if TYPE_CHECKING:
+    from configs.schema import BuffercastConfig, ServiceLevelConfig
 
 #: How a safety stock was sized (`safety_stock_method`).
 SAFETY_STOCK_METHODS = ("normal_cycle", "normal_fill_rate", "bootstrap_quantile")
 #: The risk flags `costs_and_risks` adds after the policy flags (`buffers.policy.FLAG_COLUMNS`).
 RISK_FLAGS = ("flag_declining", "flag_obsolescence_risk")
-
-
-@dataclass(frozen=True)
-class BufferSettings:
-    period_days: float
-    holding_rate_per_year: float
-    jit_service_level: float
-    #: service level targets: {"critical": {"A": .99, ...}, "non_critical": {...}}
-    service_levels: Mapping[str, Mapping[str, float]]
-    thresholds: PolicyThresholds = field(default_factory=PolicyThresholds)
-    #: what each target measures, same shape: "cycle" (no stock-out in a cycle) or "fill_rate" (share of demand served)
-    service_measures: Mapping[str, Mapping[str, str]] | None = None
-    #: cost of placing one order; None: no EOQ, the order quantity is the demand over a review period
-    order_cost: float | None = None
-    #: demand classes buffered by the bootstrap quantile of lead-time demand instead of the normal formula
-    empirical_classes: Sequence[str] = ("intermittent", "lumpy")
-    bootstrap_samples: int = 2000
-    bootstrap_history_periods: int | None = 365
-    seed: int = 0
-    #: obsolescence: a significant trend (strength >= this) with the forecast below `declining_ratio` x last year's rate
-    declining_trend_strength: float = 0.4
-    declining_ratio: float = 0.75
-    #: size normal-method buffers at the nominal level the backtest calibration maps each target to (buffers/calibration.py)
-    calibrate: bool = True
-    calibration_min_points: int = 100
-    #: a model family with this many backtest errors in a class gets its own map (None: class maps only)
-    calibration_family_min_points: int | None = 500
-
-    @property
-    def periods_per_year(self) -> float:
-        return 365.0 / self.period_days
-
-    @property
-    def target_levels(self) -> list[float]:
-        """Every service level a buffer can be sized for: the matrix cells and the JIT level."""
-        return sorted({float(v) for cells in self.service_levels.values() for v in cells.values()} | {self.jit_service_level})
 
 
 #: Columns `recommend` needs, one row per series, and their types.
@@ -77,17 +49,13 @@ REQUIRED: dict[str, pl.DataType] = {
 }  # fmt: skip
 
 
-def _cells(levels: Mapping[str, Mapping[str, float]], measures: Mapping[str, Mapping[str, str]] | None) -> pl.DataFrame:
+def _cells(sl: ServiceLevelConfig) -> pl.DataFrame:
+    """The ABC x criticality matrix of targets and what each measures, one row per cell."""
     return pl.DataFrame(
         [
-            {
-                "abc_class": abc,
-                "critical": crit == "critical",
-                "_matrix_level": float(v),
-                "_matrix_measure": (measures or {}).get(crit, {}).get(abc, "cycle"),
-            }
-            for crit, cells in levels.items()
-            for abc, v in cells.items()
+            {"abc_class": abc, "critical": crit == "critical", "_matrix_level": float(v), "_matrix_measure": getattr(sl.measure, crit)[abc]}
+            for crit in ("critical", "non_critical")
+            for abc, v in getattr(sl, crit).items()
         ],
         schema={"abc_class": pl.String, "critical": pl.Boolean, "_matrix_level": pl.Float64, "_matrix_measure": pl.String},
     )
@@ -100,7 +68,7 @@ def _numpy(fn: Callable[..., np.ndarray], *columns: str) -> pl.Expr:
     )
 
 
-def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, s: BufferSettings, levels: list[float]) -> pl.DataFrame:
+def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, cfg: BuffercastConfig, levels: list[float]) -> pl.DataFrame:
     """Quantiles of lead-time (L) and review + lead-time (R + L) demand for the empirical SKUs, at every target level.
 
     Lead-time variability enters only where the policy buffers it (hybrid without a variable supplier: std 0).
@@ -114,7 +82,12 @@ def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, s: BufferSettings, level
     for name, lead in (("lt", pl.col("lead_time_periods")), ("rlt", pl.col("lead_time_periods") + pl.col("review_periods"))):
         lt = emp.select("unique_id", lead_time_periods=lead, lead_time_std_periods=std)
         b = bootstrap_lead_time_demand(
-            sub, lt, levels, seed=s.seed, n_samples=s.bootstrap_samples, history_periods=s.bootstrap_history_periods
+            sub,
+            lt,
+            levels,
+            seed=cfg.seed,
+            n_samples=cfg.buffers.bootstrap_samples,
+            history_periods=cfg.periods(cfg.buffers.bootstrap_history_days),
         )
         b = b.select(
             "unique_id",
@@ -138,7 +111,7 @@ def _pct(expr: pl.Expr) -> pl.Expr:
     return (expr * 100).round(1).cast(pl.String) + "%"
 
 
-def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
+def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
     """How the buffer was sized, when it is not the plain normal formula, and what it risks."""
     return [
         pl.when(pl.col("safety_stock_method") == "bootstrap_quantile").then(
@@ -185,7 +158,7 @@ def _method_reasons(s: BufferSettings) -> list[pl.Expr]:
 
 
 def recommend(
-    skus: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None = None, calibration: pl.DataFrame | None = None
+    skus: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFrame | None = None, calibration: pl.DataFrame | None = None
 ) -> pl.DataFrame:
     """Adds policy, flags, service level, safety stock, reorder point, order-up-to level, min/max, order quantity,
     costs, risks and reasons (docs/methods.md, "What a buffer costs and risks").
@@ -210,29 +183,29 @@ def recommend(
     missing = [c for c in REQUIRED if c not in skus.columns]
     if missing:
         raise ValueError(f"recommend() lacks columns {missing}")
-    out = service_level_targets(skus, s)
-    out = calibrated_levels(out, s, calibration)
-    out = buffered_sigmas(out, s)
+    out = service_level_targets(skus, cfg)
+    out = calibrated_levels(out, cfg, calibration)
+    out = buffered_sigmas(out, cfg)
     out = safety_factors(out)
-    out, boot = bootstrap_buffers(out, s, panel)
+    out, boot = bootstrap_buffers(out, cfg, panel)
     out = safety_stocks(out, boot)
     out = stock_levels(out, boot)
-    out = costs_and_risks(out, s)
-    return with_reasons(out, s)
+    out = costs_and_risks(out, cfg)
+    return with_reasons(out, cfg)
 
 
-def service_level_targets(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+def service_level_targets(skus: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
     """Policy flags and policy (`buffers.policy`), the ABC x criticality cell (`_matrix_level`, `_matrix_measure`), and
     `service_level_target` / `service_level_measure`: the JIT level (cycle) for JIT SKUs, the cell's otherwise."""
     out = (
         skus.cast(REQUIRED)
         .with_columns(pl.col("critical").fill_null(False))
-        .join(_cells(s.service_levels, s.service_measures), on=["abc_class", "critical"], how="left")
-        .with_columns(lead_time_std_periods=pl.col("lead_time_std_days").fill_null(0.0) / s.period_days)
-        .with_columns(policy_flags(s.thresholds))
+        .join(_cells(cfg.service_levels), on=["abc_class", "critical"], how="left")
+        .with_columns(lead_time_std_periods=pl.col("lead_time_std_days").fill_null(0.0) / cfg.period_days)
+        .with_columns(policy_flags(cfg.policy))
         .with_columns(policy=policy_expr())
         .with_columns(
-            service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(s.jit_service_level)).otherwise("_matrix_level"),
+            service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(cfg.service_levels.jit)).otherwise("_matrix_level"),
             service_level_measure=pl.when(pl.col("policy") == "JIT").then(pl.lit("cycle")).otherwise("_matrix_measure"),
         )
     )
@@ -242,7 +215,7 @@ def service_level_targets(skus: pl.DataFrame, s: BufferSettings) -> pl.DataFrame
     return out
 
 
-def calibrated_levels(out: pl.DataFrame, s: BufferSettings, calibration: pl.DataFrame | None) -> pl.DataFrame:
+def calibrated_levels(out: pl.DataFrame, cfg: BuffercastConfig, calibration: pl.DataFrame | None) -> pl.DataFrame:
     """The nominal levels each buffer is sized at (buffers/calibration.py): the reorder point's safety stock by the
     lead-time map (`sizing_level`), the order-up-to level by the review + lead-time map
     (`calibrated_review_service_level`), and the stress test's pure JIT and JIC levels (`_jit_level`, `_jic_level`),
@@ -253,7 +226,7 @@ def calibrated_levels(out: pl.DataFrame, s: BufferSettings, calibration: pl.Data
         (LEAD_TIME, pl.col("service_level_target"), "_lt"),
         (REVIEW_LEAD_TIME, pl.col("service_level_target"), "_rlt"),
         (REVIEW_LEAD_TIME, pl.col("_matrix_level"), "_jic"),
-        (REVIEW_LEAD_TIME, pl.lit(s.jit_service_level), "_jit"),
+        (REVIEW_LEAD_TIME, pl.lit(cfg.service_levels.jit), "_jit"),
     ):
         out = out.join(resolve_levels(out, calibration, exposure, level, name), on="unique_id", how="left")
     usable = pl.col("_lt_status").is_in(USABLE)
@@ -263,11 +236,11 @@ def calibrated_levels(out: pl.DataFrame, s: BufferSettings, calibration: pl.Data
         sizing_level=pl.when(cycle & usable).then("_lt").otherwise("service_level_target"),
         calibrated_review_service_level=pl.when(cycle & pl.col("_rlt_status").is_in(USABLE)).then("_rlt").otherwise("service_level_target"),
         _jic_level=pl.when(pl.col("_matrix_measure") == "cycle").then("_jic").otherwise("_matrix_level"),
-        _jit_level=pl.when(cycle).then("_jit").otherwise(pl.lit(s.jit_service_level)),
+        _jit_level=pl.when(cycle).then("_jit").otherwise(pl.lit(cfg.service_levels.jit)),
     ).drop("model_family")
 
 
-def buffered_sigmas(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+def buffered_sigmas(out: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
     """`sigma_total` = sqrt(sigma_LT^2 + d^2 sigma_L^2) over the lead time and over review + lead time, the part of it
     the policy buffers (`sigma_buffered`: hybrid drops the stable term), the annual demand, the EOQ and the order
     quantity (EOQ, else the demand over a review period)."""
@@ -278,7 +251,7 @@ def buffered_sigmas(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
         _lead_time_part=lead_time_part,
         sigma_total=sigma_total(pl.col("sigma_lead_time_demand"), d, pl.col("lead_time_std_periods")),
         _sigma_review_total=sigma_total(pl.col("sigma_review_lead_time_demand"), d, pl.col("lead_time_std_periods")),
-        annual_demand_units=d * s.periods_per_year,
+        annual_demand_units=d * cfg.periods_per_year,
         _review_quantity=(d * r).clip(1e-9, None),
     ).with_columns(
         sigma_buffered=sigma_total(
@@ -293,7 +266,7 @@ def buffered_sigmas(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
         ),
         economic_order_quantity=_numpy(
             lambda demand, cost: economic_order_quantity(
-                demand, np.nan if s.order_cost is None else s.order_cost, cost * s.holding_rate_per_year
+                demand, np.nan if cfg.cost.order_cost is None else cfg.cost.order_cost, cost * cfg.cost.holding_rate_per_year
             ),
             "annual_demand_units",
             "unit_cost",
@@ -330,16 +303,16 @@ class _BootstrapBuffers:
     jic: pl.Expr
 
 
-def bootstrap_buffers(out: pl.DataFrame, s: BufferSettings, panel: pl.DataFrame | None) -> tuple[pl.DataFrame, _BootstrapBuffers]:
+def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFrame | None) -> tuple[pl.DataFrame, _BootstrapBuffers]:
     """The bootstrap's quantiles of lead-time and review + lead-time demand (`buffers.lead_time_demand`) at every
     level an intermittent or lumpy SKU is sized at (the targets and their calibrated levels), joined to `out`;
     `_empirical`: the SKU's class is sized by the bootstrap (`empirical_classes`) and there is a panel to draw from."""
-    out = out.with_columns(_empirical=pl.col("demand_class").is_in(list(s.empirical_classes)) & pl.lit(panel is not None))
+    out = out.with_columns(_empirical=pl.col("demand_class").is_in(list(cfg.buffers.empirical_classes)) & pl.lit(panel is not None))
     sized_at = out.filter(pl.col("_empirical")).select(
         pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
     )
-    levels = sorted(set(s.target_levels) | set(sized_at.to_series().drop_nulls().to_list()))
-    boot = _bootstrap(out, panel, s, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
+    levels = sorted(set(cfg.service_levels.target_levels()) | set(sized_at.to_series().drop_nulls().to_list()))
+    boot = _bootstrap(out, panel, cfg, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
     if "_lt_mean" not in out.columns:
         none = pl.lit(None, pl.Float64)
@@ -359,8 +332,8 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
     reorder point (`_ss`), the order-up-to level (`_review_ss`) and the pure JIT and JIC policies; the method used;
     and the hybrid's expected cycle service level (it buffers the variable part only)."""
     empirical = boot.sized
-    normal_ss = (pl.col("safety_factor_z") * pl.col("sigma_buffered")).clip(0.0, None)
-    normal_review_ss = (pl.col("_factor_review") * pl.col("_sigma_review_buffered")).clip(0.0, None)
+    normal_ss = _numpy(safety_stock_cycle, "safety_factor_z", "sigma_buffered")
+    normal_review_ss = _numpy(safety_stock_cycle, "_factor_review", "_sigma_review_buffered")
     # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.
     covered = pl.when(pl.col("sigma_total") > 0).then(pl.col("safety_factor_z") * pl.col("sigma_buffered") / pl.col("sigma_total"))
     out = out.with_columns(_covered=covered).with_columns(
@@ -376,8 +349,8 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
         .otherwise(pl.lit("normal_cycle")),
         _ss=pl.when(empirical).then(boot.lead_time).otherwise(normal_ss),
         _review_ss=pl.when(empirical).then(boot.review).otherwise(normal_review_ss),
-        _jit_ss=pl.when(empirical).then(boot.jit).otherwise((pl.col("_z_jit") * pl.col("_sigma_review_total")).clip(0.0, None)),
-        _jic_ss=pl.when(empirical).then(boot.jic).otherwise((pl.col("_factor_jic") * pl.col("_sigma_review_total")).clip(0.0, None)),
+        _jit_ss=pl.when(empirical).then(boot.jit).otherwise(_numpy(safety_stock_cycle, "_z_jit", "_sigma_review_total")),
+        _jic_ss=pl.when(empirical).then(boot.jic).otherwise(_numpy(safety_stock_cycle, "_factor_jic", "_sigma_review_total")),
     )
 
 
@@ -387,25 +360,23 @@ def stock_levels(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
     max = ROP + Q, the order quantity, the pure JIT/JIC order-up-to levels and the textbook baseline
     z x sigma_d x sqrt(L). A dead, non-critical SKU (`no_buffer`) gets 0 everywhere it would order."""
     pack = pl.col("pack_size")
-    review_demand = pl.col("review_lead_time_demand")
-    uncalibrated = (
-        pl.when(boot.sized).then(boot.uncalibrated).otherwise((pl.col("_z_uncalibrated") * pl.col("sigma_buffered")).clip(0.0, None))
-    )
+    uncalibrated = pl.when(boot.sized).then(boot.uncalibrated).otherwise(_numpy(safety_stock_cycle, "_z_uncalibrated", "sigma_buffered"))
     nothing = no_buffer()
     return (
         out.with_columns(
             safety_stock_units=pl.when(nothing).then(0.0).otherwise(round_up_units(pl.col("_ss"), pack)),
             uncalibrated_safety_stock_units=pl.when(nothing).then(0.0).otherwise(round_up_units(uncalibrated, pack)),
+            _review_ss_units=round_up_units(pl.col("_review_ss"), pack),
         )
         .with_columns(
             reorder_point_units=pl.when(nothing)
             .then(0.0)
-            .otherwise(round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units"))),
+            .otherwise(round_up_units(_numpy(reorder_point, "lead_time_demand", "safety_stock_units"))),
             order_up_to_units=pl.when(nothing)
             .then(0.0)
-            .otherwise(round_up_units(review_demand + round_up_units(pl.col("_review_ss"), pack))),
-            order_up_to_jit_units=round_up_units(review_demand + pl.col("_jit_ss")),
-            order_up_to_jic_units=round_up_units(review_demand + pl.col("_jic_ss")),
+            .otherwise(round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_review_ss_units"))),
+            order_up_to_jit_units=round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_jit_ss")),
+            order_up_to_jic_units=round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_jic_ss")),
             order_quantity_units=pl.when(nothing).then(0.0).otherwise(round_up_units(pl.col("order_quantity"), pack)),
         )
         .with_columns(
@@ -418,18 +389,20 @@ def stock_levels(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
     )
 
 
-def costs_and_risks(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+def costs_and_risks(out: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
     """Safety-stock value, its holding cost per year, the capital tied up on average (SS + Q/2), expected turns,
     the textbook buffer's value, and the obsolescence risk: dead, or declining (trend strength >= the setting and the
     forecast below `declining_ratio` x last year's rate), with a buffer; its value is the capital at risk."""
     d = pl.col("mean_demand_per_period")
     average_stock = pl.col("safety_stock_units") + pl.col("order_quantity_units") / 2
-    recent_rate = pl.col("annual_units") / s.periods_per_year
-    declining = (pl.col("trend_strength").fill_null(0.0) >= s.declining_trend_strength) & (d < s.declining_ratio * recent_rate)
+    recent_rate = pl.col("annual_units") / cfg.periods_per_year
+    declining = (pl.col("trend_strength").fill_null(0.0) >= cfg.buffers.declining_trend_strength) & (
+        d < cfg.buffers.declining_ratio * recent_rate
+    )
     return (
         out.with_columns(
             safety_stock_value=pl.col("safety_stock_units") * pl.col("unit_cost"),
-            holding_cost_per_year=pl.col("safety_stock_units") * (pl.col("unit_cost") * s.holding_rate_per_year),
+            holding_cost_per_year=pl.col("safety_stock_units") * (pl.col("unit_cost") * cfg.cost.holding_rate_per_year),
             capital_tied_up=average_stock * pl.col("unit_cost"),
             expected_turns=pl.when(average_stock > 0).then(pl.col("annual_demand_units") / average_stock),
             textbook_safety_stock_value=pl.col("textbook_safety_stock_units") * pl.col("unit_cost"),
@@ -444,17 +417,17 @@ def costs_and_risks(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
     )
 
 
-def with_reasons(out: pl.DataFrame, s: BufferSettings) -> pl.DataFrame:
+def with_reasons(out: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
     """`reasons`: the policy, why (`buffers.policy.reasons_expr`) and how the buffer was sized (`_method_reasons`); a dead
     SKU without a buffer keeps its one reason. Internal columns (`_...`) dropped, `sizing_level` published as
     `calibrated_service_level`."""
-    t = s.thresholds
+    t = cfg.policy
     return (
         out.with_columns(
             reasons=pl.format("{}: ", pl.col("policy"))
             + pl.when(no_buffer())
-            .then(reasons_expr(t, s.period_days))
-            .otherwise(pl.concat_list(reasons_expr(t, s.period_days), *_method_reasons(s)).list.drop_nulls().list.join("; ")),
+            .then(reasons_expr(t, cfg.period_days))
+            .otherwise(pl.concat_list(reasons_expr(t, cfg.period_days), *_method_reasons(cfg)).list.drop_nulls().list.join("; ")),
         )
         .rename({"sizing_level": "calibrated_service_level"})
         .drop(cs.starts_with("_"))

@@ -108,14 +108,22 @@ def economic_order_quantity(annual_demand_units: ArrayLike, order_cost: ArrayLik
     return np.where(ok, np.sqrt(2.0 * np.where(ok, d * s / np.where(ok, h, 1.0), 0.0)), np.nan)
 
 
-def order_up_to_level(review_lead_time_demand: ArrayLike, safety_factor: ArrayLike, sigma_review_lead_time: ArrayLike) -> np.ndarray:
-    """Periodic review (R, S): S = forecast over R + L + z * sigma over R + L (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6).
+def reorder_point(lead_time_demand: ArrayLike, safety_stock: ArrayLike) -> np.ndarray:
+    """Continuous review (s, Q): ROP = forecast over L + SS over L (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6),
+    never negative. NaN in, NaN out. Not rounded: `round_up_units` does that."""
+    forecast, ss = _floats(lead_time_demand, safety_stock)
+    return np.maximum(forecast + ss, 0.0)
 
-    The buffer term is floored at 0 like every safety stock here, so a negative fill-rate k never pulls S below the
-    forecast; S itself is never negative. NaN in, NaN out. Not rounded: `round_up_units` does that.
+
+def order_up_to_level(review_lead_time_demand: ArrayLike, review_safety_stock: ArrayLike) -> np.ndarray:
+    """Periodic review (R, S): S = forecast over R + L + the safety stock over R + L (docs/methods.md; Silver, Pyke &
+    Thomas 2017, ch. 6), e.g. `safety_stock_cycle(z, sigma over R + L)` or a bootstrap buffer.
+
+    Safety stocks are floored at 0, so a negative fill-rate k never pulls S below the forecast; S itself is never
+    negative. NaN in, NaN out. Not rounded: `round_up_units` does that.
     """
-    (forecast,) = _floats(review_lead_time_demand)
-    return np.maximum(forecast + safety_stock_cycle(safety_factor, sigma_review_lead_time), 0.0)
+    forecast, ss = _floats(review_lead_time_demand, review_safety_stock)
+    return np.maximum(forecast + ss, 0.0)
 
 
 def textbook_safety_stock(z: ArrayLike, sigma_demand_per_period: ArrayLike, lead_time_periods: ArrayLike) -> np.ndarray:

@@ -24,7 +24,7 @@ def require_no_nulls(df: pl.DataFrame, column: str, *, id_col: str, where: str) 
         ids = nulls.get_column(id_col).unique(maintain_order=True).head(5).to_list() if id_col in df.columns else []
         raise ValueError(
             f"{where}: column {column!r} has {nulls.height} null value(s) (series {ids}...); "
-            "fill or drop them before calling (e.g. validate the input with flows/schemas.py)."
+            "fill or drop them before calling (e.g. validate the input with pipeline/contracts.py)."
         )
 
 

@@ -61,8 +61,8 @@ def annual_value(
 def abc_classes(
     values: pl.DataFrame,
     *,
-    a_share: float = 0.80,
-    b_share: float = 0.95,
+    a_share: float,
+    b_share: float,
     id_col: str = "unique_id",
     value_col: str = "annual_value",
 ) -> pl.DataFrame:

@@ -26,7 +26,7 @@ SUMMARY_COLUMNS = ("n_outliers", "outlier_threshold", "largest_outlier")
 def flag_outliers(
     panel: pl.DataFrame,
     *,
-    k: float = 5.0,
+    k: float,
     id_col: str = "unique_id",
     time_col: str = "ds",
     target_col: str = "y",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -13,55 +13,61 @@ from features.outliers import flag_outliers, outlier_summary
 from features.sbc import demand_profile
 from features.shape import shape_strength
 
+if TYPE_CHECKING:
+    from configs.schema import BuffercastConfig
+
 ID = "unique_id"
 
 
-@dataclass(frozen=True)
-class ProfileSettings:
-    adi_cutoff: float
-    cv2_cutoff: float
-    min_periods: int
-    new_periods: int
-    dead_periods: int
-    window_periods: int
-    fast_from: float
-    slow_from: float
-    a_share: float
-    b_share: float
-    season_length: int
-    outlier_k: float
-
-
 def build_profiles(
-    panel: pl.DataFrame, unit_cost: pl.DataFrame, *, as_of: dt.date, s: ProfileSettings
+    panel: pl.DataFrame, unit_cost: pl.DataFrame, *, as_of: dt.date, cfg: BuffercastConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(profiles, flagged panel): one row per series with SBC, life cycle / FSN, ABC, shape and outlier features,
     and the panel with `is_outlier` and `outlier_threshold` per point.
 
-    `panel`: unique_id, ds, y from `to_periods`; `unit_cost`: unique_id, unit_cost (defaults already filled).
+    `panel`: unique_id, ds, y from `to_periods`; `unit_cost`: unique_id, unit_cost (defaults already filled). The
+    life-cycle windows of the config (`life_cycle.*_days`) are taken in whole periods of its frequency.
+    Two steps: `sku_profiles` (each series from its own history: runs per partition of SKUs) and `with_abc_classes`
+    (the ABC class ranks every series against the whole catalogue: runs once, over all partitions).
     """
-    flagged = flag_outliers(panel, k=s.outlier_k)
-    units_and_value = annual_value(panel, unit_cost, as_of=as_of)
-    values = abc_classes(units_and_value, a_share=s.a_share, b_share=s.b_share).join(
-        units_and_value.select(ID, "annual_units"), on=ID, how="left"
-    )
+    profiles, flagged = sku_profiles(panel, unit_cost, as_of=as_of, cfg=cfg)
+    return with_abc_classes(profiles, cfg), flagged
+
+
+def sku_profiles(
+    panel: pl.DataFrame, unit_cost: pl.DataFrame, *, as_of: dt.date, cfg: BuffercastConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The per-series part of `build_profiles`: every feature but the ABC class, each from the series' own history."""
+    sbc, lc = cfg.sbc, cfg.life_cycle
+    flagged = flag_outliers(panel, k=cfg.outliers.k)
     profiles = (
-        demand_profile(panel, adi_cutoff=s.adi_cutoff, cv2_cutoff=s.cv2_cutoff, min_periods=s.min_periods)
+        demand_profile(panel, adi_cutoff=sbc.adi_cutoff, cv2_cutoff=sbc.cv2_cutoff, min_periods=sbc.min_periods)
         .join(
             life_cycle(
                 panel,
-                new_periods=s.new_periods,
-                dead_periods=s.dead_periods,
-                window_periods=s.window_periods,
-                fast_from=s.fast_from,
-                slow_from=s.slow_from,
+                new_periods=cfg.periods(lc.new_days),
+                dead_periods=cfg.periods(lc.dead_days),
+                window_periods=cfg.periods(lc.window_days),
+                fast_from=lc.fast_from,
+                slow_from=lc.slow_from,
             ).drop("periods_since_last_sale"),
             on=ID,
             how="left",
         )
-        .join(values.select(ID, "annual_units", "annual_value", "cumulative_share", "abc_class"), on=ID, how="left")
-        .join(shape_strength(panel, season_length=s.season_length), on=ID, how="left")
+        .join(annual_value(panel, unit_cost, as_of=as_of), on=ID, how="left")
+        .join(shape_strength(panel, season_length=cfg.season_length), on=ID, how="left")
         .join(outlier_summary(flagged), on=ID, how="left")
         .sort(ID)
     )
     return profiles, flagged
+
+
+def with_abc_classes(profiles: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
+    """The whole-catalogue step of profiling: each series' cumulative share of the annual value of every series and its
+    ABC class (`features.abc.abc_classes`), placed after `annual_value`."""
+    ranked = abc_classes(profiles.select(ID, "annual_value"), a_share=cfg.abc.a_share, b_share=cfg.abc.b_share)
+    columns = profiles.columns
+    after = columns.index("annual_value") + 1
+    return profiles.join(ranked.select(ID, "cumulative_share", "abc_class"), on=ID, how="left").select(
+        *columns[:after], "cumulative_share", "abc_class", *columns[after:]
+    )

@@ -39,9 +39,9 @@ def active_periods(panel: pl.DataFrame, *, id_col: str = "unique_id", time_col: 
 def demand_profile(
     panel: pl.DataFrame,
     *,
-    adi_cutoff: float = 1.32,
-    cv2_cutoff: float = 0.49,
-    min_periods: int = 8,
+    adi_cutoff: float,
+    cv2_cutoff: float,
+    min_periods: int,
     id_col: str = "unique_id",
     time_col: str = "ds",
     target_col: str = "y",

@@ -36,9 +36,9 @@ class _NoTracebackForBadInput(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from prefect.task_engine import TaskRunTimeoutError
 
-        from flows.plan import StageTimeout, StageWorkerDied
-        from flows.sources import InputError
+        from flows.tasks import StageTimeout, StageWorkerDied
         from forecasting.workers import WorkerDied
+        from pipeline.contracts import InputError
 
         # A stage's time-out (Prefect's TaskRunTimeoutError in the task, StageTimeout in the flow); a dead worker has
         # no Python traceback to show, the parent's adds nothing to the one line.
@@ -74,8 +74,8 @@ def run(
 ) -> None:
     """Run the whole pipeline: pull, validate, profile, backtest, forecast, recommend, publish, track."""
     quiet_environment()
-    from flows.config import ConfigError, load_config
-    from flows.sources import InputError
+    from configs.schema import ConfigError, load_config
+    from pipeline.contracts import InputError
 
     overrides: dict[str, Any] = {}
     if sales:
@@ -97,7 +97,8 @@ def run(
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
 
-    from flows.plan import StageTimeout, StageWorkerDied, plan_buffers
+    from flows.plan import plan_buffers
+    from flows.tasks import StageTimeout, StageWorkerDied
 
     _quiet_bad_input_tracebacks()
 
@@ -155,7 +156,7 @@ def serve(
     (schedules never fire on Prefect's temporary server).
     """
     quiet_environment()
-    from flows.config import ConfigError
+    from configs.schema import ConfigError
     from flows.deploy import ServerError
     from flows.deploy import serve as serve_deployment
 
@@ -179,7 +180,7 @@ def show_config(
     Without --defaults: configs/default.yaml deep-merged with --config PATH, validated, relative paths made absolute.
     `buffercast config --defaults > configs/default.yaml` regenerates the committed defaults from the schema.
     """
-    from flows.config import ConfigError, load_config, render_config, render_defaults
+    from configs.schema import ConfigError, load_config, render_config, render_defaults
 
     if defaults:
         if config is not None:
@@ -204,7 +205,7 @@ def show_schema(
     """
     import json
 
-    from flows.schemas import OUTPUT_SCHEMAS, json_schema
+    from pipeline.contracts import OUTPUT_SCHEMAS, json_schema
 
     if table is not None and table not in OUTPUT_SCHEMAS:
         raise _fail(f"no published table {table!r}; the tables are {', '.join(OUTPUT_SCHEMAS)}", 2)

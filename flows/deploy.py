@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.config import BuffercastConfig, load_config
+from configs.schema import BuffercastConfig, load_config
 
 if TYPE_CHECKING:
     from prefect.schedules import Schedule

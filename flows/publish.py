@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from flows.schemas import OUTPUT_SCHEMAS, SCHEMA_VERSION, json_schema
+from pipeline.contracts import OUTPUT_SCHEMAS, SCHEMA_VERSION, json_schema
 
 STAGING = "_staging"
 MANIFESTS = "manifests"
@@ -79,7 +79,7 @@ def publish_tables(
     """Write every table's as-of partition, the documents and the manifest, all or nothing; returns name -> path.
 
     `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`; the JSON Schema of each
-    contract table (`flows.schemas.json_schema`) to `schemas/as_of=YYYY-MM-DD/<table>.schema.json`, so every
+    contract table (`pipeline.contracts.json_schema`) to `schemas/as_of=YYYY-MM-DD/<table>.schema.json`, so every
     partition comes with the contract it was written under. The manifest gets `tables` (path and row count
     per table), `schemas` (the JSON Schema file per table) and `schema_version` added.
     """
@@ -175,3 +175,10 @@ def previous_as_of(root: str | Path, as_of: dt.date, table: str = "recommendatio
 
 def read_manifest(root: str | Path, as_of: dt.date) -> dict[str, Any]:
     return json.loads(manifest_path(Path(root), as_of).read_text())
+
+
+def write_report(path: str | os.PathLike[str], html_text: str) -> Path:
+    """Write the HTML report on its own, atomically; the resolved path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(html_text, encoding="utf-8", newline="\n")
+    return Path(path).resolve()

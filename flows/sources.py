@@ -14,18 +14,12 @@ import polars as pl
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-from flows.config import InputConfig
-
-SOURCE_FILE = "_source_file"
-ROW_NUMBER = "_row_number"
+from configs.schema import InputConfig
+from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
 _CONFIG_KEYS = {"sales": "input.sales", "SKU master": "input.sku_master"}
-
-
-class InputError(ValueError):
-    """Bad input: a one-line message naming the file, column, counts, and what to do."""
 
 
 def read_sales(cfg: InputConfig) -> pl.DataFrame:

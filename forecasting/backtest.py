@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 from statsforecast import StatsForecast
-from utilsforecast.losses import bias, mae, mse
 
+from evaluation import metrics as em
+from evaluation.metrics import in_row_order, quantile_name
+from evaluation.windows import exposure_sums, lead_time_weights
 from forecasting.models import (
     FALLBACK_ALIAS,
     NATIVE_INTERVALS,
@@ -24,10 +27,14 @@ from forecasting.models import (
     ModelSpec,
     build_model,
     build_models,
+    model_spec,
     without_season,
     without_trend,
 )
 from forecasting.workers import map_in_order, worker_count, worker_pool
+
+if TYPE_CHECKING:
+    from configs.schema import BuffercastConfig
 
 ID, DS, Y = "unique_id", "ds", "y"
 NOT_BACKTESTED = "insufficient_history"
@@ -35,39 +42,6 @@ NOT_BACKTESTED = "insufficient_history"
 #: A group is split into chunks for the workers only while each chunk keeps at least this many SKUs; a stage with
 #: fewer than twice this many SKUs runs in-process.
 MIN_SKUS_PER_WORKER_CHUNK = 50
-
-
-@dataclass(frozen=True)
-class BacktestSettings:
-    freq: str
-    n_windows: int
-    min_windows: int
-    step_periods: int | None
-    refit: bool
-    min_train_periods: int
-    max_horizon_periods: int
-    horizon_buckets: Sequence[int]
-    selection_metric: str
-    #: Worker processes of the stage (`forecasting.workers`); statsforecast itself always runs with n_jobs=1.
-    n_jobs: int
-    fallback: str
-    spec: ModelSpec
-    #: Seasonality of the MASE/RMSSE scale; None: spec.season_length. Fixed per frequency, so errors compare across SKUs.
-    mase_season: int | None = None
-    #: Demand quantiles per forecast step (columns q50, q90, ...): native intervals, else empirical (`empirical_quantiles`).
-    quantiles: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
-    #: Trailing periods of demand behind the empirical quantiles of models without native intervals.
-    empirical_window: int = 365
-    #: SKUs per statsforecast call: the backtest of a chunk is reduced to its metrics before the next chunk starts.
-    chunk_size: int = 2000
-    #: Mean of the best k models per SKU competes as model COMBINATION (k < 2: off).
-    combination_k: int = 2
-    #: Keep the backtest rows of every model (tests, diagnostics) or only of the chosen one (bounded memory).
-    keep_all_backtests: bool = False
-
-    @property
-    def mase_season_length(self) -> int:
-        return self.mase_season or self.spec.season_length
 
 
 @dataclass(frozen=True)
@@ -81,11 +55,6 @@ class ForecastResult:
 
 #: Name of the mean-of-the-best-k model in metrics and selection.
 COMBINATION = "Combination"
-
-
-def quantile_name(p: float) -> str:
-    """Column of the p-quantile: 0.95 -> "q95", 0.975 -> "q97.5"."""
-    return f"q{round(p * 100, 6):g}"
 
 
 def _level(p: float) -> int | float:
@@ -135,15 +104,7 @@ def empirical_quantiles(panel: pl.DataFrame, quantiles: Sequence[float], window:
     )
 
 
-def lead_time_weights(step: pl.Expr, lead_time_periods: pl.Expr) -> pl.Expr:
-    """Weight of forecast step t (1-based) in a lead time of L periods: min(max(L - (t - 1), 0), 1).
-
-    Whole periods count fully, a fractional last period by its fraction: sum of weights = L.
-    """
-    return (lead_time_periods - (step - 1)).clip(0.0, 1.0)
-
-
-def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
+def plan_horizons(attrs: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataFrame:
     """Per SKU: forecast horizon, its bucket, the backtest step and how many windows its history allows.
 
     `attrs`: unique_id, demand_class, n_periods, lead_time_periods, review_periods, and optionally
@@ -155,23 +116,25 @@ def plan_horizons(attrs: pl.DataFrame, s: BacktestSettings) -> pl.DataFrame:
         *([] if "review_periods" in attrs.columns else [pl.lit(0.0).alias("review_periods")]),
         *([] if "trended" in attrs.columns else [pl.lit(True).alias("trended")]),
     )
-    buckets = sorted(b for b in s.horizon_buckets if b <= s.max_horizon_periods) or [s.max_horizon_periods]
-    if buckets[-1] < s.max_horizon_periods:
-        buckets.append(s.max_horizon_periods)
-    horizon = (pl.col("lead_time_periods") + pl.col("review_periods")).ceil().cast(pl.Int64).clip(1, s.max_horizon_periods)
+    buckets = sorted(b for b in cfg.backtest.horizon_buckets if b <= cfg.backtest.max_horizon_periods) or [cfg.backtest.max_horizon_periods]
+    if buckets[-1] < cfg.backtest.max_horizon_periods:
+        buckets.append(cfg.backtest.max_horizon_periods)
+    horizon = (pl.col("lead_time_periods") + pl.col("review_periods")).ceil().cast(pl.Int64).clip(1, cfg.backtest.max_horizon_periods)
     bucket = pl.lit(buckets[-1], pl.Int64)
     for b in reversed(buckets):
         bucket = pl.when(pl.col("horizon") <= b).then(pl.lit(b, pl.Int64)).otherwise(bucket)
-    step = pl.lit(s.step_periods, pl.Int64) if s.step_periods else (pl.col("bucket") + 1).floordiv(2).clip(1, None)
-    room = pl.col("n_periods").cast(pl.Int64) - s.min_train_periods - pl.col("bucket")
-    windows = pl.when(room >= 0).then((room.floordiv(pl.col("step")) + 1).clip(0, s.n_windows)).otherwise(0)
+    step = pl.lit(cfg.backtest.step_periods, pl.Int64) if cfg.backtest.step_periods else (pl.col("bucket") + 1).floordiv(2).clip(1, None)
+    room = pl.col("n_periods").cast(pl.Int64) - cfg.min_train_periods - pl.col("bucket")
+    windows = pl.when(room >= 0).then((room.floordiv(pl.col("step")) + 1).clip(0, cfg.backtest.n_windows)).otherwise(0)
     return (
         attrs.with_columns(horizon=horizon)
         .with_columns(bucket=bucket)
         .with_columns(step=step)
         .with_columns(windows=windows.cast(pl.Int64))
         .with_columns(
-            backtested=(pl.col("windows") >= s.min_windows) & (pl.col("demand_class") != NOT_BACKTESTED) & ~pl.col("skip_backtest")
+            backtested=(pl.col("windows") >= cfg.backtest.min_windows)
+            & (pl.col("demand_class") != NOT_BACKTESTED)
+            & ~pl.col("skip_backtest")
         )
         .with_columns(
             model_set=pl.when(pl.col("backtested")).then(pl.col("demand_class")).otherwise(pl.lit(NOT_BACKTESTED)),
@@ -243,62 +206,26 @@ def _backtest_long(
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
-def in_row_order(expr: pl.Expr) -> pl.Expr:
-    """A group's values as one list, so that `.list.sum()` / `.list.mean()` add them in row order.
-
-    polars' float sums in group_by are not reproducible from run to run (partial sums merged in thread
-    order, pola-rs/polars#25163); buffercast promises the same outputs for the same inputs.
-    """
-    return expr.implode()
-
-
-def _naive_scales(train: pl.DataFrame, cutoffs: pl.DataFrame, lag: int) -> pl.DataFrame:
-    """Per SKU and cutoff: the mean absolute and mean squared lag-`lag` difference of the training data up to the
-    cutoff (the in-sample naive errors MASE and RMSSE divide by, as utilsforecast's `mase`/`msse` define them), from
-    running sums: one pass over the panel instead of a copy of the training data per window."""
-    diff = pl.col(Y) - pl.col(Y).shift(lag).over(ID)
-    running = (
-        train.sort(ID, DS)
-        .with_columns(_diff=diff)
-        .with_columns(
-            _abs=pl.col("_diff").abs().fill_null(0.0).cum_sum().over(ID),
-            _sq=(pl.col("_diff") ** 2).fill_null(0.0).cum_sum().over(ID),
-            _n=pl.col("_diff").is_not_null().cast(pl.Int64).cum_sum().over(ID),
-        )
-        .select(ID, pl.col(DS).alias("cutoff"), scale_abs=pl.col("_abs") / pl.col("_n"), scale_sq=pl.col("_sq") / pl.col("_n"))
-    )
-    return cutoffs.join(running, on=[ID, "cutoff"], how="left")
-
-
 def _window_metrics(cv: pl.DataFrame, train: pl.DataFrame, models: Sequence[str], season_length: int) -> pl.DataFrame:
-    """Losses per SKU, window and model, long format: MAE, MSE and bias from utilsforecast; MASE and MSSE (RMSSE
-    squared) divide them by the in-sample seasonal-naive error of each window's own training data (utilsforecast's
-    definition; `_naive_scales` computes the scales in one pass, utilsforecast would copy the training data per window),
-    or, where the training data is shorter than a season, by the naive (lag-1) error.
-
-    Computed on pandas frames: utilsforecast's polars path aggregates with group_by, whose float sums
-    change in the last bits between runs (see `in_row_order`); pandas' groupby sums in row order.
+    """Losses per SKU, window and model, long format: MAE, MSE and bias (`evaluation.metrics.point_errors`:
+    utilsforecast on its deterministic pandas path); MASE and MSSE (RMSSE squared) divide them by the in-sample
+    seasonal-naive error of each window's own training data (utilsforecast's definition; `evaluation.metrics.
+    naive_scales` computes the scales in one pass, utilsforecast would copy the training data per window), or, where
+    the training data is shorter than a season, by the naive (lag-1) error (`evaluation.metrics.scaled`).
     """
     key = [ID, "cutoff"]
-    cv_pd = cv.select(ID, DS, "cutoff", Y, *models).to_pandas()
-
-    def loss(fn, name):
-        return _long(pl.from_pandas(fn(cv_pd, models)), key, models, name)
-
-    out = loss(mae, "mae").join(loss(mse, "mse"), on=[*key, "model"]).join(loss(bias, "bias"), on=[*key, "model"])
-    out = out.with_columns(pl.col("cutoff").cast(cv.schema["cutoff"]))  # back from pandas' datetime64
+    errors = em.point_errors(cv, models, ("mae", "mse", "bias"))
     cutoffs = cv.select(ID, "cutoff").unique()
-    seasonal, naive = _naive_scales(train, cutoffs, season_length), _naive_scales(train, cutoffs, 1)
-    scales = seasonal.join(naive, on=key, suffix="_1")
-    finite = lambda e: pl.when(e.is_finite()).then(e)  # noqa: E731
-    return (
-        out.join(scales, on=key, how="left")
-        .with_columns(
-            mase=pl.coalesce(finite(pl.col("mae") / pl.col("scale_abs")), finite(pl.col("mae") / pl.col("scale_abs_1"))),
-            msse=pl.coalesce(finite(pl.col("mse") / pl.col("scale_sq")), finite(pl.col("mse") / pl.col("scale_sq_1"))),
-        )
-        .drop("scale_abs", "scale_sq", "scale_abs_1", "scale_sq_1")
-    )
+    scales = em.naive_scales(train, cutoffs, season_length).join(em.naive_scales(train, cutoffs, 1), on=key, suffix="_1")
+    losses = errors | {
+        "mase": em.scaled(errors["mae"], models, scales, ("scale_abs", "scale_abs_1")),
+        "msse": em.scaled(errors["mse"], models, scales, ("scale_sq", "scale_sq_1")),
+    }
+    out = None
+    for name, wide in losses.items():
+        part = _long(wide, key, models, name)
+        out = part if out is None else out.join(part, on=[*key, "model"])
+    return out
 
 
 def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> pl.DataFrame:
@@ -315,18 +242,20 @@ def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> p
     return _long(flags, [ID], models, "fell_back")
 
 
-def _statsforecast(models: Sequence[str], fallback: str, s: BacktestSettings) -> StatsForecast:
+def _statsforecast(models: Sequence[str], fallback: str, cfg: BuffercastConfig, spec: ModelSpec) -> StatsForecast:
     """One process: the stage's parallelism is its own worker pool (`forecasting.workers`), never statsforecast's
     forked `multiprocessing.Pool`, which can deadlock under Prefect (see that module)."""
-    sf_models, fallback_model = build_models(models, s.spec, fallback)
-    return StatsForecast(models=sf_models, freq=POLARS_FREQ[s.freq], n_jobs=1, fallback_model=fallback_model)
+    sf_models, fallback_model = build_models(models, spec, fallback)
+    return StatsForecast(models=sf_models, freq=POLARS_FREQ[cfg.frequency], n_jobs=1, fallback_model=fallback_model)
 
 
 def _drop_fallback(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop(c for c in frame.columns if c.startswith(FALLBACK_ALIAS))
 
 
-def _calls(models: Sequence[str], s: BacktestSettings, refit: bool, with_levels: bool = True) -> list[tuple[list[str], str, bool, bool]]:
+def _calls(
+    models: Sequence[str], cfg: BuffercastConfig, spec: ModelSpec, refit: bool, with_levels: bool = True
+) -> list[tuple[list[str], str, bool, bool]]:
     """How a model set splits into statsforecast calls: (models, fallback, refit, with intervals).
 
     statsforecast raises when `level=` reaches a model without native intervals, and with refit=False when a model
@@ -334,29 +263,31 @@ def _calls(models: Sequence[str], s: BacktestSettings, refit: bool, with_levels:
     refit=False the models without `forward` (Croston family, averages: cheap) are refit per window in a call of
     their own. A forward call falls back to Naive, which has `forward` and intervals too.
     """
-    if with_levels and s.quantiles:
+    if with_levels and cfg.models.quantiles:
         parts = [([m for m in models if m in NATIVE_INTERVALS], True), ([m for m in models if m not in NATIVE_INTERVALS], False)]
     else:
         parts = [(list(models), False)]
     calls = []
     for names, with_level in parts:
         if refit:
-            calls.append((names, s.fallback, True, with_level))
+            calls.append((names, cfg.models.fallback, True, with_level))
             continue
-        fwd = [m for m in names if hasattr(build_model(m, s.spec), "forward")]
-        calls += [(fwd, "Naive", False, with_level), ([m for m in names if m not in fwd], s.fallback, True, with_level)]
+        fwd = [m for m in names if hasattr(build_model(m, spec), "forward")]
+        calls += [(fwd, "Naive", False, with_level), ([m for m in names if m not in fwd], cfg.models.fallback, True, with_level)]
     return [c for c in calls if c[0]]
 
 
-def _backtest(panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: BacktestSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _backtest(
+    panel: pl.DataFrame, row: Mapping, models: Sequence[str], cfg: BuffercastConfig, spec: ModelSpec
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The wide backtest of a chunk (one statsforecast call per `_calls` part) and the fallback flags of its models.
 
     Point forecasts only: statsforecast's native intervals cost about 1 ms per fit and window (scipy per level), more
     than fitting the cheap models; the backtest's quantiles take the interval widths of the final fit (`_interval_widths`).
     """
     cv, flags = None, []
-    for names, fallback, refit, _ in _calls(models, s, s.refit, with_levels=False):
-        part = _statsforecast(names, fallback, s).cross_validation(
+    for names, fallback, refit, _ in _calls(models, cfg, spec, cfg.backtest.refit, with_levels=False):
+        part = _statsforecast(names, fallback, cfg, spec).cross_validation(
             h=int(row["bucket"]),
             df=panel,
             n_windows=int(row["windows"]),
@@ -369,12 +300,14 @@ def _backtest(panel: pl.DataFrame, row: Mapping, models: Sequence[str], s: Backt
     return cv, pl.concat(flags)
 
 
-def _forecast(panel: pl.DataFrame, h: int, models: Sequence[str], s: BacktestSettings, fitted: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _forecast(
+    panel: pl.DataFrame, h: int, models: Sequence[str], cfg: BuffercastConfig, spec: ModelSpec, fitted: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The wide future of a chunk (a call with intervals, one without) and, if `fitted`, the in-sample fitted values."""
-    levels = interval_levels(s.quantiles)
+    levels = interval_levels(cfg.models.quantiles)
     fc, fits = None, None
-    for names, _, _, with_level in _calls(models, s, refit=True):
-        sf = _statsforecast(names, s.fallback, s)
+    for names, _, _, with_level in _calls(models, cfg, spec, refit=True):
+        sf = _statsforecast(names, cfg.models.fallback, cfg, spec)
         part = _drop_fallback(sf.forecast(h=h, df=panel, fitted=fitted, **({"level": levels} if with_level else {})))
         fc = part if fc is None else fc.join(part, on=[ID, DS], how="inner")
         if fitted:
@@ -393,7 +326,7 @@ class _Chunk:
 
 def _run_chunk(
     panel: pl.DataFrame, members: pl.DataFrame, row: Mapping, models: Sequence[str], model_sets: Mapping[str, Sequence[str]],
-    s: BacktestSettings,
+    cfg: BuffercastConfig, spec: ModelSpec, keep_all_backtests: bool,
 ) -> _Chunk:  # fmt: skip
     """Backtest, score, select and forecast one chunk of SKUs sharing a model set, horizon bucket and windows.
 
@@ -403,11 +336,15 @@ def _run_chunk(
     h = int(row["bucket"])
     sets = members.select(ID, "model_set")
     periods = members.select(ID, "lead_time_periods", "review_periods")
-    empirical = empirical_quantiles(panel, s.quantiles, s.empirical_window) if any(m not in NATIVE_INTERVALS for m in models) else None
-    fc, fitted = _forecast(panel, h, models, s, fitted=not row["backtested"])
+    empirical = (
+        empirical_quantiles(panel, cfg.models.quantiles, cfg.periods(cfg.models.empirical_window_days))
+        if any(m not in NATIVE_INTERVALS for m in models)
+        else None
+    )
+    fc, fitted = _forecast(panel, h, models, cfg, spec, fitted=not row["backtested"])
     if empirical is not None:  # the quantiles at the forecast origin, the last period
         fc = fc.join(empirical.group_by(ID).agg(pl.exclude(DS).last()), on=ID, how="left")
-    future = _long_with_quantiles(fc, [ID, DS], models, s.quantiles).with_columns(
+    future = _long_with_quantiles(fc, [ID, DS], models, cfg.models.quantiles).with_columns(
         step=pl.col(DS).rank("ordinal").over(ID, "model").cast(pl.Int64)
     )
 
@@ -425,7 +362,7 @@ def _run_chunk(
         chosen = select_models(metrics.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set")
         return _Chunk(metrics, chosen, pl.DataFrame(), _chosen_rows(future, chosen))
 
-    wide, flags = _backtest(panel, row, models, s)
+    wide, flags = _backtest(panel, row, models, cfg, spec)
     wide = (
         wide.join(periods, on=ID, how="left")
         .with_columns(step=pl.col(DS).rank("ordinal").over(ID, "cutoff").cast(pl.Int64))
@@ -436,20 +373,22 @@ def _run_chunk(
         wide = wide.join(empirical.rename({DS: "cutoff"}), on=[ID, "cutoff"], how="left")
     on_lead_time = pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)
     index = [ID, DS, "cutoff", Y, "step", "lead_time_periods", "review_periods"]
-    cv = _backtest_long(wide, index, models, s.quantiles, _interval_widths(fc, models, s.quantiles))
-    metrics = _aggregate_metrics(_window_metrics(wide.filter(on_lead_time), panel, models, s.mase_season_length), cv, s.quantiles)
+    cv = _backtest_long(wide, index, models, cfg.models.quantiles, _interval_widths(fc, models, cfg.models.quantiles))
+    metrics = _aggregate_metrics(_window_metrics(wide.filter(on_lead_time), panel, models, cfg.season_length), cv, cfg.models.quantiles)
     metrics = _with_missing(
         metrics.join(flags, on=[ID, "model"], how="left"),
         pl.concat([cv.select(ID, "model", "forecast"), future.select(ID, "model", "forecast")]),
     )
-    chosen = select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric)
-    if s.combination_k >= 2:
-        combo_cv, combo_future, combo_metrics, parts = _combination(metrics.join(sets, on=ID), model_sets, cv, future, panel, s)
+    chosen = select_models(metrics.join(sets, on=ID), model_sets, cfg.backtest.selection_metric)
+    if cfg.backtest.combination_k >= 2:
+        combo_cv, combo_future, combo_metrics, parts = _combination(metrics.join(sets, on=ID), model_sets, cv, future, panel, cfg)
         if combo_metrics.height:
             cv, future = pl.concat([cv, combo_cv], how="diagonal_relaxed"), pl.concat([future, combo_future], how="diagonal_relaxed")
             metrics = pl.concat([metrics, combo_metrics], how="diagonal_relaxed").sort(ID, "model")
-            chosen = select_models(metrics.join(sets, on=ID), model_sets, s.selection_metric).join(parts, on=[ID, "model"], how="left")
-    kept = cv if s.keep_all_backtests else _chosen_rows(cv, chosen)
+            chosen = select_models(metrics.join(sets, on=ID), model_sets, cfg.backtest.selection_metric).join(
+                parts, on=[ID, "model"], how="left"
+            )
+    kept = cv if keep_all_backtests else _chosen_rows(cv, chosen)
     return _Chunk(
         metrics.sort(ID, "model"), chosen.drop("model_set"), kept.drop("lead_time_periods", "review_periods"), _chosen_rows(future, chosen)
     )
@@ -469,19 +408,19 @@ def _with_missing(metrics: pl.DataFrame, forecasts: pl.DataFrame) -> pl.DataFram
 
 def _combination(
     metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], cv: pl.DataFrame, future: pl.DataFrame, panel: pl.DataFrame,
-    s: BacktestSettings,
+    cfg: BuffercastConfig,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """The mean of each SKU's best k eligible models (forecasts and quantiles averaged), backtested like a model.
 
     Returns its backtest rows, its future, its metrics and the models it combines per SKU (`combined_models`).
     SKUs with fewer than k eligible models get none.
     """
-    k = s.combination_k
-    ranked = _rank(metrics, model_sets, s.selection_metric).filter(~pl.col("_excluded") & pl.col("_score").is_not_null())
+    k = cfg.backtest.combination_k
+    ranked = _rank(metrics, model_sets, cfg.backtest.selection_metric).filter(~pl.col("_excluded") & pl.col("_score").is_not_null())
     top = ranked.filter(pl.col("_rank") < k).filter(pl.len().over(ID) == k).select(ID, "model")
     if top.is_empty():
         return pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
-    qs = [quantile_name(p) for p in s.quantiles]
+    qs = [quantile_name(p) for p in cfg.models.quantiles]
 
     def mean_of(frame: pl.DataFrame, keys: list[str], first: list[str]) -> pl.DataFrame:
         return (
@@ -495,7 +434,7 @@ def _combination(
     combo_cv = mean_of(cv, [ID, "cutoff", DS], [Y, "step", "lead_time_periods", "review_periods"])
     combo_future = mean_of(future, [ID, DS], ["step"])
     wide = combo_cv.filter(pl.col("step") <= pl.col("lead_time_periods").ceil().clip(1, None)).rename({"forecast": COMBINATION})
-    combo_metrics = _aggregate_metrics(_window_metrics(wide, panel, [COMBINATION], s.mase_season_length), combo_cv, s.quantiles)
+    combo_metrics = _aggregate_metrics(_window_metrics(wide, panel, [COMBINATION], cfg.season_length), combo_cv, cfg.models.quantiles)
     combo_metrics = combo_metrics.with_columns(fell_back=pl.lit(False), missing_forecasts=pl.lit(False))
     parts = top.sort(ID, "model").group_by(ID, maintain_order=True).agg(combined_models=pl.col("model").str.join("+"))
     return combo_cv, combo_future, combo_metrics, parts.with_columns(model=pl.lit(COMBINATION))
@@ -503,62 +442,42 @@ def _combination(
 
 def _aggregate_metrics(window_metrics: pl.DataFrame, cv: pl.DataFrame, quantiles: Sequence[float] = ()) -> pl.DataFrame:
     """Per SKU and model: mean of the window errors, the cumulative error over the lead time L and over L + R,
-    and the coverage of each quantile (share of backtest actuals at or below it, over the lead-time steps)."""
-    # Sorted and order-kept so the float means sum in the same order on every run (joins and group_by
-    # otherwise leave the row order arbitrary): same input, same output to the last bit.
-    per_model = (
-        window_metrics.sort(ID, "model", "cutoff")
-        .group_by(ID, "model", maintain_order=True)
-        .agg(
-            mae=in_row_order(pl.col("mae")).list.mean(),
-            rmse=in_row_order(pl.col("mse")).list.mean().sqrt(),
-            bias=in_row_order(pl.col("bias")).list.mean(),
-            mase=in_row_order(pl.col("mase")).list.mean(),
-            rmsse=in_row_order(pl.col("msse")).list.mean().sqrt(),
-            n_windows=pl.len().cast(pl.Int64),
-        )
-    )
+    and per quantile its coverage (share of backtest actuals at or below it) and mean pinball loss, over the
+    lead-time steps (a null quantile counts as a miss, and as a zero loss in the mean).
+
+    Every sum runs in a fixed order (windows by cutoff, steps in step order: `evaluation.metrics`,
+    `evaluation.windows`): same input, same output to the last bit.
+    """
+    keys = [ID, "model"]
+    means = em.mean_over_windows(window_metrics, ["mae", "bias", "mase"], id_col=keys, n_windows="n_windows")
+    roots = em.mean_over_windows(window_metrics.rename({"mse": "rmse", "msse": "rmsse"}), ["rmse", "rmsse"], id_col=keys, root=True)
+    # Per window: the cumulative error sum_t w_t (forecast - y) over L and over L + R, and the weights' sums (L, or
+    # less where the horizon is capped below the lead time).
     lead, review_lead = pl.col("lead_time_periods"), pl.col("lead_time_periods") + pl.col("review_periods")
-    w, wr = lead_time_weights(pl.col("step"), lead), lead_time_weights(pl.col("step"), review_lead)
-    error = pl.col("forecast") - pl.col(Y)
-    on_lead_time = pl.col("step") <= lead.ceil().clip(1, None)
+    periods = cv.group_by(keys).agg(lead.first(), review_lead_time_periods=review_lead.first())
     per_window = (
-        cv.sort(ID, "model", "cutoff", "step")
-        .group_by(ID, "model", "cutoff", maintain_order=True)
-        .agg(
-            lead_error=in_row_order(w * error).list.sum(),
-            weight=in_row_order(w).list.sum(),
-            review_lead_error=in_row_order(wr * error).list.sum(),
-            review_weight=in_row_order(wr).list.sum(),
-            lead_time_periods=lead.first(),
-            review_lead_time_periods=review_lead.first(),
-            **{f"covered_{quantile_name(p)}": (pl.col(Y) <= pl.col(quantile_name(p))).filter(on_lead_time).sum() for p in quantiles},
-            # Pinball (quantile) loss summed in row order: max(p (y - q), (p - 1)(y - q)), sklearn's mean_pinball_loss per SKU.
-            **{
-                f"_pinball_{quantile_name(p)}": in_row_order(
-                    pl.max_horizontal(p * (pl.col(Y) - pl.col(quantile_name(p))), (p - 1) * (pl.col(Y) - pl.col(quantile_name(p)))).filter(
-                        on_lead_time
-                    )
-                ).list.sum()
-                for p in quantiles
-            },
-            n_steps=on_lead_time.sum(),
-        )
+        exposure_sums(cv, pl.col("forecast") - pl.col(Y), keys, names=("lead_error", "review_lead_error"))
+        .join(exposure_sums(cv, pl.lit(1.0), keys, names=("weight", "review_weight")), on=[*keys, "cutoff"], maintain_order="left")
+        .join(periods, on=keys, maintain_order="left")
     )
-    cumulative = per_window.group_by(ID, "model", maintain_order=True).agg(
+    cumulative = per_window.group_by(keys, maintain_order=True).agg(
         # Scaled up when the horizon is capped below the lead time (variance grows with the periods covered).
         lead_time_rmse=in_row_order(pl.col("lead_error") ** 2).list.mean().sqrt()
         * (pl.col("lead_time_periods") / pl.col("weight")).first().sqrt(),
         lead_time_bias=in_row_order(pl.col("lead_error")).list.mean(),
         review_lead_time_rmse=in_row_order(pl.col("review_lead_error") ** 2).list.mean().sqrt()
         * (pl.col("review_lead_time_periods") / pl.col("review_weight")).first().sqrt(),
-        **{f"coverage_{quantile_name(p)}": pl.col(f"covered_{quantile_name(p)}").sum() / pl.col("n_steps").sum() for p in quantiles},
-        **{
-            f"pinball_{quantile_name(p)}": in_row_order(pl.col(f"_pinball_{quantile_name(p)}")).list.sum() / pl.col("n_steps").sum()
-            for p in quantiles
-        },
     )
-    return per_model.join(cumulative, on=[ID, "model"], how="left")
+    out = means.join(roots, on=keys, maintain_order="left").join(cumulative, on=keys, how="left", maintain_order="left")
+    if quantiles:
+        qs = {quantile_name(p): p for p in quantiles}
+        scored = cv.filter(pl.col("step") <= lead.ceil().clip(1, None)).sort(*keys, "cutoff", "step")
+        coverage = em.coverage(scored, list(qs), id_col=keys, null_as_miss=True)
+        pinball = em.pinball_loss(scored, qs, id_col=keys, cutoff_col="cutoff", null_as_miss=True)
+        out = out.join(coverage.rename({q: f"coverage_{q}" for q in qs}), on=keys, how="left", maintain_order="left").join(
+            pinball.rename({q: f"pinball_{q}" for q in qs}), on=keys, how="left", maintain_order="left"
+        )
+    return out.select(list(_empty_metrics(quantiles).drop("fell_back", "missing_forecasts").columns))
 
 
 def _rank(metrics: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], metric: str) -> pl.DataFrame:
@@ -606,29 +525,32 @@ def backtest_and_forecast(
     panel: pl.DataFrame,
     attrs: pl.DataFrame,
     model_sets: Mapping[str, Sequence[str]],
-    s: BacktestSettings,
+    cfg: BuffercastConfig,
     pool: Executor | None = None,
+    *,
+    keep_all_backtests: bool = False,
 ) -> ForecastResult:
     """Backtest every SKU with its class's model set, pick a model per SKU and forecast its horizon.
 
     `panel`: unique_id, ds, y (calendar filled, explicit zeros). `attrs`: unique_id, demand_class,
-    n_periods, lead_time_periods, review_periods. SKUs go through statsforecast in chunks of `s.chunk_size`
+    n_periods, lead_time_periods, review_periods. SKUs go through statsforecast in chunks of `cfg.backtest.chunk_size`
     per group (model set, seasonality, trend, horizon bucket, windows, step): each chunk is reduced to its metrics, its
     chosen model and that model's backtest and future before its result comes back, so memory stays bounded.
     The chunks run on `pool` (an Executor: `forecasting.workers.worker_pool`, or a Dask client), else on a pool of
-    `s.n_jobs` workers opened for this call (none for one process, or for fewer than 100 SKUs); results are gathered
+    `cfg.backtest.n_jobs` workers opened for this call (none for one process, or for fewer than 100 SKUs); results are gathered
     in chunk order.
     """
-    if pool is None and worker_count(s.n_jobs) > 1 and attrs.height >= 2 * MIN_SKUS_PER_WORKER_CHUNK:
-        with worker_pool(s.n_jobs) as own:  # fewer SKUs: starting the workers would cost more than they save
-            return backtest_and_forecast(panel, attrs, model_sets, s, own)
-    s = replace(s, mase_season=s.mase_season_length)  # the error scale keeps the frequency's season for every group
-    plan = plan_horizons(attrs, s)
-    workers = 1 if pool is None else worker_count(s.n_jobs)
-    chunks = list(map_in_order(_run_chunk, _chunk_jobs(panel, plan, model_sets, s, workers), pool, in_flight=2 * workers))
+    if pool is None and worker_count(cfg.backtest.n_jobs) > 1 and attrs.height >= 2 * MIN_SKUS_PER_WORKER_CHUNK:
+        with worker_pool(cfg.backtest.n_jobs) as own:  # fewer SKUs: starting the workers would cost more than they save
+            return backtest_and_forecast(panel, attrs, model_sets, cfg, own, keep_all_backtests=keep_all_backtests)
+    plan = plan_horizons(attrs, cfg)
+    workers = 1 if pool is None else worker_count(cfg.backtest.n_jobs)
+    chunks = list(
+        map_in_order(_run_chunk, _chunk_jobs(panel, plan, model_sets, cfg, workers, keep_all_backtests), pool, in_flight=2 * workers)
+    )
 
     metrics = _concat([c.metrics for c in chunks if "mae" in c.metrics.columns])
-    metrics = metrics if metrics.height else _empty_metrics(s.quantiles)
+    metrics = metrics if metrics.height else _empty_metrics(cfg.models.quantiles)
     chosen = _concat([c.chosen for c in chunks])
     future = (
         _concat([c.forecasts for c in chunks])
@@ -675,32 +597,37 @@ def backtest_and_forecast(
         )
     )
     cv_schema = {ID: pl.String, DS: pl.Date, "cutoff": pl.Date, Y: pl.Float64, "step": pl.Int64, "model": pl.String, "forecast": pl.Float64}
-    cv_schema |= {quantile_name(p): pl.Float64 for p in s.quantiles}
+    cv_schema |= {quantile_name(p): pl.Float64 for p in cfg.models.quantiles}
     cv = _concat([c.cv for c in chunks], cv_schema)
     return ForecastResult(
         plan=plan,
         cv=cv.select(list(cv_schema)).sort(ID, "model", "cutoff", DS),
         metrics=metrics.sort(ID, "model"),
         selection=selection.sort(ID),
-        forecasts=future.select(ID, DS, "step", "model", "forecast", *[quantile_name(p) for p in s.quantiles]).sort(ID, DS),
+        forecasts=future.select(ID, DS, "step", "model", "forecast", *[quantile_name(p) for p in cfg.models.quantiles]).sort(ID, DS),
     )
 
 
 def _chunk_jobs(
-    panel: pl.DataFrame, plan: pl.DataFrame, model_sets: Mapping[str, Sequence[str]], s: BacktestSettings, workers: int
+    panel: pl.DataFrame,
+    plan: pl.DataFrame,
+    model_sets: Mapping[str, Sequence[str]],
+    cfg: BuffercastConfig,
+    workers: int,
+    keep_all_backtests: bool,
 ) -> Iterator[tuple]:
     """The arguments of `_run_chunk` for each chunk of each group, built one at a time as the pool asks for them."""
     group_keys = ["model_set", "seasonal", "trended", "bucket", "windows", "step"]
     for key, group in plan.group_by(group_keys, maintain_order=True):
         row = dict(zip(group_keys, key, strict=True)) | {"backtested": bool(group["backtested"][0])}
-        models, spec = list(model_sets[row["model_set"]]), s.spec
+        models, spec = list(model_sets[row["model_set"]]), model_spec(cfg)
         if not row["seasonal"]:
-            models, spec = without_season(models, s.spec, s.fallback)
+            models, spec = without_season(models, spec, cfg.models.fallback)
         if not row["trended"]:
-            models = without_trend(models, s.fallback)
-        for members in _chunks(group, s.chunk_size, workers):
+            models = without_trend(models, cfg.models.fallback)
+        for members in _chunks(group, cfg.backtest.chunk_size, workers):
             chunk_panel = panel.join(members.select(ID), on=ID, how="semi").sort(ID, DS)
-            yield chunk_panel, members, row, models, dict(model_sets), replace(s, spec=spec)
+            yield chunk_panel, members, row, models, dict(model_sets), cfg, spec, keep_all_backtests
 
 
 def _concat(frames: Sequence[pl.DataFrame], schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:

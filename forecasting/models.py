@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statsforecast.models import (
     ADIDA,
@@ -23,6 +23,9 @@ from statsforecast.models import (
     WindowAverage,
 )
 
+if TYPE_CHECKING:
+    from configs.schema import BuffercastConfig
+
 #: Alias of the extra fallback column added to every statsforecast call, to detect fallbacks.
 FALLBACK_ALIAS = "_fallback"
 
@@ -32,13 +35,20 @@ POLARS_FREQ = {"D": "1d", "W": "1w", "M": "1mo"}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to instantiate a model set; hashable, so groups can share it."""
+    """Everything needed to instantiate a model set; hashable, so groups can share it. Built from the config by
+    `model_spec` (its values and defaults are the config's, `models.*`); `without_season` derives a group's variant."""
 
     season_length: int
-    window_size: int | None = None  # WindowAverage's window; None: season_length
-    ets_model: str = "ZNZ"
-    tsb_alpha_d: float = 0.1
-    tsb_alpha_p: float = 0.1
+    ets_model: str
+    tsb_alpha_d: float
+    tsb_alpha_p: float
+    window_size: int | None = None  # WindowAverage's window; None: season_length (a non-seasonal group keeps the season's)
+
+
+def model_spec(cfg: BuffercastConfig) -> ModelSpec:
+    """The run's model parameters: `models.*` of the config, the season length of its frequency."""
+    m = cfg.models
+    return ModelSpec(season_length=cfg.season_length, ets_model=m.ets_model, tsb_alpha_d=m.tsb_alpha_d, tsb_alpha_p=m.tsb_alpha_p)
 
 
 #: Models whose statsforecast `forecast(level=...)` computes intervals natively (from the model's own error

@@ -40,7 +40,7 @@ def small_catalogue(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def make_config(tmp_path):
     """Config for a run into tmp_path: its own outputs and MLflow store, one process."""
-    from flows.config import load_config
+    from configs.schema import load_config
 
     def make(sales: Path | str, sku_master: Path | str | None = None, **overrides):
         base = {

@@ -29,9 +29,9 @@ def main() -> int:
 
     from prefect import flow
 
-    from flows.config import load_config
-    from flows.core import profile_sales
-    from flows.plan import forecast
+    from configs.schema import load_config
+    from flows.tasks import forecast
+    from pipeline.stages import profile_sales
 
     out = Path(args.out)
     cfg = load_config(

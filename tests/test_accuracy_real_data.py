@@ -25,11 +25,11 @@ from pathlib import Path
 import polars as pl
 from utilsforecast.losses import mase
 
+from configs.schema import BuffercastConfig, load_config
 from features.calendar import series_keys
-from flows.config import BuffercastConfig, load_config
-from flows.core import forecast_stage, profile_sales
 from flows.sample_data import generate_catalogue
 from forecasting.backtest import ForecastResult
+from pipeline.stages import forecast_stage, profile_sales
 
 SEASON = 7
 BUFFERCAST, SEASONAL_NAIVE = "buffercast", "SeasonalNaive"
@@ -87,7 +87,7 @@ def m5_item_sales(every: int = M5_EVERY_NTH_ID) -> pl.DataFrame:
 def run_buffercast(
     sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, cfg: BuffercastConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame, ForecastResult]:
-    """(panel, profiles, forecast) from sales up to as_of: the flow's own profile and forecast stages (`flows.core`)."""
+    """(panel, profiles, forecast) from sales up to as_of: the flow's own profile and forecast stages (`pipeline.stages`)."""
     p = profile_sales(cfg, sales, master, as_of)
     return p.demand, p.profiles, forecast_stage(cfg, p)
 

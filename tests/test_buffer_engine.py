@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
 import pytest
 from scipy import optimize, stats
 
-from buffers.evaluate import (
+from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
+from buffers.recommend import recommend
+from buffers.safety_stock import normal_loss
+from evaluation.replay import (
     Scenario,
     error_share_factor,
     forecast_levels,
@@ -21,9 +23,6 @@ from buffers.evaluate import (
     simulate_recommendations,
     stress_test,
 )
-from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
-from buffers.recommend import recommend
-from buffers.safety_stock import normal_loss
 from tests.test_buffers import SETTINGS, one, sku
 
 
@@ -41,7 +40,7 @@ def test_order_up_to_level_covers_review_plus_lead_time():
 
 def test_economic_order_quantity_with_an_order_cost():
     # D = 20 x 365 = 7300 units/yr, S = 50 per order, H = 2.0 x 0.25 = 0.5 per unit-year: sqrt(2 D S / H) = 1208.3
-    row = one(recommend(sku(), replace(SETTINGS, order_cost=50.0)))
+    row = one(recommend(sku(), SETTINGS.updated({"cost": {"order_cost": 50.0}})))
     assert row["economic_order_quantity"] == pytest.approx(math.sqrt(2 * 7300 * 50 / 0.5))
     assert row["order_quantity_units"] == 1209
     # Capital tied up = (SS + Q/2) x unit cost; turns = annual demand / average stock.
@@ -53,7 +52,7 @@ def test_fill_rate_target_solves_the_normal_loss_function():
     """B non-critical at a 99% fill rate, JIC through a long lead time: G(k) = (1 - beta) Q / sigma (docs/methods.md)."""
     measures = {"critical": {"A": "cycle", "B": "cycle", "C": "cycle"}, "non_critical": {"A": "cycle", "B": "fill_rate", "C": "cycle"}}
     levels = {"critical": {"A": 0.99, "B": 0.98, "C": 0.97}, "non_critical": {"A": 0.97, "B": 0.99, "C": 0.90}}
-    s = replace(SETTINGS, service_measures=measures, service_levels=levels)
+    s = SETTINGS.updated({"service_levels": {**levels, "measure": measures}})
     row = one(recommend(sku(lead_time_days=40.0, lead_time_std_days=0.0), s))
     assert row["policy"] == "JIC" and row["service_level_measure"] == "fill_rate"
     # sigma = 10 (no lead-time variance), Q = R x d = 140: G(k) = 0.01 x 140 / 10 = 0.14, solved independently.
@@ -63,7 +62,7 @@ def test_fill_rate_target_solves_the_normal_loss_function():
     assert row["safety_stock_units"] == math.ceil(k * 10)
     assert row["safety_stock_method"] == "normal_fill_rate" and "99.0% fill rate" in row["reasons"]
     # A large order quantity meets the fill rate from cycle stock alone: k < 0, never a negative buffer.
-    big = one(recommend(sku(lead_time_days=40.0, lead_time_std_days=0.0), replace(s, order_cost=1e6)))
+    big = one(recommend(sku(lead_time_days=40.0, lead_time_std_days=0.0), s.updated({"cost": {"order_cost": 1e6}})))
     assert big["safety_factor_z"] < 0 and big["safety_stock_units"] == 0
 
 
@@ -85,8 +84,8 @@ def test_intermittent_demand_is_buffered_by_the_bootstrap_quantile():
         pl.DataFrame({"unique_id": ["S1"], "lead_time_periods": [40.0], "lead_time_std_periods": [4.0]}),
         [0.97],
         seed=SETTINGS.seed,
-        n_samples=SETTINGS.bootstrap_samples,
-        history_periods=SETTINGS.bootstrap_history_periods,
+        n_samples=SETTINGS.buffers.bootstrap_samples,
+        history_periods=SETTINGS.periods(SETTINGS.buffers.bootstrap_history_days),
     ).row(0, named=True)
     assert row["safety_stock_units"] == math.ceil(boot[quantile_column(0.97)] - boot["bootstrap_mean"] - 1e-9)
     assert "bootstrap" in row["reasons"]

@@ -9,17 +9,14 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from buffers.policy import FLAG_COLUMNS, PolicyThresholds
-from buffers.recommend import BufferSettings, recommend
+from buffers.policy import FLAG_COLUMNS
+from buffers.recommend import recommend
 from buffers.safety_stock import k_for_fill_rate, normal_loss, round_up_units, sigma_total, z_for_cycle_service_level
+from configs.schema import BuffercastConfig
 
-SETTINGS = BufferSettings(
-    period_days=1.0,
-    holding_rate_per_year=0.25,
-    jit_service_level=0.80,
-    service_levels={"critical": {"A": 0.99, "B": 0.98, "C": 0.97}, "non_critical": {"A": 0.97, "B": 0.95, "C": 0.90}},
-    thresholds=PolicyThresholds(jit_max_lead_time_days=7, jic_min_lead_time_days=30, jit_max_lead_time_cv=0.2, jic_min_lead_time_cv=0.5),
-)
+# Daily periods, the default targets (A/B/C: 99/98/97% critical, 97/95/90% otherwise; JIT 80%), holding 25% a year,
+# JIT at most 7 days and lead-time CV 0.2, JIC from 30 days or CV 0.5: the config's defaults, stated in configs/schema.py.
+SETTINGS = BuffercastConfig(seed=0)
 
 # A SKU every factor calls JIT: smooth, stable error, 5-day reliable lead time, not critical.
 JIT_SKU = {

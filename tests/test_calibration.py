@@ -4,7 +4,6 @@ fitted on the earlier backtest windows and checked on the latest."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -12,23 +11,12 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_pinball_loss
 
-from buffers.calibration import (
-    ALL_FAMILIES,
-    EXPOSURES,
-    LEAD_TIME,
-    bootstrap_coverage,
-    empirical_errors,
-    fit_calibration,
-    pinball_losses,
-    resolve_levels,
-    standardised_errors,
-    window_coverage,
-    window_errors,
-)
+from buffers.calibration import ALL_FAMILIES, empirical_errors, fit_calibration, resolve_levels, standardised_errors
 from buffers.lead_time_demand import bootstrap_lead_time_demand, bootstrap_window_coverage, quantile_column
 from buffers.recommend import recommend
-from flows.config import load_config
-from flows.core import backtest_settings
+from configs.schema import load_config
+from evaluation.coverage import bootstrap_coverage, pinball_losses, window_coverage
+from evaluation.windows import EXPOSURES, LEAD_TIME, window_errors
 from forecasting.backtest import backtest_and_forecast
 from tests.test_buffers import JIT_SKU, SETTINGS
 
@@ -74,14 +62,14 @@ def heavy_tailed():
         .agg(n_periods=pl.len().cast(pl.Int64))
         .with_columns(demand_class=pl.lit("erratic"), lead_time_periods=pl.lit(2.0), review_periods=pl.lit(0.0), seasonal=pl.lit(False))
     )
-    s = replace(backtest_settings(load_config(None, {"backtest": {"n_jobs": 2}})), n_windows=12, step_periods=2, combination_k=0)
+    s = load_config(None, {"backtest": {"n_jobs": 2, "n_windows": 12, "step_periods": 2, "combination_k": 0}})
     fc = backtest_and_forecast(panel, attrs, {"erratic": ["HistoricAverage"], "insufficient_history": ["HistoricAverage"]}, s)
     return fc, attrs.select("unique_id", "demand_class")
 
 
 def test_calibration_brings_held_out_coverage_within_2_points_where_the_normal_buffer_misses(heavy_tailed):
     fc, classes = heavy_tailed
-    levels = class_levels(fit_calibration(window_errors(fc.cv, fc.plan), classes, TARGETS))
+    levels = class_levels(fit_calibration(window_errors(fc.cv, fc.plan), classes, TARGETS, min_points=100, family_min_points=500))
     print("\n", pl.DataFrame(list(levels.values())))
     before = {t: levels[t]["heldout_before"] for t in TARGETS}
     after = {t: levels[t]["heldout_after"] for t in TARGETS}
@@ -98,13 +86,15 @@ def test_the_map_never_reads_the_held_out_windows(heavy_tailed):
         model_family=pl.when(pl.col("unique_id").str.slice(-1).cast(pl.Int64) % 2 == 0).then(pl.lit("a")).otherwise(pl.lit("b"))
     )
     errors = window_errors(fc.cv, fc.plan)
-    first = fit_calibration(errors, classes, TARGETS, family_min_points=1000)
+    first = fit_calibration(errors, classes, TARGETS, family_min_points=1000, min_points=100)
     assert set(first.levels.filter(pl.col("status") == "calibrated")["model_family"]) == {ALL_FAMILIES, "a", "b"}
     # Shuffle the latest window's errors across SKUs and scale them: only the held-out check may change.
     rng = np.random.default_rng(1)
     latest = errors.filter(pl.col("from_latest") == 0)
     shuffled = latest.with_columns(error=pl.Series(rng.permutation(latest["error"].to_numpy()) * 3.0))
-    second = fit_calibration(pl.concat([errors.filter(pl.col("from_latest") > 0), shuffled]), classes, TARGETS, family_min_points=1000)
+    second = fit_calibration(
+        pl.concat([errors.filter(pl.col("from_latest") > 0), shuffled]), classes, TARGETS, family_min_points=1000, min_points=100
+    )
     assert first.levels["calibrated_level"].to_list() == second.levels["calibrated_level"].to_list()
     assert first.curves.select("nominal", "achieved_before", "achieved_fitted").equals(
         second.curves.select("nominal", "achieved_before", "achieved_fitted")
@@ -114,7 +104,7 @@ def test_the_map_never_reads_the_held_out_windows(heavy_tailed):
 
 def test_too_few_windows_keep_the_target_with_a_reason(heavy_tailed):
     fc, classes = heavy_tailed
-    few = fit_calibration(window_errors(fc.cv, fc.plan), classes.head(3), TARGETS, min_points=100)
+    few = fit_calibration(window_errors(fc.cv, fc.plan), classes.head(3), TARGETS, min_points=100, family_min_points=500)
     assert set(few.levels["status"].str.head(15)) == {"too_few_windows"}
     assert set(few.levels["exposure"]) == set(EXPOSURES) and few.curves.is_empty()
     assert few.levels["calibrated_level"].to_list() == TARGETS * len(EXPOSURES)
@@ -130,7 +120,7 @@ def test_calibration_never_makes_a_buffer_negative_and_says_what_it_moved():
     assert high["calibration_status"] == "calibrated" and high["safety_stock_units"] > high["uncalibrated_safety_stock_units"]
     assert high["calibration_map"] == "smooth"
     assert f"buffer {int(high['safety_stock_units'])} units instead of {int(high['uncalibrated_safety_stock_units'])}" in high["reasons"]
-    assert recommend(sku, replace(SETTINGS, calibrate=False)).row(0, named=True)["calibration_status"] == "not_calibrated"
+    assert recommend(sku, SETTINGS.updated({"buffers": {"calibrate": False}})).row(0, named=True)["calibration_status"] == "not_calibrated"
 
 
 def test_pinball_loss_is_sklearns_per_class_and_quantile(heavy_tailed):
@@ -184,7 +174,7 @@ def test_on_normal_errors_the_calibrated_buffer_covers_the_next_window_at_its_ta
     within half a point, not past it (uncorrected, the map would learn t(6) and over-cover)."""
     errors, sigma, future = normal_window_errors(20_000, 8, seed=3)
     classes = errors.select("unique_id").unique().with_columns(demand_class=pl.lit("smooth"))
-    levels = class_levels(fit_calibration(errors, classes, [0.8, 0.9, 0.95, 0.99]))
+    levels = class_levels(fit_calibration(errors, classes, [0.8, 0.9, 0.95, 0.99], min_points=100, family_min_points=500))
     for t, row in levels.items():
         z = stats.norm.ppf(row["calibrated_level"])
         naive = float(np.mean(future <= stats.norm.ppf(t) * sigma))
@@ -329,8 +319,8 @@ def drifting_intermittent():
 
 
 def bootstrap_calibration(panel, windows, classes):
-    shares = bootstrap_window_coverage(panel, windows, seed=1, history_periods=365).join(classes, on="unique_id")
-    return fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=shares), shares
+    shares = bootstrap_window_coverage(panel, windows, seed=1, history_periods=365, n_samples=2000).join(classes, on="unique_id")
+    return fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=shares, min_points=100, family_min_points=500), shares
 
 
 def test_calibrating_the_bootstrap_brings_held_out_coverage_within_2_points_where_it_misses(drifting_intermittent):
@@ -355,7 +345,7 @@ def test_the_bootstrap_map_never_reads_the_held_out_windows(drifting_intermitten
     moved = shares.with_columns(
         share_below=pl.when(pl.col("from_latest") == 0).then(pl.Series(rng.random(shares.height))).otherwise("share_below")
     ).sample(fraction=1.0, shuffle=True, seed=3)
-    again = fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=moved)
+    again = fit_calibration(NO_ERRORS, NO_GROUPS, TARGETS, empirical=moved, min_points=100, family_min_points=500)
     cols = ["exposure", "demand_class", "service_level_target", "calibrated_level", "status", "n_fit"]
     assert again.levels.select(cols).equals(calibration.levels.select(cols))
     assert again.curves.select("nominal", "achieved_before", "achieved_fitted").equals(
@@ -371,7 +361,7 @@ def test_bootstrap_errors_are_covered_strictly_below_the_level():
     u = empirical_errors(shares)
     assert u["set"].to_list() == ["fit", "fit", "check"]
     assert u["u"].to_list() == [-np.inf, 0.0, np.inf]
-    calibration = fit_calibration(NO_ERRORS, NO_GROUPS, [0.9], min_points=2, empirical=shares)
+    calibration = fit_calibration(NO_ERRORS, NO_GROUPS, [0.9], min_points=2, empirical=shares, family_min_points=500)
     row = calibration.levels.row(0, named=True)
     # Fit: one window always covered, the other (share 0.5) only above 50%: at the level 0.5 half is covered, at the
     # next grid level (z = 0.01) both are. Non-strict (u <= z) would have called 0.5 enough.
@@ -383,6 +373,8 @@ def test_bootstrap_errors_are_covered_strictly_below_the_level():
             pl.DataFrame({"unique_id": ["b"], "demand_class": ["lumpy"]}),
             [0.5],
             empirical=shares,
+            min_points=100,
+            family_min_points=500,
         )
 
 
@@ -405,8 +397,8 @@ def test_a_calibrated_bootstrap_buffer_is_its_quantile_at_the_calibrated_level()
         pl.DataFrame({"unique_id": ["S1"], "lead_time_periods": [40.0], "lead_time_std_periods": [0.0]}),
         [target, 0.993],
         seed=SETTINGS.seed,
-        n_samples=SETTINGS.bootstrap_samples,
-        history_periods=SETTINGS.bootstrap_history_periods,
+        n_samples=SETTINGS.buffers.bootstrap_samples,
+        history_periods=SETTINGS.periods(SETTINGS.buffers.bootstrap_history_days),
     ).row(0, named=True)
     assert row["safety_stock_method"] == "bootstrap_quantile" and row["calibration_status"] == "calibrated"
     assert (row["calibrated_service_level"], row["calibration_map"]) == (0.993, "intermittent")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, load_config, render_defaults
+from configs.schema import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, load_config, render_defaults
 
 #: Keys `load_config` anchors at the repository root: the only differences between configs/default.yaml and the schema.
 ANCHORED = (("input", "sales"), ("input", "sku_master"), ("output", "folder"), ("tracking", "uri"), ("tracking", "artifact_location"))
@@ -111,7 +111,7 @@ def test_relative_paths_are_anchored_where_they_were_written(tmp_path, monkeypat
 
 def test_default_yaml_is_generated_from_the_schema():
     assert DEFAULT_CONFIG_PATH.read_text() == render_defaults(), (
-        "configs/default.yaml is out of date with flows/config.py: run `.venv/bin/buffercast config --defaults > configs/default.yaml`"
+        "configs/default.yaml is out of date with configs/schema.py: run `.venv/bin/buffercast config --defaults > configs/default.yaml`"
     )
 
 

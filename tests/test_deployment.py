@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from flows.config import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, ScheduleConfig, load_config
+from configs.schema import DEFAULT_CONFIG_PATH, BuffercastConfig, ConfigError, ScheduleConfig, load_config
 from flows.deploy import (
     DEPLOYMENT_NAME,
     FLOW_NAME,

@@ -20,7 +20,7 @@ def values_frame(values: dict[str, float]) -> pl.DataFrame:
 
 
 def classes_of(values: dict[str, float], **kwargs) -> dict[str, str]:
-    out = abc_classes(values_frame(values), **kwargs)
+    out = abc_classes(values_frame(values), **{"a_share": 0.80, "b_share": 0.95, **kwargs})
     return dict(zip(out["unique_id"], out["abc_class"], strict=True))
 
 
@@ -28,7 +28,7 @@ def classes_of(values: dict[str, float], **kwargs) -> dict[str, str]:
 
 
 def test_five_skus_known_shares_and_a_boundary_exactly_at_080():
-    out = abc_classes(values_frame({"c": 10, "a": 50, "e": 4, "b": 30, "d": 6}))
+    out = abc_classes(values_frame({"c": 10, "a": 50, "e": 4, "b": 30, "d": 6}), a_share=0.80, b_share=0.95)
     expected = pl.DataFrame(
         {
             "unique_id": ["a", "b", "c", "d", "e"],
@@ -46,18 +46,18 @@ def test_b_boundary_exactly_at_095():
 
 
 def test_all_zero_total_is_all_c():
-    out = abc_classes(values_frame({"a": 0, "b": 0, "c": 0}))
+    out = abc_classes(values_frame({"a": 0, "b": 0, "c": 0}), a_share=0.80, b_share=0.95)
     assert out["abc_class"].to_list() == ["C", "C", "C"]
     assert out["cumulative_share"].null_count() == 3
 
 
 def test_ties_are_broken_by_unique_id_whatever_the_input_order():
     values = {"d": 10, "b": 10, "a": 10, "c": 10}
-    out = abc_classes(values_frame(values))
+    out = abc_classes(values_frame(values), a_share=0.80, b_share=0.95)
     assert out["unique_id"].to_list() == ["a", "b", "c", "d"]
     assert out["abc_class"].to_list() == ["A", "A", "A", "C"]  # shares 0.25, 0.5, 0.75, 1.0
     shuffled = values_frame(values).sample(fraction=1.0, shuffle=True, seed=3)
-    assert_frame_equal(abc_classes(shuffled), out)
+    assert_frame_equal(abc_classes(shuffled, a_share=0.80, b_share=0.95), out)
 
 
 def test_a_dominant_item_is_not_a_under_the_literal_rule():
@@ -75,13 +75,17 @@ def test_custom_shares_column_names_and_no_mutation():
 
 
 def test_empty_null_and_negative_values():
-    empty = abc_classes(values_frame({}))
+    empty = abc_classes(values_frame({}), a_share=0.80, b_share=0.95)
     assert empty.height == 0
     assert empty.columns == ["unique_id", "annual_value", "cumulative_share", "abc_class"]
     with pytest.raises(ValueError, match="null"):
-        abc_classes(pl.DataFrame({"unique_id": ["a"], "annual_value": [None]}, schema_overrides={"annual_value": pl.Float64}))
+        abc_classes(
+            pl.DataFrame({"unique_id": ["a"], "annual_value": [None]}, schema_overrides={"annual_value": pl.Float64}),
+            a_share=0.80,
+            b_share=0.95,
+        )
     with pytest.raises(ValueError, match="negative"):
-        abc_classes(values_frame({"a": -1.0}))
+        abc_classes(values_frame({"a": -1.0}), a_share=0.80, b_share=0.95)
 
 
 def _naive_abc(values: dict[str, float], a_share=0.80, b_share=0.95) -> dict[str, tuple[float | None, str]]:
@@ -104,7 +108,7 @@ def _naive_abc(values: dict[str, float], a_share=0.80, b_share=0.95) -> dict[str
 def test_abc_matches_naive_loop():
     rng = np.random.default_rng(17)
     values = {f"S{i:03d}": float(v) for i, v in enumerate(rng.choice([0, 1, 2, 5, 10, 50, 100, 1000], size=200))}
-    out = abc_classes(values_frame(values))
+    out = abc_classes(values_frame(values), a_share=0.80, b_share=0.95)
     expected = _naive_abc(values)
     assert out["unique_id"].to_list() == list(expected)
     for uid, share, abc in out.select("unique_id", "cumulative_share", "abc_class").iter_rows():

@@ -77,7 +77,7 @@ def test_daily_fill_sums_order_lines_drops_leading_keeps_trailing_zeros_and_cuts
             ("A", None, D(2024, 1, 9), 7.0),  # after as_of: ignored
         ]
     )
-    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 7))
+    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 7), week_start="mon", input_grain="auto")
     expected = panel_frame(
         [
             ("A", D(2024, 1, 3), 5.0),
@@ -98,7 +98,7 @@ def test_series_without_nonzero_sale_up_to_as_of_has_no_rows():
             ("OK", "L1", D(2024, 1, 7), 1.0),  # sale on as_of itself: kept
         ]
     )
-    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 7))
+    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 7), week_start="mon", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("OK\x1fL1", D(2024, 1, 7), 1.0)]))
 
 
@@ -110,13 +110,13 @@ def test_location_id_is_part_of_the_key():
             ("S", "L1", D(2024, 1, 2), 1.0),
         ]
     )
-    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 2))
+    panel = to_periods(sales, freq="D", as_of=D(2024, 1, 2), week_start="mon", input_grain="auto")
     expected = panel_frame([("S", D(2024, 1, 1), 1.0), ("S", D(2024, 1, 2), 0.0), ("S\x1fL1", D(2024, 1, 2), 3.0)])
     assert_frame_equal(panel, expected)
 
 
 def test_empty_sales_give_an_empty_panel_with_the_schema():
-    panel = to_periods(sales_frame([]), freq="W", as_of=D(2024, 1, 7))
+    panel = to_periods(sales_frame([]), freq="W", as_of=D(2024, 1, 7), week_start="mon", input_grain="auto")
     assert panel.schema == pl.Schema({"unique_id": pl.String, "ds": pl.Date, "y": pl.Float64})
     assert panel.height == 0
 
@@ -124,13 +124,13 @@ def test_empty_sales_give_an_empty_panel_with_the_schema():
 def test_input_is_not_mutated_and_missing_column_is_named():
     sales = sales_frame([("A", None, D(2024, 1, 3), 2.0)])
     before = sales.clone()
-    to_periods(sales, freq="D", as_of=D(2024, 1, 7))
+    to_periods(sales, freq="D", as_of=D(2024, 1, 7), week_start="mon", input_grain="auto")
     series_keys(sales)
     assert_frame_equal(sales, before)
     with pytest.raises(ValueError, match="quantity"):
-        to_periods(sales.drop("quantity"), freq="D", as_of=D(2024, 1, 7))
+        to_periods(sales.drop("quantity"), freq="D", as_of=D(2024, 1, 7), week_start="mon", input_grain="auto")
     with pytest.raises(ValueError, match="week_start"):
-        to_periods(sales, freq="W", as_of=D(2024, 1, 7), week_start="someday")
+        to_periods(sales, freq="W", as_of=D(2024, 1, 7), week_start="someday", input_grain="auto")
 
 
 # ---------------------------------------------------------------- to_periods: weekly
@@ -144,20 +144,20 @@ WEEKLY_SALES = [
 
 def test_weekly_monday_weeks():
     # 2024-01-01 is a Monday; as_of Sunday 21 January closes the week of the 15th.
-    panel = to_periods(sales_frame(WEEKLY_SALES), freq="W", as_of=D(2024, 1, 21), week_start="mon")
+    panel = to_periods(sales_frame(WEEKLY_SALES), freq="W", as_of=D(2024, 1, 21), week_start="mon", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 3.0), ("A", D(2024, 1, 8), 4.0), ("A", D(2024, 1, 15), 0.0)]))
 
 
 def test_weekly_sunday_weeks_and_incomplete_last_week_dropped():
     # Sunday weeks: 31 Dec-6 Jan, 7-13 Jan, 14-20 Jan; 21-27 Jan is cut short by as_of 21 Jan: dropped.
-    panel = to_periods(sales_frame(WEEKLY_SALES), freq="W", as_of=D(2024, 1, 21), week_start="sun")
+    panel = to_periods(sales_frame(WEEKLY_SALES), freq="W", as_of=D(2024, 1, 21), week_start="sun", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("A", D(2023, 12, 31), 1.0), ("A", D(2024, 1, 7), 6.0), ("A", D(2024, 1, 14), 0.0)]))
 
 
 def test_weekly_incomplete_week_dropped_with_its_sales():
     sales = sales_frame([*WEEKLY_SALES, ("A", None, D(2024, 1, 16), 9.0), ("NEW", None, D(2024, 1, 16), 5.0)])
     # as_of Saturday 20 January: the Monday week of the 15th ends on the 21st, so the last week is the 8th.
-    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 20), week_start="mon")
+    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 20), week_start="mon", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 3.0), ("A", D(2024, 1, 8), 4.0)]))
 
 
@@ -188,11 +188,11 @@ def test_monthly_first_of_month_and_gaps():
             ("A", None, D(2024, 3, 10), 5.0),
         ]
     )
-    panel = to_periods(sales, freq="M", as_of=D(2024, 4, 30))
+    panel = to_periods(sales, freq="M", as_of=D(2024, 4, 30), week_start="mon", input_grain="auto")
     expected = panel_frame([("A", D(2024, 1, 1), 3.0), ("A", D(2024, 2, 1), 0.0), ("A", D(2024, 3, 1), 5.0), ("A", D(2024, 4, 1), 0.0)])
     assert_frame_equal(panel, expected)
     # One day short of the end of April: April is incomplete and dropped.
-    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 4, 29)), expected.head(3))
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 4, 29), week_start="mon", input_grain="auto"), expected.head(3))
 
 
 @pytest.mark.parametrize(
@@ -286,7 +286,7 @@ def _random_sales(seed: int, n_series: int = 200) -> list[tuple[str, str | None,
 )
 def test_to_periods_matches_naive_loop(freq, week_start, as_of):
     rows = _random_sales(seed=7)
-    panel = to_periods(sales_frame(rows), freq=freq, as_of=as_of, week_start=week_start)
+    panel = to_periods(sales_frame(rows), freq=freq, as_of=as_of, week_start=week_start, input_grain="auto")
     expected = panel_frame(_naive_to_periods(rows, freq, as_of, week_start))
     assert panel.height > 100
     assert_frame_equal(panel, expected)
@@ -300,7 +300,7 @@ def test_series_keys_never_collide_across_sku_and_location():
     )
     keys = series_keys(sales)
     assert keys.height == 2 and keys["unique_id"].n_unique() == 2
-    assert to_periods(sales, freq="D", as_of=D(2024, 1, 1))["y"].sort().to_list() == [1.0, 2.0]
+    assert to_periods(sales, freq="D", as_of=D(2024, 1, 1), week_start="mon", input_grain="auto")["y"].sort().to_list() == [1.0, 2.0]
 
 
 # ---------------------------------------------------------------- input already at weekly or monthly grain
@@ -311,34 +311,34 @@ MONDAYS = [D(2024, 1, 1), D(2024, 1, 8), D(2024, 1, 15), D(2024, 1, 22)]
 def test_weekly_grain_dated_mondays_keeps_the_as_of_week():
     sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(MONDAYS)] + [("B", "L1", D(2024, 1, 22), 5.0)])
     assert detect_input_grain(sales["date"], "W") == "period"
-    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 22))
+    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 22), week_start="mon", input_grain="auto")
     expected = panel_frame([*[("A", day, float(i + 1)) for i, day in enumerate(MONDAYS)], ("B\x1fL1", D(2024, 1, 22), 5.0)])
     assert_frame_equal(panel, expected)
     # Read as daily rows, the week of the 22nd has one day of history and is dropped, with series B.
-    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 22), input_grain="daily"), expected.head(3))
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 22), input_grain="daily", week_start="mon"), expected.head(3))
 
 
 def test_weekly_grain_dated_sundays_maps_to_the_monday_week_that_ends_there():
     sundays = [day + dt.timedelta(days=6) for day in MONDAYS]  # week-ending convention: 7, 14, 21, 28 Jan
     sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(sundays)])
     assert detect_input_grain(sales["date"], "W") == "period"
-    panel = to_periods(sales, freq="W", as_of=sundays[-1], week_start="mon")
+    panel = to_periods(sales, freq="W", as_of=sundays[-1], week_start="mon", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("A", day, float(i + 1)) for i, day in enumerate(MONDAYS)]))
     # as_of on the Saturday before the last Sunday: that week's row is dated after as_of but stands for the
     # week containing as_of, which is complete at period grain: kept.
-    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 27)), panel)
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 27), week_start="mon", input_grain="auto"), panel)
     # as_of a week earlier: the last week is a later period and is left out.
-    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 21)), panel.head(3))
+    assert_frame_equal(to_periods(sales, freq="W", as_of=D(2024, 1, 21), week_start="mon", input_grain="auto"), panel.head(3))
 
 
 def test_monthly_grain_dated_the_first_keeps_the_as_of_month():
     firsts = [D(2024, 1, 1), D(2024, 2, 1), D(2024, 4, 1)]
     sales = sales_frame([("A", None, day, q) for day, q in zip(firsts, [3.0, 4.0, 6.0], strict=True)])
     assert detect_input_grain(sales["date"], "M") == "period"
-    panel = to_periods(sales, freq="M", as_of=D(2024, 4, 1))
+    panel = to_periods(sales, freq="M", as_of=D(2024, 4, 1), week_start="mon", input_grain="auto")
     expected = panel_frame([("A", D(2024, 1, 1), 3.0), ("A", D(2024, 2, 1), 4.0), ("A", D(2024, 3, 1), 0.0), ("A", D(2024, 4, 1), 6.0)])
     assert_frame_equal(panel, expected)
-    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 4, 1), input_grain="daily"), expected.head(3))
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 4, 1), input_grain="daily", week_start="mon"), expected.head(3))
 
 
 def test_monthly_grain_dated_month_ends():
@@ -346,11 +346,11 @@ def test_monthly_grain_dated_month_ends():
     sales = sales_frame([("A", None, day, float(i + 1)) for i, day in enumerate(month_ends)])
     assert detect_input_grain(sales["date"], "M") == "period"
     expected = panel_frame([("A", day.replace(day=1), float(i + 1)) for i, day in enumerate(month_ends)])
-    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 31)), expected)
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 31), week_start="mon", input_grain="auto"), expected)
     # as_of mid-March: the row dated 31 March stands for March, the month containing as_of: kept.
-    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15)), expected)
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15), week_start="mon", input_grain="auto"), expected)
     # Read as daily rows, mid-March cuts March short and the 31st is after as_of.
-    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15), input_grain="daily"), expected.head(3))
+    assert_frame_equal(to_periods(sales, freq="M", as_of=D(2024, 3, 15), input_grain="daily", week_start="mon"), expected.head(3))
 
 
 def test_mixed_weekdays_are_daily():
@@ -358,9 +358,9 @@ def test_mixed_weekdays_are_daily():
     assert detect_input_grain(sales["date"], "W") == "daily"
     assert detect_input_grain(sales["date"], "M") == "daily"
     # Daily rules: the week of the 15th is cut short by as_of and dropped.
-    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 15))
+    panel = to_periods(sales, freq="W", as_of=D(2024, 1, 15), week_start="mon", input_grain="auto")
     assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 1.0), ("A", D(2024, 1, 8), 2.0)]))
-    assert_frame_equal(panel, to_periods(sales, freq="W", as_of=D(2024, 1, 15), input_grain="daily"))
+    assert_frame_equal(panel, to_periods(sales, freq="W", as_of=D(2024, 1, 15), input_grain="daily", week_start="mon"))
 
 
 @pytest.mark.parametrize(
@@ -389,21 +389,21 @@ def test_detect_input_grain_accepts_datetimes_and_names_a_bad_freq():
 
 def test_explicit_input_grain_overrides_auto():
     mondays = sales_frame([("A", None, day, 1.0) for day in MONDAYS])
-    assert to_periods(mondays, freq="W", as_of=MONDAYS[-1], input_grain="daily")["ds"].max() == MONDAYS[-2]
+    assert to_periods(mondays, freq="W", as_of=MONDAYS[-1], input_grain="daily", week_start="mon")["ds"].max() == MONDAYS[-2]
     # Daily-looking rows forced to period grain: the week containing as_of (Wednesday 17th) is kept.
     mixed = sales_frame([("A", None, D(2024, 1, 2), 1.0), ("A", None, D(2024, 1, 10), 2.0), ("A", None, D(2024, 1, 17), 4.0)])
-    panel = to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="period")
+    panel = to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="period", week_start="mon")
     assert_frame_equal(panel, panel_frame([("A", D(2024, 1, 1), 1.0), ("A", D(2024, 1, 8), 2.0), ("A", D(2024, 1, 15), 4.0)]))
     with pytest.raises(ValueError, match="input_grain"):
-        to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="weekly")  # type: ignore[arg-type]
+        to_periods(mixed, freq="W", as_of=D(2024, 1, 17), input_grain="weekly", week_start="mon")  # type: ignore[arg-type]
 
 
 def test_freq_d_ignores_input_grain():
     sales = sales_frame([("A", None, day, 1.0) for day in MONDAYS])
-    daily = to_periods(sales, freq="D", as_of=D(2024, 1, 20))
+    daily = to_periods(sales, freq="D", as_of=D(2024, 1, 20), week_start="mon", input_grain="auto")
     assert daily["ds"].max() == D(2024, 1, 20)
     for grain in ("auto", "daily", "period"):
-        assert_frame_equal(to_periods(sales, freq="D", as_of=D(2024, 1, 20), input_grain=grain), daily)
+        assert_frame_equal(to_periods(sales, freq="D", as_of=D(2024, 1, 20), input_grain=grain, week_start="mon"), daily)
 
 
 def _period_end(day: dt.date, freq: str, week_start: str) -> dt.date:

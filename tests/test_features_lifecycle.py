@@ -15,7 +15,7 @@ from features.calendar import to_periods
 from features.lifecycle import FSN_CLASSES, LIFE_CYCLE_COLUMNS, LIFE_CYCLES, life_cycle
 
 START = dt.date(2024, 1, 1)
-ARGS = {"new_periods": 4, "dead_periods": 3, "window_periods": 5}
+ARGS = {"new_periods": 4, "dead_periods": 3, "window_periods": 5, "fast_from": 0.5, "slow_from": 0.1}
 
 
 def panel_of(series: dict[str, list[float]], start: dt.date = START) -> pl.DataFrame:
@@ -252,7 +252,13 @@ def test_matches_naive_loop(args):
 
 values = st.lists(st.one_of(st.just(0.0), st.integers(1, 1000).map(float)), min_size=1, max_size=40)
 settings_args = st.fixed_dictionaries(
-    {"new_periods": st.integers(1, 20), "dead_periods": st.integers(1, 20), "window_periods": st.integers(1, 30)}
+    {
+        "new_periods": st.integers(1, 20),
+        "dead_periods": st.integers(1, 20),
+        "window_periods": st.integers(1, 30),
+        "fast_from": st.just(0.5),
+        "slow_from": st.just(0.1),
+    }
 )
 
 
@@ -278,8 +284,8 @@ def test_zero_sales_before_the_first_sale_never_change_the_result(ys, n_leading,
     rows = [(START + dt.timedelta(days=i), v) for i, v in enumerate(ys)]
     leading = [(START - dt.timedelta(days=i), 0.0) for i in range(1, n_leading + 1)]
     as_of = START + dt.timedelta(days=len(ys) - 1)
-    base = life_cycle(to_periods(sales(rows), freq="D", as_of=as_of), **args)
-    padded = life_cycle(to_periods(sales(leading + rows), freq="D", as_of=as_of), **args)
+    base = life_cycle(to_periods(sales(rows), freq="D", as_of=as_of, week_start="mon", input_grain="auto"), **args)
+    padded = life_cycle(to_periods(sales(leading + rows), freq="D", as_of=as_of, week_start="mon", input_grain="auto"), **args)
     assert_frame_equal(padded, base)
     if any(v > 0 for v in ys):
         assert base.row(0, named=True) == {"unique_id": "A", **_naive(ys, **args)}

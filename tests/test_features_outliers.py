@@ -24,7 +24,7 @@ def panel_of(series: dict[str, list[float]], start: dt.date = START) -> pl.DataF
 
 
 def flags_of(ys: list[float], **kwargs) -> tuple[float | None, list[bool]]:
-    out = flag_outliers(panel_of({"A": ys}), **kwargs)
+    out = flag_outliers(panel_of({"A": ys}), **{"k": 5.0, **kwargs})
     thresholds = out["outlier_threshold"].unique().to_list()
     assert len(thresholds) == 1
     return thresholds[0], out["is_outlier"].to_list()
@@ -37,7 +37,7 @@ def test_hand_computed_mad_case():
     ys = [0, 2, 3, 0, 4, 2, 3, 40, 0, 3]
     # sizes 2, 3, 4, 2, 3, 40, 3: median 3; |deviations| 1, 0, 1, 1, 0, 37, 0: MAD 1
     # threshold = 3 + 5 x 1.4826 x 1 = 10.413
-    out = flag_outliers(panel_of({"A": ys}))
+    out = flag_outliers(panel_of({"A": ys}), k=5.0)
     assert out.columns == ["unique_id", "ds", "y", "outlier_threshold", "is_outlier"]
     assert out.schema["outlier_threshold"] == pl.Float64
     assert out.schema["is_outlier"] == pl.Boolean
@@ -98,7 +98,7 @@ def test_fewer_than_three_nonzero_periods_give_no_threshold_and_no_flags():
 def test_zeros_are_never_outliers_and_rows_keep_their_order():
     panel = panel_of({"B": [0.0] + [1.0] * 8 + [100.0], "A": [3.0, 0.0, 3.0, 3.0]}).sample(fraction=1.0, shuffle=True, seed=1)
     before = panel.clone()
-    out = flag_outliers(panel)
+    out = flag_outliers(panel, k=5.0)
     assert_frame_equal(panel, before)
     assert_frame_equal(out.select("unique_id", "ds", "y"), panel)
     # B: eight 1s and 100, MAD 0, MeanAD 11: threshold 1 + 5 x 1.2533 x 11 = 69.93
@@ -109,7 +109,7 @@ def test_zeros_are_never_outliers_and_rows_keep_their_order():
 
 def test_summary_and_cap_hand_computed():
     panel = panel_of({"A": [0, 2, 3, 0, 4, 2, 3, 40, 0, 3], "B": [1, 0, 5], "C": [4, 4, 4], "D": [1, 1, 1, 90, 1, 80, 1, 1, 1, 1, 1]})
-    flagged = flag_outliers(panel)
+    flagged = flag_outliers(panel, k=5.0)
     summary = outlier_summary(flagged)
     # D: sizes nine 1s, 90 and 80: MAD 0, MeanAD = 168 / 11, threshold = 1 + 5 x 1.2533 x 168 / 11 ~ 96.7 -> nothing
     # flagged; with k = 2: 1 + 2 x 1.2533 x 168 / 11 ~ 39.3 -> both.
@@ -135,7 +135,7 @@ def test_summary_and_cap_hand_computed():
 
 def test_cap_keeps_extra_columns_and_an_integer_target():
     panel = panel_of({"A": [1, 1, 1, 1, 500]}).with_columns(pl.col("y").cast(pl.Int64), note=pl.lit("x"))
-    capped = cap_outliers(flag_outliers(panel))
+    capped = cap_outliers(flag_outliers(panel, k=5.0))
     assert capped.schema == panel.schema
     # threshold 1 + 5 x 1.2533 x 499 / 5 = 626.... > 500: not an outlier with five sizes; with k = 1 it is
     assert capped["y"].to_list() == [1, 1, 1, 1, 500]
@@ -144,7 +144,7 @@ def test_cap_keeps_extra_columns_and_an_integer_target():
 
 
 def test_empty_panel():
-    flagged = flag_outliers(panel_of({}))
+    flagged = flag_outliers(panel_of({}), k=5.0)
     assert flagged.columns == ["unique_id", "ds", "y", "outlier_threshold", "is_outlier"]
     assert flagged.height == 0
     assert outlier_summary(flagged).columns == ["unique_id", *SUMMARY_COLUMNS]
@@ -163,14 +163,14 @@ def test_bad_k_is_named(k):
 def test_bad_frames_are_named():
     panel = panel_of({"A": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="'y'"):
-        flag_outliers(panel.drop("y"))
+        flag_outliers(panel.drop("y"), k=5.0)
     with pytest.raises(ValueError, match="null"):
-        flag_outliers(panel.with_columns(y=pl.lit(None, dtype=pl.Float64)))
+        flag_outliers(panel.with_columns(y=pl.lit(None, dtype=pl.Float64)), k=5.0)
     with pytest.raises(ValueError, match="negative"):
-        flag_outliers(panel.with_columns(y=-pl.col("y")))
-    flagged = flag_outliers(panel)
+        flag_outliers(panel.with_columns(y=-pl.col("y")), k=5.0)
+    flagged = flag_outliers(panel, k=5.0)
     with pytest.raises(ValueError, match="already has"):
-        flag_outliers(flagged)
+        flag_outliers(flagged, k=5.0)
     with pytest.raises(ValueError, match="is_outlier"):
         outlier_summary(flagged.drop("is_outlier"))
     with pytest.raises(ValueError, match="outlier_threshold"):
@@ -179,7 +179,7 @@ def test_bad_frames_are_named():
 
 def test_custom_column_names():
     panel = panel_of({"A": [1.0] * 9 + [500.0]}).rename({"unique_id": "sku", "ds": "week", "y": "units"})
-    flagged = flag_outliers(panel, id_col="sku", time_col="week", target_col="units")
+    flagged = flag_outliers(panel, id_col="sku", time_col="week", target_col="units", k=5.0)
     assert flagged["is_outlier"].to_list() == [False] * 9 + [True]
     summary = outlier_summary(flagged, id_col="sku", target_col="units")
     assert summary.columns == ["sku", *SUMMARY_COLUMNS]
@@ -256,9 +256,9 @@ def test_matches_naive_loop(k):
 
 def test_same_input_same_output_to_the_last_bit():
     panel = panel_of(_random_series(seed=43))
-    first = flag_outliers(panel)
+    first = flag_outliers(panel, k=5.0)
     for _ in range(3):
-        assert_frame_equal(flag_outliers(panel), first, check_exact=True)
+        assert_frame_equal(flag_outliers(panel, k=5.0), first, check_exact=True)
 
 
 # ---------------------------------------------------------------- properties
@@ -270,8 +270,8 @@ values = st.lists(st.one_of(st.just(0.0), st.integers(1, 1000).map(float), st.fl
 @given(ys=values, power=st.integers(-10, 10))
 def test_scaling_by_a_power_of_two_leaves_the_flags_unchanged(ys, power):
     assume(power != 0)
-    base = flag_outliers(panel_of({"A": ys}))
-    scaled = flag_outliers(panel_of({"A": [v * 2.0**power for v in ys]}))
+    base = flag_outliers(panel_of({"A": ys}), k=5.0)
+    scaled = flag_outliers(panel_of({"A": [v * 2.0**power for v in ys]}), k=5.0)
     assert scaled["is_outlier"].to_list() == base["is_outlier"].to_list()
     # Exactly: the threshold scales with the data (no absolute floor in units).
     expected = base["outlier_threshold"] * 2.0**power
@@ -281,7 +281,7 @@ def test_scaling_by_a_power_of_two_leaves_the_flags_unchanged(ys, power):
 @settings(max_examples=60, deadline=None)
 @given(ys=values)
 def test_zeros_never_flag_and_at_most_half_the_sizes_do(ys):
-    out = flag_outliers(panel_of({"A": ys}))
+    out = flag_outliers(panel_of({"A": ys}), k=5.0)
     assert not out.filter(pl.col("y") == 0)["is_outlier"].any()
     # A flagged value is above every size at or below the median: at most half the sizes are flagged.
     sizes = [v for v in ys if v > 0]

@@ -25,7 +25,8 @@ def panel_of(series: dict[str, list[float]], start: dt.date = START) -> pl.DataF
 
 
 def profile_row(ys: list[float], **kwargs) -> dict:
-    rows = demand_profile(panel_of({"A": ys}), **kwargs).to_dicts()
+    # Syntetos-Boylan cut-offs 1.32 / 0.49 and 8 periods at least (the config's defaults) unless a test says otherwise.
+    rows = demand_profile(panel_of({"A": ys}), **{"adi_cutoff": 1.32, "cv2_cutoff": 0.49, "min_periods": 8, **kwargs}).to_dicts()
     assert len(rows) == 1
     return rows[0]
 
@@ -55,7 +56,7 @@ def test_hand_computed_profile():
 
 
 def test_output_schema_and_order():
-    out = demand_profile(panel_of({"B": [1.0, 2.0], "A": [3.0]}))
+    out = demand_profile(panel_of({"B": [1.0, 2.0], "A": [3.0]}), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
     assert out.columns == ["unique_id", *PROFILE_COLUMNS]
     assert out["unique_id"].to_list() == ["A", "B"]
     assert out.schema["n_periods"] == pl.Int64
@@ -120,7 +121,7 @@ def test_single_period_series():
 
 
 def test_all_zero_series_gets_an_insufficient_row_with_nulls():
-    out = demand_profile(panel_of({"Z": [0.0, 0.0, 0.0], "A": [1.0] * 8}))
+    out = demand_profile(panel_of({"Z": [0.0, 0.0, 0.0], "A": [1.0] * 8}), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
     z = out.filter(pl.col("unique_id") == "Z").to_dicts()[0]
     assert z["n_periods"] == 0
     assert z["n_nonzero"] == 0
@@ -132,7 +133,7 @@ def test_all_zero_series_gets_an_insufficient_row_with_nulls():
 
 
 def test_empty_panel():
-    out = demand_profile(panel_of({}))
+    out = demand_profile(panel_of({}), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
     assert out.height == 0
     assert out.columns == ["unique_id", *PROFILE_COLUMNS]
 
@@ -146,7 +147,7 @@ def test_min_periods():
 
 def test_custom_cutoffs_and_column_names():
     panel = panel_of({"A": CV2_JUST_BELOW}).rename({"unique_id": "sku", "ds": "week", "y": "units"})
-    out = demand_profile(panel, cv2_cutoff=0.4, adi_cutoff=1.0, id_col="sku", time_col="week", target_col="units")
+    out = demand_profile(panel, cv2_cutoff=0.4, adi_cutoff=1.0, id_col="sku", time_col="week", target_col="units", min_periods=8)
     assert out["sku"].to_list() == ["A"]
     assert out["demand_class"].item() == "lumpy"  # ADI 1.0 >= 1.0, CV2 0.48 >= 0.4
 
@@ -154,15 +155,15 @@ def test_custom_cutoffs_and_column_names():
 def test_input_not_mutated_and_missing_column_named():
     panel = panel_of({"A": [0.0, 1.0, 2.0]})
     before = panel.clone()
-    demand_profile(panel)
+    demand_profile(panel, adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
     assert_frame_equal(panel, before)
     with pytest.raises(ValueError, match="'y'"):
-        demand_profile(panel.drop("y"))
+        demand_profile(panel.drop("y"), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
 
 
 def test_unsorted_panel_with_leading_zeros():
     panel = panel_of({"A": [0.0, 0.0, 3.0, 0.0, 3.0]}).reverse()
-    row = demand_profile(panel, min_periods=2).to_dicts()[0]
+    row = demand_profile(panel, min_periods=2, adi_cutoff=1.32, cv2_cutoff=0.49).to_dicts()[0]
     assert row["n_periods"] == 3
     assert row["adi"] == 1.5
 
@@ -213,7 +214,7 @@ def _random_series(seed: int, n_series: int = 200) -> dict[str, list[float]]:
 
 def test_profile_matches_naive_loop():
     series = _random_series(seed=11)
-    out = {r["unique_id"]: r for r in demand_profile(panel_of(series)).to_dicts()}
+    out = {r["unique_id"]: r for r in demand_profile(panel_of(series), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8).to_dicts()}
     assert sorted(out) == sorted(series)
     classes = set()
     for uid, ys in series.items():
@@ -233,7 +234,7 @@ def test_cv2_is_correctly_rounded_for_whole_units():
     series = {
         f"S{i:03d}": [float(v) for v in rng.integers(1, int(rng.choice([5, 100, 100_000])), int(rng.integers(2, 40)))] for i in range(300)
     }
-    out = {r["unique_id"]: r["cv2"] for r in demand_profile(panel_of(series)).to_dicts()}
+    out = {r["unique_id"]: r["cv2"] for r in demand_profile(panel_of(series), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8).to_dicts()}
     for uid, ys in series.items():
         sizes = [Fraction(int(v)) for v in ys]
         mean = sum(sizes) / len(sizes)
@@ -254,8 +255,10 @@ values = st.lists(st.one_of(st.just(0.0), st.integers(1, 1000).map(float)), min_
 @settings(max_examples=60, deadline=None)
 @given(ys=values, n_leading=st.integers(1, 15))
 def test_leading_zeros_never_change_the_profile(ys, n_leading):
-    base = demand_profile(panel_of({"A": ys}))
-    padded = demand_profile(panel_of({"A": [0.0] * n_leading + ys}, start=START - dt.timedelta(days=n_leading)))
+    base = demand_profile(panel_of({"A": ys}), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8)
+    padded = demand_profile(
+        panel_of({"A": [0.0] * n_leading + ys}, start=START - dt.timedelta(days=n_leading)), adi_cutoff=1.32, cv2_cutoff=0.49, min_periods=8
+    )
     assert_frame_equal(padded, base)
 
 

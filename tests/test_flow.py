@@ -16,11 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from evaluation.metrics import quantile_name
 from flows.cli import app
 from flows.publish import read_manifest, read_table
-from flows.schemas import OUTPUT_SCHEMAS
-from flows.sources import InputError
-from forecasting.backtest import quantile_name
+from pipeline.contracts import OUTPUT_SCHEMAS, InputError
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -30,7 +29,7 @@ AS_OF = dt.date(2026, 6, 30)
 @pytest.fixture(scope="module")
 def default_run(small_catalogue, tmp_path_factory):
     """One run of the flow on the small catalogue, shared by the contract tests."""
-    from flows.config import load_config
+    from configs.schema import load_config
     from flows.plan import plan_buffers
 
     root = tmp_path_factory.mktemp("run")
@@ -111,7 +110,7 @@ def test_every_published_table_comes_with_its_json_schema_and_meets_it(default_r
     pandera contract), and every published row validates against it; rows that break the contract do not."""
     from jsonschema import Draft202012Validator
 
-    from flows.schemas import SCHEMA_VERSION, json_schema
+    from pipeline.contracts import SCHEMA_VERSION, json_schema
 
     cfg, _ = default_run
     out = Path(cfg.output.folder)
@@ -143,7 +142,7 @@ def test_every_published_table_comes_with_its_json_schema_and_meets_it(default_r
 
 
 def test_cli_prints_the_json_schema_of_a_table():
-    from flows.schemas import json_schema
+    from pipeline.contracts import json_schema
 
     result = CliRunner().invoke(app, ["schema", "--table", "recommendations"])
     assert result.exit_code == 0, result.output

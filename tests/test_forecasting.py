@@ -9,21 +9,21 @@ import numpy as np
 import polars as pl
 import pytest
 
+from configs.schema import BuffercastConfig
+from evaluation.windows import lead_time_weights
 from features.xyz import volatility_classes
-from forecasting.backtest import (
-    BacktestSettings,
-    _flag_fallbacks,
-    backtest_and_forecast,
-    lead_time_weights,
-    plan_horizons,
-    select_models,
-)
-from forecasting.models import FALLBACK_ALIAS, ModelSpec
+from forecasting.backtest import _flag_fallbacks, backtest_and_forecast, plan_horizons, select_models
+from forecasting.models import FALLBACK_ALIAS
 
-SETTINGS = BacktestSettings(
-    freq="D", n_windows=4, min_windows=2, step_periods=None, refit=True, min_train_periods=28, max_horizon_periods=120,
-    horizon_buckets=[1, 2, 4, 8, 16, 32, 64], selection_metric="mase", n_jobs=1, fallback="HistoricAverage", spec=ModelSpec(7),
-    combination_k=0, keep_all_backtests=True,
+SETTINGS = BuffercastConfig.model_validate(
+    {
+        "frequency": "D",
+        "models": {"season_length": 7, "fallback": "HistoricAverage"},
+        "backtest": {
+            "n_windows": 4, "min_windows": 2, "step_periods": None, "refit": True, "min_train_periods": 28, "max_horizon_periods": 120,
+            "horizon_buckets": [1, 2, 4, 8, 16, 32, 64], "selection_metric": "mase", "n_jobs": 1, "combination_k": 0,
+        },
+    }
 )  # fmt: skip
 MODEL_SETS = {
     "smooth": ["AutoETS", "SeasonalNaive", "HistoricAverage"],
@@ -90,7 +90,7 @@ def test_backtest_errors_and_lead_time_sigma_match_a_manual_computation():
     attrs = attrs_for(
         panel, {"smooth": "smooth", "sparse": "intermittent", "short": "insufficient_history"}, {"smooth": 3.0, "sparse": 6.5, "short": 4.0}
     )
-    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS)
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS, keep_all_backtests=True)
 
     # Metrics: MAE and RMSE per model recomputed from the published backtest rows.
     cv = r.cv.filter(pl.col("unique_id") == "smooth")
@@ -134,8 +134,8 @@ def test_refit_switch_runs_every_model_set(refit):
     rng = np.random.default_rng(5)
     panel = pl.concat([series("a", rng.poisson(10, 120)), series("b", rng.poisson(0.2, 120) * 3)])
     attrs = attrs_for(panel, {"a": "smooth", "b": "lumpy"}, {"a": 2.0, "b": 2.0})
-    s = BacktestSettings(**{**SETTINGS.__dict__, "refit": refit})
-    r = backtest_and_forecast(panel, attrs, MODEL_SETS, s)
+    s = SETTINGS.updated({"backtest": {"refit": refit}})
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, s, keep_all_backtests=True)
     assert r.selection["model"].null_count() == 0
     assert set(r.metrics.filter(pl.col("unique_id") == "a")["model"]) == set(MODEL_SETS["smooth"])
     assert set(r.metrics.filter(pl.col("unique_id") == "b")["model"]) == set(MODEL_SETS["lumpy"])
@@ -154,7 +154,7 @@ def test_refit_switch_runs_every_model_set(refit):
 @pytest.mark.parametrize("demand_class", ["smooth", "erratic", "intermittent", "lumpy", "insufficient_history"])
 def test_every_model_set_survives_awkward_series(y, demand_class):
     panel = series("x", y)
-    r = backtest_and_forecast(panel, attrs_for(panel, {"x": demand_class}, {"x": 5.0}), MODEL_SETS, SETTINGS)
+    r = backtest_and_forecast(panel, attrs_for(panel, {"x": demand_class}, {"x": 5.0}), MODEL_SETS, SETTINGS, keep_all_backtests=True)
     row = r.selection.row(0, named=True)
     assert row["model"] is not None
     assert row["sigma_lead_time_demand"] is not None and row["sigma_lead_time_demand"] >= 0
@@ -217,10 +217,10 @@ def test_same_input_same_output_to_the_last_bit():
     panel = pl.concat([series(f"s{i:02d}", rng.poisson(rng.uniform(0.3, 30), 300)) for i in range(24)])
     classes = {f"s{i:02d}": ("smooth" if i % 2 else "intermittent") for i in range(24)}
     attrs = attrs_for(panel, classes, {u: 1.0 + i % 9 for i, u in enumerate(classes)}, review=2.0)
-    s = BacktestSettings(**{**SETTINGS.__dict__, "refit": False})
-    first = backtest_and_forecast(panel, attrs, MODEL_SETS, s)
+    s = SETTINGS.updated({"backtest": {"refit": False}})
+    first = backtest_and_forecast(panel, attrs, MODEL_SETS, s, keep_all_backtests=True)
     for _ in range(3):
-        again = backtest_and_forecast(panel, attrs, MODEL_SETS, s)
+        again = backtest_and_forecast(panel, attrs, MODEL_SETS, s, keep_all_backtests=True)
         for name in ("cv", "metrics", "selection", "forecasts"):
             assert getattr(again, name).equals(getattr(first, name)), name
 
@@ -232,7 +232,7 @@ def test_not_backtested_skus_pick_the_best_one_step_model_every_time():
     panel = pl.concat([series(f"n{i}", rng.poisson(3 + i, 20)) for i in range(6)] + [series("trend", np.arange(1.0, 21.0))])
     uids = panel["unique_id"].unique().to_list()
     attrs = attrs_for(panel, dict.fromkeys(uids, "insufficient_history"), dict.fromkeys(uids, 3.0))
-    first = backtest_and_forecast(panel, attrs, sets, SETTINGS)
+    first = backtest_and_forecast(panel, attrs, sets, SETTINGS, keep_all_backtests=True)
     sel = first.selection
     assert sel["sigma_lead_time_demand"].is_finite().all() and sel["sigma_lead_time_demand"].null_count() == 0
     assert (sel["sigma_method"] == "one_step_rmse_x_sqrt_lead_time").all()
@@ -240,7 +240,7 @@ def test_not_backtested_skus_pick_the_best_one_step_model_every_time():
     trend = sel.filter(pl.col("unique_id") == "trend").row(0, named=True)
     assert trend["model"] == "Naive" and trend["one_step_rmse"] == pytest.approx(1.0)
     for _ in range(3):
-        assert backtest_and_forecast(panel, attrs, sets, SETTINGS).selection.equals(sel)
+        assert backtest_and_forecast(panel, attrs, sets, SETTINGS, keep_all_backtests=True).selection.equals(sel)
 
 
 def test_profile_switches_skip_seasonal_models_and_the_backtest():
@@ -249,7 +249,7 @@ def test_profile_switches_skip_seasonal_models_and_the_backtest():
     attrs = attrs_for(panel, {"flat": "smooth", "weekly": "smooth"}, {"flat": 3.0, "weekly": 3.0}).with_columns(
         seasonal=pl.col("unique_id") == "weekly"
     )
-    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS)
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS, keep_all_backtests=True)
     models = {u: m for u, m in r.metrics.group_by("unique_id").agg(pl.col("model").sort()).iter_rows()}
     assert models["flat"] == ["AutoETS", "HistoricAverage"]  # no SeasonalNaive where there is no season
     assert models["weekly"] == ["AutoETS", "HistoricAverage", "SeasonalNaive"]
@@ -264,7 +264,9 @@ def test_profile_switches_skip_seasonal_models_and_the_backtest():
 def test_a_sku_with_almost_no_history_never_looks_certain(y):
     """One-step RMSE is 0 on one sale or equal sales; the buffer's sigma falls back to sqrt(mean demand)."""
     panel = series("new", np.array(y))
-    r = backtest_and_forecast(panel, attrs_for(panel, {"new": "insufficient_history"}, {"new": 4.0}), MODEL_SETS, SETTINGS)
+    r = backtest_and_forecast(
+        panel, attrs_for(panel, {"new": "insufficient_history"}, {"new": 4.0}), MODEL_SETS, SETTINGS, keep_all_backtests=True
+    )
     row = r.selection.row(0, named=True)
     assert row["sigma_lead_time_demand"] == pytest.approx(math.sqrt(row["mean_demand_per_period"]) * 2.0)
     assert row["sigma_lead_time_demand"] > 0

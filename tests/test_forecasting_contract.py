@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
 import pytest
 
-from flows.config import load_config
-from flows.core import plan_core
-from flows.plan import backtest_settings, model_sets
-from forecasting.backtest import COMBINATION, backtest_and_forecast, quantile_name
+from configs.schema import load_config
+from evaluation.metrics import quantile_name
+from forecasting.backtest import COMBINATION, backtest_and_forecast
+from pipeline.stages import model_sets, plan_core
 
 END = dt.date(2026, 6, 30)
 CFG = load_config(None, {"backtest": {"n_jobs": 1}})
-SETTINGS = backtest_settings(CFG)
+SETTINGS = CFG
 SETS = model_sets(CFG)
 QS = [quantile_name(p) for p in CFG.models.quantiles]
 
@@ -112,8 +111,7 @@ def test_the_combination_is_the_mean_of_the_best_two_and_chosen_only_when_it_bac
         [series(f"w{i}", rng.poisson(20 + 6 * np.sin(2 * np.pi * t / 7) + 0.02 * i * t)) for i in range(8)]
         + [series(f"p{i}", rng.poisson(12, 300)) for i in range(8)]
     )
-    s = replace(SETTINGS, keep_all_backtests=True)
-    r = backtest_and_forecast(panel, attrs(panel, "smooth", lead=5.0, review=2.0), SETS, s)
+    r = backtest_and_forecast(panel, attrs(panel, "smooth", lead=5.0, review=2.0), SETS, SETTINGS, keep_all_backtests=True)
     combo = r.metrics.filter(pl.col("model") == COMBINATION)
     assert combo.height == panel["unique_id"].n_unique()
     # Its backtest is the row-wise mean of the two best single models.
@@ -131,7 +129,9 @@ def test_the_combination_is_the_mean_of_the_best_two_and_chosen_only_when_it_bac
         if sel[uid]["model"] == COMBINATION:
             assert sel[uid]["combined_models"] == "+".join(sorted(best_two))
     # Off switch: no combination rows at all.
-    off = backtest_and_forecast(panel, attrs(panel, "smooth", lead=5.0, review=2.0), SETS, replace(SETTINGS, combination_k=0))
+    off = backtest_and_forecast(
+        panel, attrs(panel, "smooth", lead=5.0, review=2.0), SETS, SETTINGS.updated({"backtest": {"combination_k": 0}})
+    )
     assert COMBINATION not in set(off.metrics["model"]) and COMBINATION not in set(off.selection["model"])
 
 
@@ -141,7 +141,7 @@ def test_chunking_does_not_change_the_results():
     classes = pl.DataFrame({"unique_id": [f"s{i:02d}" for i in range(12)], "demand_class": ["smooth", "intermittent"] * 6})
     a = attrs(panel, "smooth").drop("demand_class").join(classes, on="unique_id")
     whole = backtest_and_forecast(panel, a, SETS, SETTINGS)
-    chunked = backtest_and_forecast(panel, a, SETS, replace(SETTINGS, chunk_size=5))
+    chunked = backtest_and_forecast(panel, a, SETS, SETTINGS.updated({"backtest": {"chunk_size": 5}}))
     for name in ("cv", "metrics", "selection", "forecasts"):
         assert getattr(chunked, name).equals(getattr(whole, name)), name
 
@@ -151,7 +151,7 @@ def test_skus_without_a_trend_skip_the_trend_models():
     rng = np.random.default_rng(2)
     panel = pl.concat([series("flat", rng.poisson(12, 300)), series("rising", rng.poisson(np.linspace(5, 40, 300)))])
     a = attrs(panel, "smooth").with_columns(trended=pl.col("unique_id") == "rising")
-    r = backtest_and_forecast(panel, a, SETS, replace(SETTINGS, combination_k=0))
+    r = backtest_and_forecast(panel, a, SETS, SETTINGS.updated({"backtest": {"combination_k": 0}}))
     fitted = {u: set(m) for u, m in r.metrics.group_by("unique_id").agg("model").iter_rows()}
     assert "Theta" not in fitted["flat"] and "AutoETS" in fitted["flat"]
     assert "Theta" in fitted["rising"]

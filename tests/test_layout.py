@@ -1,6 +1,7 @@
 """The layout's one rule that a linter can miss: the pure core never reaches the edges.
 
-features/, forecasting/ and buffers/ compute; flows/ orchestrates, reads, writes and tracks. A core module that
+features/, forecasting/, buffers/ and evaluation/ compute, pipeline/ chains them into stages and shapes the published
+tables, configs/ holds the one config schema; flows/ orchestrates, reads, writes and tracks. A core module that
 imported flows/, prefect or mlflow (even inside a function, where ruff's banned-api rule also looks, or via
 importlib) would tie the maths to the orchestrator. This walks every import statement of every core module.
 """
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("features", "forecasting", "buffers")
+CORE = ("features", "forecasting", "buffers", "evaluation", "pipeline", "configs")
+BELOW_PIPELINE = ("features", "forecasting", "buffers", "evaluation")
 EDGES = {"flows", "prefect", "mlflow"}
 
 
@@ -46,3 +48,28 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
     )
     assert {"mlflow.tracking", "prefect", "flows.plan"} <= _imported_modules(probe)
     assert len(CORE_FILES) > 20
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CORE_FILES if p.relative_to(ROOT).parts[0] in BELOW_PIPELINE], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_dependencies_point_one_way(path: Path):
+    """The computing packages never import the pipeline that chains them (configs/ is imported for its types only)."""
+    reached = {name for name in _imported_modules(path) if name.split(".")[0] == "pipeline"}
+    assert not reached, f"{path.relative_to(ROOT)} imports {sorted(reached)}: pipeline/ wires the core, not the reverse"
+
+
+def test_the_flow_file_is_the_flow_diagram():
+    """flows/plan.py wires tasks: no polars (table shaping lives in pipeline/), and short enough to read whole."""
+    plan = ROOT / "flows" / "plan.py"
+    assert "polars" not in _imported_modules(plan)
+    assert len(plan.read_text(encoding="utf-8").splitlines()) < 250
+
+
+@pytest.mark.parametrize("name", ["plan", "tasks", "cli", "deploy", "publish", "tracking"])
+def test_the_wiring_shapes_no_tables(name: str):
+    """Table shaping (polars expressions) lives in pipeline/; of flows/, only the readers (sources.py) and the sample
+    data generator build frames."""
+    text = (ROOT / "flows" / f"{name}.py").read_text(encoding="utf-8")
+    found = [token for token in ("pl.col(", "pl.lit(", ".with_columns(", ".group_by(", ".filter(pl.", ".select(") if token in text]
+    assert not found, f"flows/{name}.py uses {found}: shape tables in pipeline/ (tables.py, report.py)"

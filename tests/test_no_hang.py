@@ -265,21 +265,17 @@ def test_worker_count():
 
 def test_worker_chunks_give_the_numbers_of_one_process(small_catalogue):
     """Two workers and split chunks: the same forecasts, metrics and selection as one process, bit for bit."""
-    from dataclasses import replace
-
-    from flows.config import load_config
-    from flows.core import backtest_settings, forecast_inputs, model_sets, profile_sales
+    from configs.schema import load_config
     from forecasting.backtest import backtest_and_forecast
+    from forecasting.inputs import forecast_inputs
+    from pipeline.stages import model_sets, profile_sales
 
     cfg = load_config(None, {"input": {"sales": str(small_catalogue["sales"]), "sku_master": None}})
     sales = pl.read_parquet(small_catalogue["sales"])
     p = profile_sales(cfg, sales, None, sales["date"].max())
-    inputs = forecast_inputs(
-        p.profiles, p.attrs, cfg.period_days, cfg.defaults.review_period_days, cfg.shape.seasonal_from, cfg.shape.trend_from
-    )
-    s = backtest_settings(cfg)
-    one = backtest_and_forecast(p.panel, inputs, model_sets(cfg), replace(s, n_jobs=1))
+    inputs = forecast_inputs(p.profiles, p.attrs, cfg)
+    one = backtest_and_forecast(p.panel, inputs, model_sets(cfg), cfg.updated({"backtest": {"n_jobs": 1}}))
     with worker_pool(2) as pool:  # 30 SKUs would run in-process on their own
-        two = backtest_and_forecast(p.panel, inputs, model_sets(cfg), replace(s, n_jobs=2, chunk_size=7), pool=pool)
+        two = backtest_and_forecast(p.panel, inputs, model_sets(cfg), cfg.updated({"backtest": {"n_jobs": 2, "chunk_size": 7}}), pool=pool)
     for name in ("plan", "cv", "metrics", "selection", "forecasts"):
         assert getattr(one, name).equals(getattr(two, name)), name

@@ -1,4 +1,4 @@
-"""Report figures (flows/plots.py) and the static HTML weekly report (flows/report.py)."""
+"""Report figures (pipeline/plots.py) and the static HTML weekly report (pipeline/report.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from flows import report as report_mod
-from flows.plots import (
+from flows import publish as publish_mod
+from flows.publish import write_report
+from pipeline.plots import (
     error_distribution_figure,
     forecast_vs_actual_figure,
     policy_mix_by_abc_figure,
     sbc_quadrant_figure,
     service_level_figure,
 )
-from flows.report import FIGURE_FILES, quarantine_counts, render_report, report_figures, write_report
+from pipeline.report import FIGURE_FILES, quarantine_counts, render_report, report_figures
 
 AS_OF = dt.date(2026, 6, 30)
 ROOT = Path(__file__).resolve().parents[1]
@@ -422,7 +423,7 @@ def test_write_report_atomic(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_mod.os, "replace", boom)
+    monkeypatch.setattr(publish_mod.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_report(target, "<html>third</html>")
     assert target.read_text(encoding="utf-8") == "<html>second — ü</html>"  # the old report is untouched

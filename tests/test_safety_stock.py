@@ -12,6 +12,7 @@ from buffers.safety_stock import (
     economic_order_quantity,
     normal_loss,
     order_up_to_level,
+    reorder_point,
     round_up_units,
     safety_factor,
     safety_stock_cycle,
@@ -75,8 +76,12 @@ def test_economic_order_quantity():
 
 def test_order_up_to_level_and_textbook_baseline():
     # R 2 + L 4 periods of 20/period = 120; sigma over R + L 15; z 1.6449: S = 120 + 24.67 = 144.67.
-    np.testing.assert_allclose(order_up_to_level([120.0, 120.0], [Z95, -5.0], [15.0, 15.0]), [144.6728, 120.0], atol=1e-4)
-    assert float(order_up_to_level(-10.0, 1.0, 1.0)) == 0.0  # never negative
+    review_ss = safety_stock_cycle([Z95, -5.0], [15.0, 15.0])  # a negative fill-rate k buffers nothing
+    np.testing.assert_allclose(order_up_to_level([120.0, 120.0], review_ss), [144.6728, 120.0], atol=1e-4)
+    assert float(order_up_to_level(-10.0, safety_stock_cycle(1.0, 1.0))) == 0.0  # never negative
+    # L 4 periods of 20/period = 80 plus SS 16.45: ROP 96.45; never negative either.
+    np.testing.assert_allclose(reorder_point([80.0, 80.0], [16.449, 0.0]), [96.449, 80.0])
+    assert float(reorder_point(-10.0, 2.0)) == 0.0 and np.isnan(reorder_point(np.nan, 2.0))
     # Textbook z sigma_d sqrt(L): 1.6449 x 5 x sqrt(4) = 16.449.
     assert float(textbook_safety_stock(Z95, 5.0, 4.0)) == pytest.approx(16.449, abs=1e-3)
     assert np.isnan(textbook_safety_stock(Z95, 5.0, -1.0))
@@ -105,6 +110,7 @@ def lead_times_of(table: dict[str, tuple[float, float | None]]) -> pl.DataFrame:
 
 def bootstrap(series: dict, table: dict, quantiles=(0.95,), **kw) -> dict[str, dict]:
     kw.setdefault("seed", 42)
+    kw.setdefault("n_samples", 2000)
     out = bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), quantiles, **kw)
     return {r["unique_id"]: r for r in out.iter_rows(named=True)}
 
@@ -195,18 +201,20 @@ def test_window_sums_match_a_naive_loop():
 def test_bootstrap_is_deterministic_and_batch_independent():
     series = {"a": POISSON[:300], "b": np.tile([0.0, 0.0, 7.0, 0.0, 1.0], 60), "c": POISSON[300:400]}
     table = {"a": (4.0, 1.0), "b": (6.5, 2.0), "c": (2.0, 0.5)}
-    full = bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=7)
-    assert full.equals(bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=7))
+    full = bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=7, n_samples=2000)
+    assert full.equals(bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=7, n_samples=2000))
     # b alone, or shuffled among other SKUs in chunks of one: the same numbers.
-    alone = bootstrap_lead_time_demand(panel_of({"b": series["b"]}), lead_times_of(table), (0.9, 0.99), seed=7)
+    alone = bootstrap_lead_time_demand(panel_of({"b": series["b"]}), lead_times_of(table), (0.9, 0.99), seed=7, n_samples=2000)
     shuffled = panel_of({"z": POISSON[:50], **series}).sample(fraction=1.0, shuffle=True, seed=1)
     before = shuffled.clone()
-    mixed = bootstrap_lead_time_demand(shuffled, lead_times_of(table | {"z": (3.0, 1.0)}), (0.9, 0.99), seed=7, chunk_size=1)
+    mixed = bootstrap_lead_time_demand(
+        shuffled, lead_times_of(table | {"z": (3.0, 1.0)}), (0.9, 0.99), seed=7, chunk_size=1, n_samples=2000
+    )
     assert shuffled.equals(before)  # input not mutated
     assert mixed["unique_id"].to_list() == ["a", "b", "c", "z"]
     assert mixed.filter(pl.col("unique_id") != "z").equals(full)
     assert alone.row(0) == full.row(1)
-    other_seed = bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=8)
+    other_seed = bootstrap_lead_time_demand(panel_of(series), lead_times_of(table), (0.9, 0.99), seed=8, n_samples=2000)
     assert not other_seed["bootstrap_mean"].equals(full["bootstrap_mean"])
 
 
@@ -218,7 +226,7 @@ def test_bootstrap_bad_inputs_name_what_is_wrong():
         bootstrap({"a": [1.0]}, {"a": (1.0, 0.0)}, (0.95, 1.0))
     panel = panel_of({"a": [1.0, 2.0]}).with_columns(y=pl.Series([1.0, None]))
     with pytest.raises(ValueError, match=r"panel.y is null or NaN in 1 rows of 1 SKUs \(e.g. \['a'\]\)"):
-        bootstrap_lead_time_demand(panel, lead_times_of({"a": (1.0, 0.0)}), seed=1)
+        bootstrap_lead_time_demand(panel, lead_times_of({"a": (1.0, 0.0)}), seed=1, n_samples=2000)
 
 
 def windows_of(rows: list[tuple[str, int, float, float]]) -> pl.DataFrame:
@@ -248,6 +256,7 @@ def test_window_coverage_of_a_lumpy_history_by_hand():
         # Histories of whole 50-period cycles (to 899, to 499), so the circular windows never join two orders.
         windows_of([("lumpy", 899, 5.0, 0.0), ("lumpy", 899, 5.0, 200.0), ("lumpy", 899, 5.0, 201.0), ("lumpy", 499, 5.0, 100.0)]),
         seed=1,
+        n_samples=2000,
     )
     share = cov["share_below"].to_list()
     assert share[0] == 0.0 and share[2] == 1.0
@@ -260,16 +269,18 @@ def test_window_coverage_never_reads_the_demand_after_its_cutoff():
     rng = np.random.default_rng(8)
     y = rng.poisson(1.5, 400).astype(float)
     windows = windows_of([("s", 200, 4.0, 7.0), ("s", 300, 4.0, 7.0)])
-    before = bootstrap_window_coverage(panel_of({"s": y}), windows, seed=3)["share_below"].to_list()
+    before = bootstrap_window_coverage(panel_of({"s": y}), windows, seed=3, n_samples=2000)["share_below"].to_list()
     later = y.copy()
     later[301:] = 50.0  # after both cutoffs (a cutoff's own period is history)
-    assert bootstrap_window_coverage(panel_of({"s": later}), windows, seed=3)["share_below"].to_list() == before
+    assert bootstrap_window_coverage(panel_of({"s": later}), windows, seed=3, n_samples=2000)["share_below"].to_list() == before
     between = y.copy()
     between[201:301] = 50.0  # after the first cutoff, before the second
-    moved = bootstrap_window_coverage(panel_of({"s": between}), windows, seed=3)["share_below"].to_list()
+    moved = bootstrap_window_coverage(panel_of({"s": between}), windows, seed=3, n_samples=2000)["share_below"].to_list()
     assert moved[0] == before[0] and moved[1] < before[1]  # bigger samples: fewer below the same actual
 
 
 def test_window_coverage_names_windows_missing_from_the_panel():
     with pytest.raises(ValueError, match=r"1 windows have no \(unique_id, cutoff\) row in the panel.*'s', 999"):
-        bootstrap_window_coverage(panel_of({"s": [1.0] * 10}), windows_of([("s", 5, 2.0, 1.0), ("s", 999, 2.0, 1.0)]), seed=0)
+        bootstrap_window_coverage(
+            panel_of({"s": [1.0] * 10}), windows_of([("s", 5, 2.0, 1.0), ("s", 999, 2.0, 1.0)]), seed=0, n_samples=2000
+        )

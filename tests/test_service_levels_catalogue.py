@@ -4,7 +4,7 @@ each SKU's held-out backtest demand with the forecast updated at each backtest o
 `expected_service_level` instead.
 
 The replay is out of sample: each window's forecast comes from its own origin, and a normal-method buffer is scaled
-by the sigma of the SKU's other windows over the sigma of all of them (`buffers.evaluate.out_of_window_sigma_ratios`),
+by the sigma of the SKU's other windows over the sigma of all of them (`evaluation.replay.out_of_window_sigma_ratios`),
 so no window is replayed against a buffer that has seen it. The default (calibrated) buffers are asserted; the
 engine alone (`buffers.calibrate: false`) is printed next to them for the closing note.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from flows.config import load_config
-from flows.core import plan_core, recommend_stage
+from configs.schema import load_config
 from flows.sample_data import generate_catalogue
+from pipeline.stages import plan_core, recommend_stage
 
 MIN_SKUS = 15  # a target class with fewer SKUs is reported, not asserted (a handful of cycles each is noise)
 

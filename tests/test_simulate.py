@@ -1,4 +1,4 @@
-"""buffers.simulate: the (R, s, S) simulation against theory, against a per-SKU reference loop, and its scenarios."""
+"""evaluation.simulate: the (R, s, S) simulation against theory, against a per-SKU reference loop, and its scenarios."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from buffers.simulate import SimulationResult, demand_spike, outage_mask, simulate_order_up_to
+from buffers.streams import standard_normals, stream_keys
+from evaluation.simulate import SimulationResult, demand_spike, outage_mask, simulate_order_up_to
 
 Z95 = float(stats.norm.ppf(0.95))
 FIELDS = [f.name for f in fields(SimulationResult)]
@@ -27,7 +28,8 @@ def reference(demand, order_up_to, review, lt_mean, lt_std, *, seed, s=None, ini
     for i in range(n):
         m = 1.0 if mult is None else mult[i]
         mu, sd = lt_mean[i] * m, lt_std[i] * m
-        z = np.random.default_rng(np.random.SeedSequence(seed).spawn(n)[i]).standard_normal(horizon) if sd > 0 else np.zeros(horizon)
+        # the row's stream (buffers.streams): keyed by (seed, its position, "lead_time") when no keys are given
+        z = standard_normals(stream_keys(seed, [str(i)], "lead_time"), horizon)[0] if sd > 0 else np.zeros(horizon)
         lead = [max(0, math.floor(mu + sd * z[t] + 0.5)) for t in range(horizon)]
         big_s = order_up_to[i]
         small_s = big_s if s is None else s[i]

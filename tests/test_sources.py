@@ -10,8 +10,9 @@ import fsspec
 import polars as pl
 import pytest
 
-from flows.config import InputConfig
-from flows.sources import ROW_NUMBER, SOURCE_FILE, InputError, read_sales, read_sku_master, read_table
+from configs.schema import InputConfig
+from flows.sources import read_sales, read_sku_master, read_table
+from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError
 
 SALES_CSV = "sku_id,date,quantity\nA,2024-01-01,5\nA,2024-01-02,abc\nB,2024-01-02,007\n"
 

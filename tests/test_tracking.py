@@ -101,7 +101,8 @@ def test_flow_tracks_to_a_real_mlflow_server_over_http(mlflow_server, small_cata
 
 
 def test_tracking_down_publishes_then_fails_saying_where_the_outputs_are(small_catalogue, make_config):
-    from flows.plan import TrackingError, plan_buffers
+    from flows.plan import plan_buffers
+    from flows.tasks import TrackingError
 
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     cfg = make_config(

@@ -1,4 +1,4 @@
-"""flows/schemas.py: input contracts, quarantine of bad rows, one-line errors for bad tables."""
+"""pipeline/contracts.py: input contracts, quarantine of bad rows, one-line errors for bad tables."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.config import SalesColumns, SkuMasterColumns
-from flows.schemas import QUARANTINE_COLUMNS, quarantine_summary, validate_sales, validate_sku_master
-from flows.sources import InputError, read_table
+from configs.schema import SalesColumns, SkuMasterColumns
+from flows.sources import read_table
+from pipeline.contracts import QUARANTINE_COLUMNS, InputError, quarantine_summary, validate_sales, validate_sku_master
 
 TODAY = dt.date(2024, 6, 30)
 SALES_COLUMNS = ["sku_id", "location_id", "date", "quantity", "_source_file", "_row_number"]

@@ -21,11 +21,11 @@ order before it was placed, so the long-run cycle service level is P(D_{R+L} <= 
 
 Lead times: for each SKU and each period an order could be placed in, L = max(0, round(mean * m + std *
 m * Z)) with Z ~ N(0, 1), m the lead-time multiplier, rounding half up. The Z are drawn up front as an
-(n, T) matrix, one independent numpy stream per SKU row: seeded from (seed, blake2b-128 of the SKU's key)
-when `keys` is given, so a SKU's draws depend only on its key and the seed (not on its position or on the
-other SKUs in the batch; equal keys share a stream: common random numbers across scenarios), otherwise
-from `SeedSequence(seed).spawn(n)[row]` (stable while rows keep their position). Same inputs and seed:
-same outputs, bit for bit. Rows whose lead-time std is 0 draw nothing.
+(n, T) matrix, one stream per SKU row keyed by (seed, the SKU's key, "lead_time") (`buffers.streams`, the scheme
+every random draw of buffercast uses), so a SKU's draws depend only on its key and the seed (not on its position or
+on the other SKUs in the batch; equal keys share a stream: common random numbers across scenarios). Without `keys`
+a row's key is its position (stable while rows keep their position). Same inputs and seed: same outputs, bit for
+bit. Rows whose lead-time std is 0 draw nothing.
 
 Cycles: a replenishment cycle runs from one delivery to the next (the first starts at t = 0 as if a
 delivery had just arrived; several orders landing in one period are one delivery). A cycle is a stock-out
@@ -39,12 +39,16 @@ level is NaN (no evidence), not 1.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import polars as pl
+
+from buffers.streams import standard_normals, stream_keys
+
+#: The purpose of the simulation's stream of a SKU (`buffers.streams`).
+LEAD_TIME_PURPOSE = "lead_time"
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,21 +94,16 @@ def _per_sku(name: str, value: object, n: int, *, minimum: float | None = None, 
     return array
 
 
-def _row_seed(seed: int, row: int, key: str | None) -> np.random.SeedSequence:
-    if key is None:
-        return np.random.SeedSequence(seed, spawn_key=(row,))  # == SeedSequence(seed).spawn(n)[row]
-    digest = hashlib.blake2b(str(key).encode("utf-8"), digest_size=16).digest()  # 128 bits: no collisions in practice
-    return np.random.SeedSequence([seed, int.from_bytes(digest, "little")])
-
-
 def lead_time_draws(
     lead_time_mean: np.ndarray, lead_time_std: np.ndarray, periods: int, *, seed: int, keys: Sequence[str] | None = None
 ) -> np.ndarray:
-    """(n, periods) whole lead times: max(0, round-half-up(mean + std * Z)), one seeded stream per row (module docstring)."""
+    """(n, periods) whole lead times: max(0, round-half-up(mean + std * Z)), Z from each row's stream (module docstring)."""
     mean, std = np.asarray(lead_time_mean, dtype=float), np.asarray(lead_time_std, dtype=float)
     z = np.zeros((len(mean), periods))
-    for row in np.flatnonzero(std > 0):  # per SKU, not per period: the stream must depend on the SKU alone
-        z[row] = np.random.default_rng(_row_seed(seed, int(row), None if keys is None else keys[row])).standard_normal(periods)
+    rows = np.flatnonzero(std > 0)
+    if rows.size:
+        ids = [str(row) for row in rows] if keys is None else [keys[row] for row in rows]
+        z[rows] = standard_normals(stream_keys(seed, ids, LEAD_TIME_PURPOSE), periods)
     return np.maximum(np.floor(mean[:, None] + std[:, None] * z + 0.5), 0.0).astype(np.int64)
 
 

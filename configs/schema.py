@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.calendar import period_days
 from features.sbc import DEMAND_CLASSES
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default.yaml"
 
 Frequency = Literal["D", "W", "M"]
 DemandClass = Literal[DEMAND_CLASSES]  # type: ignore[valid-type]  # one list: features/sbc.py
@@ -257,6 +257,10 @@ class ServiceLevelConfig(_Strict):
             raise ValueError(f"service_levels.jit={self.jit} must be in [0.5, 1)")
         return self
 
+    def target_levels(self) -> list[float]:
+        """Every service level a buffer can be sized for: the matrix cells and the JIT level."""
+        return sorted({float(v) for cells in (self.critical, self.non_critical) for v in cells.values()} | {self.jit})
+
 
 class PolicyConfig(_Strict):
     """JIT / JIC / hybrid thresholds (docs/methods.md: criticality, lead time, volatility)."""
@@ -321,7 +325,7 @@ class BuffersConfig(_Strict):
 
 
 class ScenarioConfig(_Strict):
-    """A disruption replayed over the held-out demand (buffers/evaluate.py)."""
+    """A disruption replayed over the held-out demand (evaluation/replay.py)."""
 
     name: str = Field(description="Scenario name in the outputs.")
     kind: Literal["baseline", "lead_time", "outage", "demand_spike"] = Field(description="baseline, lead_time, outage or demand_spike.")
@@ -480,6 +484,10 @@ class BuffercastConfig(_Strict):
         """Days in one period: the unit lead times are converted with."""
         return period_days(self.frequency)
 
+    @property
+    def periods_per_year(self) -> float:
+        return 365.0 / self.period_days
+
     def periods(self, days: float) -> int:
         """Whole periods covering `days` (at least 1)."""
         return max(1, math.ceil(days / self.period_days - 1e-9))
@@ -491,6 +499,10 @@ class BuffercastConfig(_Strict):
     @property
     def season_length(self) -> int:
         return self.models.season_length or {"D": 7, "W": 52, "M": 12}[self.frequency]
+
+    def updated(self, overrides: dict[str, Any]) -> BuffercastConfig:
+        """This config with `overrides` (nested like the YAML) deep-merged over it, validated again."""
+        return BuffercastConfig.model_validate(_deep_merge(self.model_dump(), overrides))
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values, for MLflow params."""
@@ -598,7 +610,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./-]*")
 
 DEFAULTS_HEADER = """\
 # buffercast default configuration: every key, its default and what it means.
-# Generated from the schema in flows/config.py by `buffercast config --defaults` (a test checks it is current): edit the
+# Generated from the schema in configs/schema.py by `buffercast config --defaults` (a test checks it is current): edit the
 # schema, not this file. Every key is validated (an unknown key or a bad value is an error naming the key).
 # Override with `buffercast run --config my.yaml` (deep-merged over this file) and CLI flags; relative paths here are
 # read from the repository root.

@@ -11,9 +11,7 @@ import datetime as dt
 import html
 import io
 import math
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -24,7 +22,9 @@ import matplotlib.pyplot as plt
 import polars as pl
 from matplotlib.figure import Figure
 
-from flows.plots import (
+from buffers.calibration import Calibration
+from configs.schema import BuffercastConfig
+from pipeline.plots import (
     calibration_figure,
     error_distribution_figure,
     forecast_vs_actual_figure,
@@ -32,6 +32,7 @@ from flows.plots import (
     sbc_quadrant_figure,
     service_level_figure,
 )
+from pipeline.stages import Profiled
 
 TOP_N = 20
 PERIOD_NAMES = {"D": "a day", "W": "a week", "M": "a month"}
@@ -284,6 +285,12 @@ def top_buffers(recommendations: pl.DataFrame, n: int = TOP_N) -> pl.DataFrame:
     return recommendations.sort("safety_stock_value", descending=True, nulls_last=True).head(n)
 
 
+def top_buffers_rows(recommendations: pl.DataFrame) -> list[dict[str, Any]]:
+    """The Prefect artifact's rows: the largest buffers by value, with their levels and reasons."""
+    columns = ["sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "safety_stock_value", "reasons"]
+    return top_buffers(recommendations).select(columns).to_dicts()
+
+
 def _top_section(recommendations: pl.DataFrame | None) -> str:
     parts = [f'<section id="top"><h2>Top {TOP_N} SKUs by safety-stock value</h2>']
     if recommendations is None or recommendations.is_empty():
@@ -392,15 +399,6 @@ def render_report(
     )
 
 
-def write_report(path: str | os.PathLike[str], html_text: str) -> Path:
-    """Write the report atomically (`flows.publish.atomic_path`); the resolved path."""
-    from flows.publish import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(html_text, encoding="utf-8", newline="\n")
-    return Path(path).resolve()
-
-
 def report_figures(
     *,
     recommendations: pl.DataFrame,
@@ -430,3 +428,68 @@ def report_figures(
             calibration_levels if calibration_levels is not None else pl.DataFrame(),
         ),
     }
+
+
+def planner_report(
+    cfg: BuffercastConfig,
+    p: Profiled,
+    tables: dict[str, pl.DataFrame],
+    summary: dict[str, Any],
+    changes: pl.DataFrame | None,
+    manifest: dict[str, Any],
+    calibration: Calibration | None = None,
+) -> tuple[dict[str, bytes], str]:
+    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report."""
+    history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
+    figures = report_figures(
+        recommendations=tables["recommendations"],
+        backtest_metrics=tables["backtest_metrics"],
+        history=history,
+        forecasts=tables["forecasts"],
+        adi_cutoff=cfg.sbc.adi_cutoff,
+        cv2_cutoff=cfg.sbc.cv2_cutoff,
+        # Achieved in the measure each target is set in: cycle service level, or fill rate.
+        simulated=tables["recommendations"].select(
+            "sku_id",
+            "location_id",
+            simulated_cycle_service_level=pl.when(pl.col("service_level_measure") == "fill_rate")
+            .then("simulated_fill_rate")
+            .otherwise("simulated_cycle_service_level"),
+        ),
+        calibration_curves=calibration.curves if calibration is not None else None,
+        calibration_levels=calibration.levels if calibration is not None else None,
+    )
+    pngs = render_pngs(figures)
+    return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
+
+
+def plan_summary_markdown(summary: dict[str, Any], changes: pl.DataFrame, as_of: dt.date) -> str:
+    """The run in markdown for the Prefect UI: counts, capital, and the SKUs whose policy changed (at most 50)."""
+
+    def counts(title: str, values: dict[str, int]) -> str:
+        return f"| {title} | " + ", ".join(f"{k} {v}" for k, v in values.items()) + " |"
+
+    policy_changes = changes.filter(pl.col("change") == "policy")
+    lines = [
+        f"# buffercast plan as of {as_of}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| SKUs | {summary['skus']} |",
+        counts("demand class", summary["demand_class"]),
+        counts("volatility", summary["volatility_class"]),
+        counts("life cycle", summary["life_cycle"]),
+        counts("policy", summary["policy"]),
+        f"| safety stock value | {summary['safety_stock_value']:,.2f} |",
+        f"| holding cost per year | {summary['holding_cost_per_year']:,.2f} |",
+        counts("service level targets", {f"{k:.0%}": v for k, v in summary["service_level_targets"].items()}),
+        counts("changes since the last run", summary["changes"]),
+        "",
+        f"## SKUs whose policy changed ({policy_changes.height})",
+        "",
+        *[
+            f"- {row['sku_id']}{' @ ' + row['location_id'] if row['location_id'] else ''}: {row['reason']}"
+            for row in policy_changes.head(50).iter_rows(named=True)
+        ],
+    ]
+    return "\n".join(lines)

@@ -23,11 +23,19 @@ from pydantic import BaseModel
 from buffers.drift import CHANGE_KINDS
 from buffers.policy import FLAG_COLUMNS, POLICIES
 from buffers.recommend import RISK_FLAGS, SAFETY_STOCK_METHODS
+from configs.schema import SalesColumns, SkuMasterColumns
 from features.lifecycle import LIFE_CYCLES
 from features.sbc import DEMAND_CLASSES
 from features.xyz import VOLATILITY_CLASSES
-from flows.config import SalesColumns, SkuMasterColumns
-from flows.sources import ROW_NUMBER, SOURCE_FILE, InputError
+
+#: Lineage columns the readers (flows/sources.py) add to every raw row, so that validation can name the exact file and row.
+SOURCE_FILE = "_source_file"
+ROW_NUMBER = "_row_number"
+
+
+class InputError(ValueError):
+    """Bad input: a one-line message naming the file, column, counts, and what to do."""
+
 
 _POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
 _TRUE = ("true", "1", "yes", "y")
@@ -53,6 +61,14 @@ class Validated:
 
 
 # ---- checks ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The validated inputs of a run: the sales and the SKU master (None when the run has none)."""
+
+    sales: Validated
+    master: Validated | None
 
 
 def _finite(name: str) -> pa.Check:
@@ -662,6 +678,16 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
 }
 
 
+def output_columns(name: str) -> list[str]:
+    """The published table's columns in their contract order."""
+    return list(OUTPUT_SCHEMAS[name].columns)
+
+
+def output_dtypes(name: str) -> dict[str, pl.DataType]:
+    """The published table's polars types by column, in contract order (regex columns left out)."""
+    return {c: col.dtype.type for c, col in OUTPUT_SCHEMAS[name].columns.items() if not col.regex}
+
+
 class OutputContractError(RuntimeError):
     """A table about to be published breaks its contract: a bug in buffercast, never the user's input."""
 
@@ -703,7 +729,7 @@ def _json_column(column: pa.Column) -> dict[str, Any]:
         elif check.name == "str_length":
             prop |= {k: v for k, v in (("minLength", stats.get("min_value")), ("maxLength", stats.get("max_value"))) if v is not None}
         else:
-            raise ValueError(f"no JSON Schema for check {check.name!r}: teach flows/schemas.py:_json_column")
+            raise ValueError(f"no JSON Schema for check {check.name!r}: teach pipeline/contracts.py:_json_column")
     return prop
 
 

@@ -1,6 +1,6 @@
 """Proof of the recommendations: replay them over each SKU's held-out backtest demand, and stress-test them.
 
-Pure: polars frames in, polars frames out; the simulation itself is `buffers.simulate` (vectorised over SKUs).
+Pure: polars frames in, polars frames out; the simulation itself is `evaluation.simulate` (vectorised over SKUs).
 
 - `held_out_demand`: per SKU, the demand of the periods its backtest windows covered (the last
   (windows - 1) x step + bucket periods; a SKU without a backtest: its last periods, at most the longest span),
@@ -22,10 +22,9 @@ import numpy as np
 import polars as pl
 import polars.selectors as cs
 
-from buffers.calibration import REVIEW_LEAD_TIME, other_windows_sigma, window_errors, window_sums
 from buffers.policy import buffered_components
-from buffers.simulate import demand_spike, outage_mask, simulate_order_up_to
-from forecasting.backtest import in_row_order, lead_time_weights
+from evaluation.simulate import demand_spike, outage_mask, simulate_order_up_to
+from evaluation.windows import REVIEW_LEAD_TIME, exposure_sums, other_windows_sigma, window_errors, window_sums
 
 ID = "unique_id"
 
@@ -137,17 +136,13 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     levels = np.repeat(static[:, None], held.demand.shape[1], axis=1)
     if cv.is_empty() or not held.dates:
         return levels
-    weight = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
     normal = pl.col("safety_stock_method") != "bootstrap_quantile" if "safety_stock_method" in x.columns else pl.lit(True)
     ratios = out_of_window_sigma_ratios(cv, x.select(ID, "lead_time_periods", "review_periods"))
     # One level per SKU and origin, then spread over the periods each origin serves.
     buffer = pl.col(column) - pl.col("review_lead_time_demand")
     factor = error_share_factor(pl.col("ratio").fill_null(1.0), column, x.columns).fill_null(1.0)
     per_origin = (
-        cv.join(x.select(ID, "lead_time_periods", "review_periods"), on=ID)
-        .sort(ID, "cutoff", "step")
-        .group_by(ID, "cutoff", maintain_order=True)
-        .agg(_forecast=in_row_order(weight * pl.col("forecast").clip(0.0, None)).list.sum())
+        exposure_sums(cv, pl.col("forecast").clip(0.0, None), plan=x, names=("_lead_forecast", "_forecast"))
         .join(ratios, on=[ID, "cutoff"], how="left")
         .join(x.drop(cs.by_name("cutoff", "ratio", require_all=False)), on=ID)
         .select(
@@ -181,7 +176,7 @@ def _inputs(recs: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
 def simulate_recommendations(
     recs: pl.DataFrame, panel: pl.DataFrame, plan: pl.DataFrame, *, seed: int, cv: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """Per SKU: the recommended (R, S) policy replayed over its held-out demand (`buffers.simulate`).
+    """Per SKU: the recommended (R, S) policy replayed over its held-out demand (`evaluation.simulate`).
 
     With `cv` (the chosen model's backtest) each review orders up to the forecast of its latest backtest origin plus
     the buffer (`forecast_levels`): the policy as it would have run. Without, the published level throughout.

@@ -1,0 +1,260 @@
+"""The Prefect tasks of `plan_buffers` (flows/plan.py): the pull, the validation, the pure stages
+(`pipeline.stages`), the publisher and the MLflow steps, each with its time-out and retries.
+
+Only the pull and the MLflow steps are retried (they talk to things that can flake), never on bad input. Every
+stage runs under a time-out from config (`timed`): a stage that passes it, or whose worker process dies, fails the
+run with one line naming the stage.
+"""
+
+import datetime as dt
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import Task, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment
+from prefect.task_engine import TaskRunTimeoutError
+
+from buffers.calibration import Calibration
+from buffers.drift import REQUIRED as DRIFT_COLUMNS
+from buffers.drift import compare_runs
+from configs.schema import BuffercastConfig
+from flows import publish as publisher
+from flows.sources import read_sales, read_sku_master
+from flows.tracking import Tracker
+from forecasting.backtest import ForecastResult
+from forecasting.workers import WorkerDied
+from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, quarantine_summary, validate_sales, validate_sku_master
+from pipeline.report import plan_summary_markdown, top_buffers_rows
+from pipeline.stages import Profiled, forecast_stage, profile_sales, recommend_stage
+from pipeline.tables import reasons_table, summary_metrics
+
+REPORT_FILE = "report.html"
+
+
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O faults (a flaky mount or object store), not bad input: an InputError fails the same way again."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """The inputs' fingerprint (files, sizes, modification times): a retried or repeated run whose files did not
+    change takes the cached read instead of reading again. None (no caching) when config turns it off."""
+    cfg: BuffercastConfig = parameters["cfg"]
+    if cfg.input.cache_hours <= 0 or parameters["fingerprint"] is None:
+        return None
+    return f"buffercast-pull-{parameters['fingerprint']}"
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_worth_retrying,
+    cache_key_fn=_pull_cache_key,
+    persist_result=True,
+)
+def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store).
+
+    `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
+    """
+    return read_sales(cfg.input), read_sku_master(cfg.input)
+
+
+@task(cache_policy=NO_CACHE)
+def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None) -> Inputs:
+    sales = validate_sales(
+        raw_sales,
+        cfg.input.sales_columns,
+        today=dt.date.today(),
+        date_format=cfg.input.date_format,
+        max_quarantine_share=cfg.input.max_quarantine_share,
+    )
+    master = (
+        validate_sku_master(raw_master, cfg.input.sku_master_columns, max_quarantine_share=cfg.input.max_quarantine_share)
+        if raw_master is not None
+        else None
+    )
+    logger = get_run_logger()
+    logger.info("sales: %d rows read, %s", sales.rows_in, quarantine_summary(sales.quarantine))
+    if master is not None:
+        logger.info("SKU master: %d rows read, %s", master.rows_in, quarantine_summary(master.quarantine))
+    return Inputs(sales, master)
+
+
+@task(cache_policy=NO_CACHE)
+def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
+    """Calendar, SKU attributes and every demand feature per series (`pipeline.stages.profile_sales`)."""
+    p = profile_sales(cfg, sales, master, as_of)
+    if p.left_out.height:
+        get_run_logger().warning(
+            "%d series have no positive sale up to the last complete period and are not planned, e.g. %s",
+            p.left_out.height,
+            ", ".join(p.left_out["sku_id"].head(5)),
+        )
+    return p
+
+
+@task(cache_policy=NO_CACHE)
+def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
+    return forecast_stage(cfg, p)
+
+
+@task(cache_policy=NO_CACHE)
+def recommend_buffers(
+    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult
+) -> tuple[pl.DataFrame, pl.DataFrame, Calibration | None]:
+    """The recommendations (calibrated, simulated over the held-out demand), the stress test and the calibration."""
+    return recommend_stage(cfg, as_of, p, fc)
+
+
+class StageTimeout(TimeoutError):
+    """A stage ran past its time-out (config `timeouts.<stage>`); Prefect stopped it and its workers were killed."""
+
+    def __init__(self, stage: str, seconds: float) -> None:
+        super().__init__(
+            f"the {stage} stage did not finish within its time-out of {seconds:g} s (timeouts.{stage}) and was stopped, "
+            "its worker processes too; nothing of this run was published, the previous outputs are untouched. "
+            f"If the catalogue has grown, raise timeouts.{stage}; otherwise the log above shows where the stage was."
+        )
+
+
+class StageWorkerDied(RuntimeError):
+    """A worker process of a stage died (killed or crashed); the stage was stopped with its other workers."""
+
+    def __init__(self, stage: str, cause: WorkerDied) -> None:
+        super().__init__(f"the {stage} stage stopped: {cause}; nothing of this run was published, the previous outputs are untouched")
+
+
+def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Callable[..., Any]:
+    """`stage_task` with its time-out. When it passes, Prefect raises its TaskRunTimeoutError into the running task (an
+    alarm in the flow's main thread), the task's worker pool kills its workers on the way out (`forecasting.workers`)
+    and the run fails with one line naming the stage; so does a worker process that dies. Any other TimeoutError
+    (e.g. of a network read) is not the stage's time-out and propagates as it is."""
+    bounded = stage_task.with_options(timeout_seconds=seconds, **options)
+
+    def call(*args: Any) -> Any:
+        try:
+            return bounded(*args)
+        except TaskRunTimeoutError:
+            raise StageTimeout(stage, seconds) from None
+        except WorkerDied as exc:
+            raise StageWorkerDied(stage, exc) from None
+
+    return call
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or written to; the outputs were published all the same."""
+
+
+def tracking_retries(cfg: BuffercastConfig) -> dict[str, Any]:
+    return {
+        "retries": cfg.tracking.retries,
+        "retry_delay_seconds": cfg.tracking.retry_delay_seconds,
+        "timeout_seconds": cfg.timeouts.track,
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def start_tracking(cfg: BuffercastConfig, as_of: dt.date, run_id: str, prefect_run_id: str) -> Tracker:
+    """Open the run's MLflow run (retried by the caller's options: the tracking server may be restarting)."""
+    tracker = Tracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment_name(cfg.name),
+        cfg.tracking.artifact_location,
+        http_retries=cfg.tracking.http_retries,
+    )
+    tracker.start(
+        f"{cfg.name}-{as_of.isoformat()}",
+        tags={
+            "as_of": as_of.isoformat(),
+            "config_name": cfg.name,
+            "config_hash": cfg.fingerprint(),
+            "schema_version": str(SCHEMA_VERSION),
+            "git_commit": _git_commit(),
+            "prefect_flow_run_id": prefect_run_id,
+            "prefect_deployment": deployment.name or "none (local run)",
+            "buffercast_run_id": run_id,
+        },
+    )
+    return tracker
+
+
+@task(cache_policy=NO_CACHE)
+def log_run(
+    tracker: Tracker,
+    cfg: BuffercastConfig,
+    summary: dict[str, Any],
+    n_rows: dict[str, int],
+    tables: dict[str, pl.DataFrame],
+    inputs: Inputs,
+    pngs: dict[str, bytes],
+    report: str,
+) -> None:
+    """Everything a data scientist compares runs by: params, metrics, input lineage, tables, reasons, plots, report."""
+    tracker.log_params(cfg.flat())
+    tracker.log_metrics(summary_metrics(summary, n_rows, tables))
+    tracker.log_dataset(inputs.sales.valid, source=cfg.input.sales, name="sales", context="sales")
+    if inputs.master is not None and cfg.input.sku_master:
+        tracker.log_dataset(inputs.master.valid, source=cfg.input.sku_master, name="sku_master", context="sku_master")
+    for name, frame in tables.items():
+        tracker.log_table(name, frame)
+    tracker.log_viewable_table(reasons_table(tables["recommendations"]), "reasons.json")
+    for file_name, png in pngs.items():
+        tracker.log_bytes(png, file_name)
+    tracker.log_text(report, f"report/{REPORT_FILE}")
+
+
+@task(cache_policy=NO_CACHE)
+def publish(
+    cfg: BuffercastConfig,
+    as_of: dt.date,
+    run_id: str,
+    tables: dict[str, pl.DataFrame],
+    manifest: dict[str, Any],
+    documents: dict[str, str],
+) -> dict[str, str]:
+    return publisher.publish_tables(cfg.output.folder, as_of, run_id, tables, manifest, documents)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def previous_changes(cfg: BuffercastConfig, as_of: dt.date, recs: pl.DataFrame) -> tuple[dt.date | None, pl.DataFrame]:
+    """The latest earlier published as-of date and what changed since; nothing to compare on a first run, or when
+    the previous table lacks columns the comparison needs (published by an older buffercast): then a warning."""
+    previous = publisher.previous_as_of(cfg.output.folder, as_of)
+    before = publisher.read_table(cfg.output.folder, "recommendations", previous) if previous else pl.DataFrame()
+    missing = [c for c in DRIFT_COLUMNS if c not in before.columns]
+    if previous and missing:
+        get_run_logger().warning("no drift against %s: its recommendations lack %s (an older schema)", previous, missing)
+        before = pl.DataFrame()
+    return previous, compare_runs(before, recs, buffer_change_pct=cfg.drift.buffer_change_pct)
+
+
+def publish_prefect_artifacts(recs: pl.DataFrame, summary: dict[str, Any], changes: pl.DataFrame, as_of: dt.date) -> None:
+    """What an operator sees in the Prefect UI: a markdown summary and the 20 largest buffers."""
+    create_markdown_artifact(
+        plan_summary_markdown(summary, changes, as_of), key="plan-summary", description=f"buffercast plan as of {as_of}"
+    )
+    create_table_artifact(
+        top_buffers_rows(recs),
+        key="top-buffers",
+        description=f"the 20 largest buffers by value, as of {as_of}",
+    )
