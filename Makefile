@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: help install sample-data run serve test lint format ui bench clean
+.PHONY: help install sample-data run evaluate serve test lint format ui bench clean
 
 ## Show this help
 help:
@@ -38,6 +38,10 @@ sample-data: $(SAMPLE)/sales.parquet
 ## Set up, generate the default data if absent and run the whole pipeline; prints a summary
 run: install sample-data
 	$(BIN)/buffercast run
+
+## Evaluate the plan out of sample on the default data: plan at rolling origins, judge on what came after, with baselines
+evaluate: install sample-data
+	$(BIN)/buffercast evaluate
 
 ## Serve the weekly deployment (schedule in configs/default.yaml) until Ctrl-C: on PREFECT_API_URL if set, else on its own Prefect server at http://127.0.0.1:4200
 serve: install sample-data

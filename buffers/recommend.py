@@ -87,7 +87,7 @@ def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, cfg: BuffercastConfig, l
             levels,
             seed=cfg.seed,
             n_samples=cfg.buffers.bootstrap_samples,
-            history_periods=cfg.periods(cfg.buffers.bootstrap_history_days),
+            history_periods=cfg.bootstrap_history_periods,
         )
         b = b.select(
             "unique_id",

@@ -33,6 +33,15 @@ class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names the key."""
 
 
+def _periods_per_frequency(name: str, value: dict[str, int]) -> dict[str, int]:
+    """A whole number of periods >= 1 for each of D, W and M."""
+    missing = sorted({"D", "W", "M"} - set(value))
+    bad = {k: v for k, v in value.items() if v < 1}
+    if missing or bad:
+        raise ValueError(f"{name} needs a number of periods >= 1 for D, W and M; missing {missing}, bad {bad}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -165,11 +174,16 @@ class ModelsConfig(_Strict):
     quantiles: list[float] = Field(
         [0.5, 0.9, 0.95, 0.99], description="Demand quantiles per forecast step, published as q50, q90, ... next to the mean."
     )
-    empirical_window_days: int = Field(
-        365,
-        ge=7,
-        description="Trailing days of demand behind the quantiles of models without native intervals (Croston, TSB, ADIDA, IMAPA).",
+    empirical_window: dict[Frequency, int] = Field(
+        {"D": 365, "W": 104, "M": 36},
+        description="Trailing periods of demand per frequency behind the quantiles of models without native intervals "
+        "(Croston, TSB, ADIDA, IMAPA); all history when shorter.",
     )
+
+    @field_validator("empirical_window")
+    @classmethod
+    def _window(cls, v: dict[str, int]) -> dict[str, int]:
+        return _periods_per_frequency("models.empirical_window", v)
 
     @field_validator("quantiles")
     @classmethod
@@ -304,7 +318,16 @@ class BuffersConfig(_Strict):
         ["intermittent", "lumpy"], description="Buffered by the bootstrap quantile of lead-time demand instead of the normal formula."
     )
     bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap samples of lead-time demand per SKU.")
-    bootstrap_history_days: int = Field(365, ge=7, description="Trailing demand the bootstrap draws from.")
+    bootstrap_history: dict[Frequency, int] = Field(
+        {"D": 365, "W": 104, "M": 36},
+        description="Trailing periods of demand per frequency the bootstrap draws from (all history when shorter): enough "
+        "lead-time windows at every frequency for its 95% and 99% quantiles to differ.",
+    )
+
+    @field_validator("bootstrap_history")
+    @classmethod
+    def _history(cls, v: dict[str, int]) -> dict[str, int]:
+        return _periods_per_frequency("buffers.bootstrap_history", v)
     declining_trend_strength: float = Field(
         0.4, ge=0.0, le=1.0, description="Obsolescence risk, declining: a trend at least this strong ..."
     )
@@ -365,6 +388,32 @@ class DriftConfig(_Strict):
     buffer_change_pct: float = Field(25.0, gt=0.0, description="A buffer moving by more than this % since the last as-of date is a change.")
 
 
+class EvaluationConfig(_Strict):
+    """The rolling-origin evaluation (`buffercast evaluate`): plan at each origin with the data up to it only, judge
+    each plan on the demand after it (docs/methods.md, 5)."""
+
+    origins: int = Field(6, ge=1, description="Rolling origins, the last one holdout_days before the end of the data.")
+    step_days: int | None = Field(
+        None, ge=1, description="Days between origins; null: the review period (defaults.review_period_days)."
+    )
+    holdout_days: int = Field(
+        90, ge=1, description="Days after the last origin kept for judging it (at least the longest lead time to judge them all)."
+    )
+    targets: list[float] = Field(
+        [0.80, 0.85, 0.90, 0.95, 0.975, 0.99, 0.995],
+        description="Cycle-service targets swept for the trade-off curves (buffercast at each target, textbook, empirical).",
+    )
+    ddmrp_adu_days: int = Field(120, ge=1, description="DDMRP baseline: days of history behind the average daily usage.")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_in_range(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not 0.5 <= t < 1.0]
+        if bad or not v:
+            raise ValueError(f"evaluation.targets must be non-empty, each in [0.5, 1); got {bad or v}")
+        return sorted(set(v))
+
+
 class TimeoutConfig(_Strict):
     """Seconds each stage may take before the run fails (a hung read or fit must not block next week's run)."""
 
@@ -381,7 +430,16 @@ class LifeCycleConfig(_Strict):
     """Life cycle and FSN (fast / slow / non-moving), in days so one setting serves every frequency."""
 
     new_days: float = Field(60.0, gt=0.0, description="First sale within the last N days: new (too short to backtest).")
-    dead_days: float = Field(91.0, gt=0.0, description="No sale in the last N days: dead (obsolescence risk; no buffer unless critical).")
+    dead_days: float = Field(
+        91.0, gt=0.0, description="Dead needs at least N days without a sale (the floor), and a silence improbable at the SKU's own rate."
+    )
+    dead_probability: float = Field(
+        0.01,
+        gt=0.0,
+        le=1.0,
+        description="Dead (obsolescence risk; no buffer unless critical) when P(a silence this long | the SKU's share of periods "
+        "with a sale) is below this; 1: the floor alone decides.",
+    )
     window_days: float = Field(365.0, gt=0.0, description="Window of the movement frequency behind FSN.")
     fast_from: float = Field(0.5, gt=0.0, le=1.0, description="Movement frequency (share of periods with a sale) at least this: F (fast).")
     slow_from: float = Field(0.1, gt=0.0, le=1.0, description="At least this: S (slow); below: N (non-moving).")
@@ -472,6 +530,7 @@ class BuffercastConfig(_Strict):
     outliers: OutlierConfig = Field(OutlierConfig(), description="Outlier flags.")
     shape: ShapeConfig = Field(ShapeConfig(), description="Strength below these: no seasonal models / no trend models (Theta) for the SKU.")
     drift: DriftConfig = Field(DriftConfig(), description="Changes since the last run.")
+    evaluation: EvaluationConfig = Field(EvaluationConfig(), description="Rolling-origin evaluation (buffercast evaluate).")
     timeouts: TimeoutConfig = Field(TimeoutConfig(), description="Seconds per stage.")
     output: OutputConfig = Field(OutputConfig(), description="Published outputs.")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow.")
@@ -483,6 +542,16 @@ class BuffercastConfig(_Strict):
     def period_days(self) -> float:
         """Days in one period: the unit lead times are converted with."""
         return period_days(self.frequency)
+
+    @property
+    def bootstrap_history_periods(self) -> int:
+        """Periods of history behind the bootstrap, at this frequency (`buffers.bootstrap_history`)."""
+        return self.buffers.bootstrap_history[self.frequency]
+
+    @property
+    def empirical_window_periods(self) -> int:
+        """Periods of history behind the empirical quantiles, at this frequency (`models.empirical_window`)."""
+        return self.models.empirical_window[self.frequency]
 
     @property
     def periods_per_year(self) -> float:

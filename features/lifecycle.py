@@ -35,6 +35,7 @@ def life_cycle(
     *,
     new_periods: int,
     dead_periods: int,
+    dead_probability: float,
     window_periods: int,
     fast_from: float,
     slow_from: float,
@@ -56,8 +57,11 @@ def life_cycle(
     - `movement_frequency` (Float64): share of the last `window_periods` periods with y > 0, or of all
       its periods when the series is younger than the window;
     - `fsn_class`: "F" when movement_frequency >= `fast_from`, "S" when >= `slow_from`, else "N";
-    - `life_cycle`, the first rule that matches: "dead" when periods_since_last_sale >= `dead_periods`
-      (obsolescence risk); "new" when periods_since_first_sale <= `new_periods` (too short to backtest);
+    - `life_cycle`, the first rule that matches: "dead" when the silence is improbable under the series' own rate
+      (obsolescence risk): periods_since_last_sale s >= `dead_periods` (the floor) and (1 - p)^s < `dead_probability`,
+      p = the share of its periods with a sale since its first sale (1 / ADI); a part that sells every 4 periods is
+      not dead after 3 silent ones ((3/4)^3 = 0.42), one that sold every period is; `dead_probability` 1 makes the
+      floor the whole rule. Then "new" when periods_since_first_sale <= `new_periods` (too short to backtest);
       "slow_moving" when fsn_class is not "F"; else "active".
 
     A series whose values are all zero has no sale: periods_since_first_sale and periods_since_last_sale
@@ -67,6 +71,8 @@ def life_cycle(
     _require_positive_int(new_periods, "new_periods")
     _require_positive_int(dead_periods, "dead_periods")
     _require_positive_int(window_periods, "window_periods")
+    if isinstance(dead_probability, bool) or not isinstance(dead_probability, int | float) or not 0 < dead_probability <= 1:
+        raise ValueError(f"life_cycle: dead_probability={dead_probability!r} must be a probability in (0, 1].")
     for name, value in (("slow_from", slow_from), ("fast_from", fast_from)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"life_cycle: {name}={value!r} must be a number (a share of periods).")
@@ -85,6 +91,7 @@ def life_cycle(
         .group_by(id_col, maintain_order=True)
         .agg(
             pl.len().cast(pl.Int64).alias("periods_since_first_sale"),
+            sale.sum().cast(pl.Float64).alias("_sales"),
             (pl.col(time_col) > pl.col(time_col).filter(sale).max()).sum().cast(pl.Int64).alias("periods_since_last_sale"),
             sale.tail(window_periods).sum().cast(pl.Float64).alias("_window_sales"),
             pl.len().clip(upper_bound=window_periods).cast(pl.Float64).alias("_window_len"),
@@ -101,8 +108,10 @@ def life_cycle(
         .then(pl.lit("S"))
         .otherwise(pl.lit("N"))
     )
+    # P(s silent periods | the series' own rate p) = (1 - p)^s, p over its periods since the first sale.
+    quiet = (1.0 - pl.col("_sales") / since_first.cast(pl.Float64)).pow(since_last.cast(pl.Float64))
     stage = (
-        pl.when(since_first.is_null() | (since_last >= dead_periods))
+        pl.when(since_first.is_null() | ((since_last >= dead_periods) & (quiet < dead_probability)))
         .then(pl.lit("dead"))
         .when(since_first <= new_periods)
         .then(pl.lit("new"))

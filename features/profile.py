@@ -47,6 +47,7 @@ def sku_profiles(
                 panel,
                 new_periods=cfg.periods(lc.new_days),
                 dead_periods=cfg.periods(lc.dead_days),
+                dead_probability=lc.dead_probability,
                 window_periods=cfg.periods(lc.window_days),
                 fast_from=lc.fast_from,
                 slow_from=lc.slow_from,

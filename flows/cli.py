@@ -113,6 +113,77 @@ def run(
     typer.echo(format_summary(result))
 
 
+@app.command()
+def evaluate(
+    config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
+    sales: Annotated[str | None, typer.Option(help="Sales file, folder or URL (overrides input.sales).")] = None,
+    sku_master: Annotated[str | None, typer.Option(help="SKU master file, folder or URL (overrides input.sku_master).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (overrides output.folder); the table goes to OUT/evaluations/.")] = None,
+    origins: Annotated[int | None, typer.Option(min=1, help="Rolling origins (overrides evaluation.origins).")] = None,
+    freq: Annotated[str | None, typer.Option(help="Bucket: D, W or M.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking.uri).")] = None,
+) -> None:
+    """Evaluate the plan out of sample: plan at rolling origins with the data up to each, judge on what came after.
+
+    Prints achieved cycle service and safety-stock value per target for buffercast and the baselines (textbook,
+    empirical quantile, DDMRP); publishes the `evaluation` table and logs an MLflow run with the trade-off curves.
+    """
+    quiet_environment()
+    from configs.schema import ConfigError, load_config
+    from pipeline.contracts import InputError
+
+    overrides: dict[str, Any] = {}
+    if sales:
+        overrides.setdefault("input", {})["sales"] = sales
+    if sku_master:
+        overrides.setdefault("input", {})["sku_master"] = sku_master
+    if out:
+        overrides["output"] = {"folder": out}
+    if origins:
+        overrides["evaluation"] = {"origins": origins}
+    if freq:
+        overrides["frequency"] = freq
+    if tracking_uri:
+        overrides["tracking"] = {"uri": tracking_uri}
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+    from flows.evaluate import evaluate_plans
+    from flows.tasks import StageTimeout, StageWorkerDied
+
+    _quiet_bad_input_tracebacks()
+    try:
+        result = evaluate_plans(cfg)
+    except InputError as exc:
+        raise _fail(str(exc), 2) from None
+    except (StageTimeout, StageWorkerDied) as exc:
+        raise _fail(str(exc), 1) from None
+    except Exception as exc:
+        raise _fail(f"the evaluation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
+    typer.echo(format_evaluation(result))
+
+
+def format_evaluation(r: dict[str, Any]) -> str:
+    """Per target: achieved cycle service [Wilson 95%] and safety-stock value per window, buffercast and baselines."""
+    lines = [
+        "",
+        f"buffercast evaluation: {len(r['origins'])} origins ({r['origins'][0]} .. {r['origins'][-1]}), "
+        f"{r['judged_windows']} judged rows, {r['unjudged_windows']} SKU windows past the end of the data",
+        f"  {'method':<18}{'target':>7}{'windows':>9}{'achieved':>10}{'95% interval':>17}{'SS value/window':>17}",
+    ]
+    for row in r["overview"]:
+        target = "" if row["target"] is None else f"{row['target']:.3g}"
+        interval = f"{row['achieved_low']:.3f}-{row['achieved_high']:.3f}"
+        lines.append(
+            f"  {row['method']:<18}{target:>7}{row['windows']:>9}{row['achieved']:>10.3f}{interval:>17}{row['safety_stock_value']:>17,.2f}"
+        )
+    lines += [f"  written: {path}" for path in r["outputs"].values()]
+    lines.append(f"  MLflow run {r['mlflow_run_id']} (experiment buffercast-<name>-evaluation)")
+    return "\n".join(lines)
+
+
 def format_summary(r: dict[str, Any]) -> str:
     def line(title: str, counts: dict[str, int]) -> str:
         return f"  {title:<18}" + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -205,10 +276,10 @@ def show_schema(
     """
     import json
 
-    from pipeline.contracts import OUTPUT_SCHEMAS, json_schema
+    from pipeline.contracts import CONTRACTS, OUTPUT_SCHEMAS, json_schema
 
-    if table is not None and table not in OUTPUT_SCHEMAS:
-        raise _fail(f"no published table {table!r}; the tables are {', '.join(OUTPUT_SCHEMAS)}", 2)
+    if table is not None and table not in CONTRACTS:
+        raise _fail(f"no published table {table!r}; the tables are {', '.join(CONTRACTS)}", 2)
     doc = json_schema(table) if table else {name: json_schema(name) for name in OUTPUT_SCHEMAS}
     typer.echo(json.dumps(doc, indent=2))
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.contracts import OUTPUT_SCHEMAS, SCHEMA_VERSION, json_schema
+from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema
 
 STAGING = "_staging"
 MANIFESTS = "manifests"
@@ -100,7 +100,7 @@ def publish_tables(
             for file_name, text in documents.items():
                 (part / file_name).write_text(text, encoding="utf-8")
                 written[file_name] = str(partition_dir(root, REPORTS, as_of) / file_name)
-        contracts = [name for name in tables if name in OUTPUT_SCHEMAS]
+        contracts = [name for name in tables if name in CONTRACTS]
         schema_files = {name: partition_dir(root, SCHEMAS, as_of) / f"{name}.schema.json" for name in contracts}
         if contracts:
             part = stage / "new" / SCHEMAS / f"as_of={as_of.isoformat()}"

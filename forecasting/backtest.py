@@ -337,7 +337,7 @@ def _run_chunk(
     sets = members.select(ID, "model_set")
     periods = members.select(ID, "lead_time_periods", "review_periods")
     empirical = (
-        empirical_quantiles(panel, cfg.models.quantiles, cfg.periods(cfg.models.empirical_window_days))
+        empirical_quantiles(panel, cfg.models.quantiles, cfg.empirical_window_periods)
         if any(m not in NATIVE_INTERVALS for m in models)
         else None
     )

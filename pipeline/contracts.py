@@ -678,14 +678,43 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
 }
 
 
+#: The table `buffercast evaluate` publishes (under <output folder>/evaluations/): a plan run does not write it.
+EVALUATION_SCHEMAS: dict[str, pa.DataFrameSchema] = {
+    "evaluation": pa.DataFrameSchema(
+        {
+            "as_of": _col(pl.Date),
+            "method": _col(pl.String, checks=pa.Check.isin(["buffercast", "buffercast_sweep", "textbook", "empirical", "ddmrp"])),
+            "target": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
+            "slice": _col(pl.String, checks=pa.Check.isin(["all", "demand_class", "policy", "life_cycle", "abc_class"])),
+            "value": _col(pl.String, nullable=True),
+            "windows": _col(pl.Int64, checks=pa.Check.ge(1)),
+            "covered": _col(pl.Int64, checks=_NON_NEGATIVE),
+            "achieved": _col(pl.Float64, checks=_UNIT_INTERVAL),
+            "achieved_low": _col(pl.Float64, checks=_UNIT_INTERVAL),
+            "achieved_high": _col(pl.Float64, checks=_UNIT_INTERVAL),
+            "expected": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
+            "fill_rate": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
+            "units_short": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "safety_stock_value": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
+        },
+        name="evaluation",
+        unique=["method", "target", "slice", "value"],
+        strict=True,
+        ordered=True,
+    ),
+}
+#: Every contract by table name.
+CONTRACTS: dict[str, pa.DataFrameSchema] = {**OUTPUT_SCHEMAS, **EVALUATION_SCHEMAS}
+
+
 def output_columns(name: str) -> list[str]:
     """The published table's columns in their contract order."""
-    return list(OUTPUT_SCHEMAS[name].columns)
+    return list(CONTRACTS[name].columns)
 
 
 def output_dtypes(name: str) -> dict[str, pl.DataType]:
     """The published table's polars types by column, in contract order (regex columns left out)."""
-    return {c: col.dtype.type for c, col in OUTPUT_SCHEMAS[name].columns.items() if not col.regex}
+    return {c: col.dtype.type for c, col in CONTRACTS[name].columns.items() if not col.regex}
 
 
 class OutputContractError(RuntimeError):
@@ -695,7 +724,7 @@ class OutputContractError(RuntimeError):
 def validate_output(name: str, frame: pl.DataFrame) -> pl.DataFrame:
     """Validate a table against its published contract (all failures at once) before it is written."""
     try:
-        return OUTPUT_SCHEMAS[name].validate(frame, lazy=True)
+        return CONTRACTS[name].validate(frame, lazy=True)
     except SchemaErrors as exc:
         cases = exc.failure_cases.select("column", "check", "failure_case").unique().head(5).rows()
         raise OutputContractError(
@@ -737,7 +766,7 @@ def json_schema(name: str) -> dict[str, Any]:
     """The published table `name` as a JSON Schema (draft 2020-12) of one row, derived from its pandera contract:
     every column with its type, nullability, bounds and allowed values; `x-column-order` the column order and
     `x-schema-version` the contract's version. Written next to every published partition (`schemas/as_of=.../`)."""
-    schema = OUTPUT_SCHEMAS[name]
+    schema = CONTRACTS[name]
     properties = {c: _json_column(col) for c, col in schema.columns.items() if not col.regex}
     patterns = {c: _json_column(col) for c, col in schema.columns.items() if col.regex}
     return {

@@ -515,3 +515,47 @@ def calibration_figure(curves: pl.DataFrame, levels: pl.DataFrame) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+TRADEOFF_STYLES = {
+    "buffercast_sweep": ("buffercast", "#264653", "o-"),
+    "empirical": ("empirical quantile", "#e9c46a", "s--"),
+    "textbook": ("textbook z·sd·√L", "#e76f51", "^:"),
+}
+
+
+def tradeoff_figure(summary: pl.DataFrame) -> Figure:
+    """Achieved cycle service against safety-stock value per window, one panel per demand class (and all): the curve
+    of each swept method as its target moves, DDMRP and the plan as configured as points (the rolling evaluation's
+    `evaluation` table; every point judged on the same out-of-sample windows)."""
+    if summary.is_empty():
+        return _empty_figure("Service vs capital, out of sample", "no judged windows")
+    rows = summary.filter(pl.col("slice").is_in(["all", "demand_class"]))
+    panels = ["all", *sorted(v for v in rows.filter(slice="demand_class")["value"].unique().to_list() if v)]
+    cols = min(len(panels), 3)
+    fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, figsize=(5 * cols, 4 * math.ceil(len(panels) / cols)), dpi=100)
+    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    for ax, panel in zip(flat, panels, strict=False):
+        sub = rows.filter(pl.col("value") == panel)
+        for method, (label, colour, style) in TRADEOFF_STYLES.items():
+            curve = sub.filter(method=method).sort("target")
+            if curve.height:
+                ax.plot(curve["safety_stock_value"], curve["achieved"], style, color=colour, label=label, markersize=4)
+                for t, x, y in curve.select("target", "safety_stock_value", "achieved").iter_rows():
+                    ax.annotate(f"{t:.3g}", (x, y), fontsize=6, color=colour, xytext=(2, -7), textcoords="offset points")
+        ddmrp = sub.filter(method="ddmrp")
+        if ddmrp.height:
+            ax.plot(ddmrp["safety_stock_value"], ddmrp["achieved"], "D", color="#2a9d8f", label="DDMRP")
+        plan = sub.filter(method="buffercast").sort("target")
+        if plan.height:
+            ax.plot(plan["safety_stock_value"], plan["achieved"], "*", color="black", markersize=9, label="plan as configured")
+        ax.set_title(f"{panel} ({int(sub.filter(method='ddmrp')['windows'].sum())} windows)", fontsize=10)
+        ax.set_xlabel("safety-stock value per window")
+        ax.set_ylabel("achieved cycle service")
+        ax.grid(alpha=0.3)
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    flat[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Service vs capital, judged out of sample at rolling origins")
+    fig.tight_layout()
+    return fig

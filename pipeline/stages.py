@@ -138,13 +138,15 @@ def build_recommendations(
     cfg: BuffercastConfig,
     panel: pl.DataFrame | None = None,
     calibration: Calibration | None = None,
+    replay: bool = True,
 ) -> pl.DataFrame:
     """One row per series: profile (SBC, ABC, life cycle, shape, outliers) + chosen model and its errors + master
     attributes -> buffer decision, replayed over the SKU's held-out backtest demand (`evaluation.replay`).
 
     `panel` (unique_id, ds, y): the demand behind the bootstrap buffers of intermittent and lumpy SKUs and the
     simulation; without it every SKU gets the normal formula and the simulated columns are null. `calibration`
-    (`calibrate_buffers`): the nominal level each normal-method target is sized at.
+    (`calibrate_buffers`): the nominal level each normal-method target is sized at. `replay=False` leaves the
+    simulated columns null (the rolling evaluation judges the plan on later demand instead).
     """
     error_cv, volatility, xyz = volatility_classes(
         pl.col("rmse"), pl.col("mean_demand"), cfg.volatility.variable_from, cfg.volatility.erratic_from
@@ -179,7 +181,7 @@ def build_recommendations(
     )
     recs = recommend(skus, cfg, panel, calibration.levels if calibration is not None else None)
     simulated = ["simulated_cycle_service_level", "simulated_fill_rate", "simulated_average_on_hand", "simulated_stockout_periods"]
-    if panel is not None:
+    if panel is not None and replay:
         sim = simulate_recommendations(recs, panel, fc.plan, seed=cfg.seed, cv=fc.cv).select(
             ID,
             "simulated_cycle_service_level",
@@ -233,7 +235,7 @@ def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, cfg: Buffercas
         )
         shares = (
             bootstrap_window_coverage(
-                panel, windows, seed=cfg.seed, n_samples=b.bootstrap_samples, history_periods=cfg.periods(b.bootstrap_history_days)
+                panel, windows, seed=cfg.seed, n_samples=b.bootstrap_samples, history_periods=cfg.bootstrap_history_periods
             )
             .join(bootstrap, on=ID, maintain_order="left")
             .select(ID, "demand_class", "exposure", "cutoff", "from_latest", "share_below")

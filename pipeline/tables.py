@@ -14,7 +14,8 @@ from evaluation import metrics as em
 from evaluation.coverage import bootstrap_coverage, pinball_losses, window_coverage
 from evaluation.windows import window_errors
 from forecasting.backtest import ForecastResult
-from pipeline.contracts import InputError, Inputs, output_dtypes, validate_output
+from pipeline.contracts import InputError, Inputs, output_columns, output_dtypes, validate_output
+from pipeline.evaluate import RollingEvaluation
 from pipeline.stages import Profiled
 
 
@@ -293,3 +294,26 @@ def reasons_table(recs: pl.DataFrame) -> pl.DataFrame:
         "sku_id", "location_id", "policy", "safety_stock_units", "reorder_point_units", "demand_class", "xyz_class", "abc_class",
         "life_cycle", "reasons",
     )  # fmt: skip
+
+
+def evaluation_table(result: RollingEvaluation, as_of: dt.date) -> pl.DataFrame:
+    """The published `evaluation` table: the rolling evaluation's summary stamped with the last origin, validated."""
+    return validate_output("evaluation", result.summary.with_columns(as_of=pl.lit(as_of)).select(output_columns("evaluation")))
+
+
+def evaluation_metrics(table: pl.DataFrame) -> dict[str, float]:
+    """Flat MLflow metrics of an evaluation: per method and target over every judged window, achieved service, its
+    Wilson interval, the fill rate and the safety-stock value per window; and the windows judged."""
+    out: dict[str, float] = {}
+    for row in table.filter(pl.col("slice") == "all").iter_rows(named=True):
+        key = row["method"] + ("" if row["target"] is None else f"_{round(row['target'] * 100, 1):g}")
+        for column in ("achieved", "achieved_low", "achieved_high", "fill_rate", "safety_stock_value"):
+            if row[column] is not None:
+                out[f"{key}_{column}"] = float(row[column])
+        out[f"{key}_windows"] = float(row["windows"])
+    return out
+
+
+def evaluation_overview(table: pl.DataFrame) -> list[dict[str, Any]]:
+    """The rows `buffercast evaluate` prints: every method and target over all judged windows."""
+    return table.filter(pl.col("slice") == "all").sort("method", "target", nulls_last=True).to_dicts()

@@ -85,7 +85,7 @@ def test_intermittent_demand_is_buffered_by_the_bootstrap_quantile():
         [0.97],
         seed=SETTINGS.seed,
         n_samples=SETTINGS.buffers.bootstrap_samples,
-        history_periods=SETTINGS.periods(SETTINGS.buffers.bootstrap_history_days),
+        history_periods=SETTINGS.bootstrap_history_periods,
     ).row(0, named=True)
     assert row["safety_stock_units"] == math.ceil(boot[quantile_column(0.97)] - boot["bootstrap_mean"] - 1e-9)
     assert "bootstrap" in row["reasons"]

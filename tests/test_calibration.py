@@ -398,7 +398,7 @@ def test_a_calibrated_bootstrap_buffer_is_its_quantile_at_the_calibrated_level()
         [target, 0.993],
         seed=SETTINGS.seed,
         n_samples=SETTINGS.buffers.bootstrap_samples,
-        history_periods=SETTINGS.periods(SETTINGS.buffers.bootstrap_history_days),
+        history_periods=SETTINGS.bootstrap_history_periods,
     ).row(0, named=True)
     assert row["safety_stock_method"] == "bootstrap_quantile" and row["calibration_status"] == "calibrated"
     assert (row["calibrated_service_level"], row["calibration_map"]) == (0.993, "intermittent")

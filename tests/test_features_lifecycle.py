@@ -15,7 +15,8 @@ from features.calendar import to_periods
 from features.lifecycle import FSN_CLASSES, LIFE_CYCLE_COLUMNS, LIFE_CYCLES, life_cycle
 
 START = dt.date(2024, 1, 1)
-ARGS = {"new_periods": 4, "dead_periods": 3, "window_periods": 5, "fast_from": 0.5, "slow_from": 0.1}
+# dead_probability 1: the floor alone decides (the probability rule has its own tests below).
+ARGS = {"new_periods": 4, "dead_periods": 3, "dead_probability": 1.0, "window_periods": 5, "fast_from": 0.5, "slow_from": 0.1}
 
 
 def panel_of(series: dict[str, list[float]], start: dt.date = START) -> pl.DataFrame:
@@ -191,7 +192,9 @@ def test_bad_frames_are_named():
 # ---------------------------------------------------------------- against a naive per-series loop
 
 
-def _naive(ys: list[float], new_periods: int, dead_periods: int, window_periods: int, fast_from=0.5, slow_from=0.1) -> dict:
+def _naive(
+    ys: list[float], new_periods: int, dead_periods: int, window_periods: int, fast_from=0.5, slow_from=0.1, dead_probability=1.0
+) -> dict:
     first = next((i for i, v in enumerate(ys) if v > 0), None)
     if first is None:
         return {
@@ -237,7 +240,13 @@ def _random_series(seed: int, n_series: int = 200) -> dict[str, list[float]]:
     return series
 
 
-@pytest.mark.parametrize("args", [ARGS, {"new_periods": 12, "dead_periods": 8, "window_periods": 13, "fast_from": 0.6, "slow_from": 0.25}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ARGS,
+        {"new_periods": 12, "dead_periods": 8, "dead_probability": 1.0, "window_periods": 13, "fast_from": 0.6, "slow_from": 0.25},
+    ],
+)
 def test_matches_naive_loop(args):
     series = _random_series(seed=29)
     out = {r.pop("unique_id"): r for r in life_cycle(panel_of(series), **args).to_dicts()}
@@ -255,6 +264,7 @@ settings_args = st.fixed_dictionaries(
     {
         "new_periods": st.integers(1, 20),
         "dead_periods": st.integers(1, 20),
+        "dead_probability": st.just(1.0),
         "window_periods": st.integers(1, 30),
         "fast_from": st.just(0.5),
         "slow_from": st.just(0.1),
@@ -289,3 +299,32 @@ def test_zero_sales_before_the_first_sale_never_change_the_result(ys, n_leading,
     assert_frame_equal(padded, base)
     if any(v > 0 for v in ys):
         assert base.row(0, named=True) == {"unique_id": "A", **_naive(ys, **args)}
+
+
+# ---------------------------------------------------------------- dead only when the silence is improbable
+
+
+def test_a_part_selling_every_fourth_period_is_not_dead_after_three_silent_ones():
+    every_fourth = [5.0, 0.0, 0.0, 0.0] * 10  # 10 sales in 40 periods (p = 0.25), the last 3 silent
+    row = row_of(every_fourth, dead_periods=3, dead_probability=0.01)
+    # P(3 silent | p 0.25) = 0.75^3 = 0.42: no evidence of death; it moves in 1 of the last 5 periods: slow.
+    assert row["periods_since_last_sale"] == 3 and row["life_cycle"] == "slow_moving"
+
+
+def test_the_silence_turns_improbable_at_the_hand_computed_boundary():
+    every_fourth = [5.0, 0.0, 0.0, 0.0] * 10
+    # After s silent periods p = 10 / (37 + s): s 27 -> (1 - 10/64)^27 = 0.01018 >= 0.01; s 28 -> (1 - 10/65)^28 = 0.00930.
+    assert row_of(every_fourth + [0.0] * 24, dead_periods=3, dead_probability=0.01)["life_cycle"] != "dead"
+    assert row_of(every_fourth + [0.0] * 25, dead_periods=3, dead_probability=0.01)["life_cycle"] == "dead"
+
+
+def test_a_daily_seller_silent_for_91_days_is_dead_and_the_floor_still_holds():
+    daily = [2.0] * 600
+    assert row_of(daily + [0.0] * 91, dead_periods=91, dead_probability=0.01)["life_cycle"] == "dead"  # (91/691)^91 ~ 0
+    assert row_of(daily + [0.0] * 90, dead_periods=91, dead_probability=0.01)["life_cycle"] != "dead"  # under the floor
+
+
+def test_dead_probability_must_be_a_probability():
+    for bad in (0.0, 1.5, True, "x"):
+        with pytest.raises(ValueError, match="dead_probability"):
+            row_of([1.0, 0.0], dead_probability=bad)

@@ -284,3 +284,20 @@ def test_window_coverage_names_windows_missing_from_the_panel():
         bootstrap_window_coverage(
             panel_of({"s": [1.0] * 10}), windows_of([("s", 5, 2.0, 1.0), ("s", 999, 2.0, 1.0)]), seed=0, n_samples=2000
         )
+
+
+def test_a_monthly_intermittent_sku_gets_different_95_and_99_buffers_from_its_36_months():
+    """48 months of intermittent demand, 1-month lead time: each bootstrap sample is one month of the window. Over the
+    config's monthly window (buffers.bootstrap_history M = 36 periods, 12 distinct sales) the largest month has
+    probability 1/36 < 5%: the 95% buffer sits below it (the 2nd or 3rd largest), the 99% on it (1/36 >= 1%). Over 12
+    months (365 days, the old window) the largest has probability 1/12 > 5%: both quantiles were the same month."""
+    from configs.schema import load_config
+
+    prefix = [0, 2, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0]
+    last_36 = [0, 0, 4, 0, 11, 0, 0, 2, 0, 6, 0, 0, 0, 9, 0, 0, 3, 0, 0, 13, 0, 1, 0, 0, 0, 0, 8, 0, 0, 5, 0, 10, 0, 0, 7, 0]
+    cfg = load_config(None, {"frequency": "M"})
+    assert cfg.bootstrap_history_periods == 36
+    out = bootstrap({"p": prefix + last_36}, {"p": (1.0, 0.0)}, quantiles=(0.95, 0.99), history_periods=36)["p"]
+    assert out["ltd_q95"] in (10.0, 11.0) and out["ltd_q99"] == 13.0
+    old = bootstrap({"p": prefix + last_36}, {"p": (1.0, 0.0)}, quantiles=(0.95, 0.99), history_periods=12)["p"]
+    assert old["ltd_q95"] == old["ltd_q99"] == 10.0

@@ -1,0 +1,153 @@
+"""The rolling-origin evaluation of the whole plan, as the schedule would run it (`buffercast evaluate`).
+
+For K origins (config `evaluation`: the last one `holdout_days` before the end of the data, `step_days` apart, on
+the period calendar) the stages of a run (`pipeline.stages`: profile, forecast, calibration, recommendation) plan with
+the sales up to the origin only, as `buffercast run --as-of <origin>` would; each plan is judged only on the demand
+after its origin (`evaluation.rolling`), next to the baselines computed from the same history. Nothing judged feeds
+the plan: model choice, calibration maps, bootstrap and quantiles all come from data up to the origin.
+
+Methods judged on the same windows:
+- `buffercast`: the plan as configured (each SKU at its own target, its own policy);
+- `buffercast_sweep`: every SKU at each target of `evaluation.targets` (cycle service, the JIT level too), for the
+  trade-off curve; the profile and the forecast of an origin are computed once and reused across targets;
+- `textbook`, `empirical` at each target, and `ddmrp` (`evaluation.rolling.baselines`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from configs.schema import BuffercastConfig
+from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, summarise
+from features.calendar import to_periods
+from pipeline.contracts import output_columns
+from pipeline.stages import build_recommendations, calibrate_buffers, forecast_stage, profile_sales
+
+ID = "unique_id"
+
+
+@dataclass(frozen=True)
+class RollingEvaluation:
+    origins: list[dt.date]  # each origin's as-of date (the last day of its period)
+    windows: pl.DataFrame  # one row per origin, SKU, method and target: the plan's reorder point and what followed
+    summary: pl.DataFrame  # the published `evaluation` table (without as_of)
+    unjudged: int  # SKU windows whose lead time ran past the end of the data
+
+
+def _period_end(start: dt.date, frequency: str) -> dt.date:
+    """The last day of the period starting on `start`."""
+    if frequency == "D":
+        return start
+    if frequency == "W":
+        return start + dt.timedelta(days=6)
+    first_next = dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+    return first_next - dt.timedelta(days=1)
+
+
+def evaluation_origins(periods: pl.Series, cfg: BuffercastConfig) -> list[dt.date]:
+    """The origins' period starts: K = `evaluation.origins` periods `step` apart, the last `holdout_days` (in whole
+    periods) before the last period of the data; fewer when the data is too short (never the first period)."""
+    e = cfg.evaluation
+    starts = periods.unique().sort().to_list()
+    step = cfg.periods(e.step_days if e.step_days else max(cfg.defaults.review_period_days, cfg.period_days))
+    last = len(starts) - 1 - cfg.periods(e.holdout_days)
+    picked = [starts[i] for i in range(last, 0, -step)][: e.origins] if last > 0 else []
+    return sorted(picked)
+
+
+def _at_target(cfg: BuffercastConfig, target: float) -> BuffercastConfig:
+    """The config with every target (matrix cells and the JIT level) at `target`, every one a cycle service level."""
+    cells = dict.fromkeys(("A", "B", "C"), target)
+    cycle = dict.fromkeys(("A", "B", "C"), "cycle")
+    return cfg.updated(
+        {
+            "service_levels": {
+                "critical": cells,
+                "non_critical": cells,
+                "jit": target,
+                "measure": {"critical": cycle, "non_critical": cycle},
+            }
+        }
+    )
+
+
+def plan_at_origin(
+    cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, targets: list[float]
+) -> dict[tuple[str, float | None], pl.DataFrame]:
+    """The plans an origin publishes from `sales` up to `as_of` only: ("buffercast", None) as configured and
+    ("buffercast_sweep", target) per target; each the `recommendations` table plus unique_id."""
+    cfg = cfg.updated({"as_of": as_of})
+    p = profile_sales(cfg, sales.filter(pl.col("date") <= as_of), master, as_of)
+    fc = forecast_stage(cfg, p)
+    keys = p.keys.select(ID, "sku_id", "location_id")
+    plans = {}
+    for key, c in [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]:
+        recs = build_recommendations(
+            as_of=as_of,
+            profiles=p.profiles,
+            attrs=p.attrs,
+            fc=fc,
+            cfg=c,
+            panel=p.panel,
+            calibration=calibrate_buffers(p.profiles, fc, c, p.panel),
+            replay=False,
+        )
+        plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
+    return plans
+
+
+def _plan_windows(plan: pl.DataFrame, method: str, target: pl.Expr) -> pl.DataFrame:
+    """One judged row per SKU of a plan: its reorder point, safety stock and the service level it states."""
+    return plan.select(
+        ID,
+        method=pl.lit(method),
+        target=target.cast(pl.Float64),
+        expected_service_level=pl.col("expected_service_level"),
+        reorder_point=pl.col("reorder_point_units"),
+        safety_stock_units=pl.col("safety_stock_units"),
+    )
+
+
+def rolling_evaluation(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None = None) -> RollingEvaluation:
+    """Plan at every origin with the data up to it, judge every plan and baseline on what came after it."""
+    e = cfg.evaluation
+    last_date = sales["date"].max()
+    panel = to_periods(sales, freq=cfg.frequency, as_of=last_date, week_start=cfg.week_start, input_grain=cfg.input.grain)
+    starts = evaluation_origins(panel["ds"], cfg)
+    history_periods = cfg.bootstrap_history_periods
+    parts, unjudged, as_ofs = [], 0, []
+    for start in starts:
+        as_of = _period_end(start, cfg.frequency)
+        as_ofs.append(as_of)
+        plans = plan_at_origin(cfg, sales, master, as_of, e.targets)
+        plan = plans[("buffercast", None)]
+        attrs = plan.select(PLAN_COLUMNS)
+        actual = future_demand(panel, start, attrs.select(ID, "lead_time_periods"))
+        unjudged += actual.filter(~pl.col("judged")).height
+        slices = attrs.select(ID, "policy", "demand_class", "life_cycle", "abc_class", "unit_cost")
+        frames = [_plan_windows(plan, "buffercast", pl.col("service_level_target"))]
+        frames += [_plan_windows(swept, "buffercast_sweep", pl.lit(t)) for (_, t), swept in plans.items() if t is not None]
+        base = baselines(
+            panel.filter(pl.col("ds") <= start),
+            attrs,
+            e.targets,
+            history_periods=history_periods,
+            adu_periods=cfg.periods(e.ddmrp_adu_days),
+            period_days=cfg.period_days,
+            short_lead_time_days=cfg.policy.jit_max_lead_time_days,
+            long_lead_time_days=cfg.policy.jic_min_lead_time_days,
+        )
+        frames.append(base.with_columns(expected_service_level=pl.col("target")).select(frames[0].columns))
+        windows = (
+            pl.concat(frames, how="vertical_relaxed")
+            .join(slices, on=ID, how="left")
+            .join(actual.filter("judged").drop("judged"), on=ID, how="inner")
+            .with_columns(origin=pl.lit(as_of))
+        )
+        parts.append(judge(windows))
+    windows = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+    summary = summarise(windows).select(c for c in output_columns("evaluation") if c != "as_of") if parts else pl.DataFrame()
+    return RollingEvaluation(as_ofs, windows, summary, unjudged)
