@@ -57,7 +57,8 @@ def wilson_interval(covered: np.ndarray | int, n: np.ndarray | int, confidence: 
         denom = 1 + z * z / m
         centre = (p + z * z / (2 * m)) / denom
         half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
-    return np.where(m > 0, centre - half, np.nan), np.where(m > 0, centre + half, np.nan)
+    # Clipped to [0, 1]: at p = 0 or 1 the bound is 0 or 1 exactly, up to rounding in the last bit.
+    return np.where(m > 0, np.clip(centre - half, 0.0, 1.0), np.nan), np.where(m > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
 
 
 def future_demand(panel: pl.DataFrame, after: object, lead_time_periods: pl.DataFrame) -> pl.DataFrame:

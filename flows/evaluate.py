@@ -29,8 +29,9 @@ TRADEOFF_FILE = "tradeoff_curves.png"
 @task(cache_policy=NO_CACHE)
 def evaluate(cfg: BuffercastConfig, sales: Any, master: Any) -> RollingEvaluation:
     """Plan at every origin with the data up to it, judge each plan and the baselines on what came after."""
-    result = rolling_evaluation(cfg, sales, master)
-    get_run_logger().info(
+    logger = get_run_logger()
+    result = rolling_evaluation(cfg, sales, master, progress=logger.info)
+    logger.info(
         "%d origins (%s), %d judged windows, %d SKU windows not judged (lead time past the end of the data)",
         len(result.origins),
         ", ".join(str(o) for o in result.origins),

@@ -16,6 +16,7 @@ Methods judged on the same windows:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -111,16 +112,24 @@ def _plan_windows(plan: pl.DataFrame, method: str, target: pl.Expr) -> pl.DataFr
     )
 
 
-def rolling_evaluation(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None = None) -> RollingEvaluation:
-    """Plan at every origin with the data up to it, judge every plan and baseline on what came after it."""
+def rolling_evaluation(
+    cfg: BuffercastConfig,
+    sales: pl.DataFrame,
+    master: pl.DataFrame | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RollingEvaluation:
+    """Plan at every origin with the data up to it, judge every plan and baseline on what came after it. `progress`
+    receives one line per origin (the flow logs it)."""
     e = cfg.evaluation
     last_date = sales["date"].max()
     panel = to_periods(sales, freq=cfg.frequency, as_of=last_date, week_start=cfg.week_start, input_grain=cfg.input.grain)
     starts = evaluation_origins(panel["ds"], cfg)
     history_periods = cfg.bootstrap_history_periods
     parts, unjudged, as_ofs = [], 0, []
-    for start in starts:
+    for number, start in enumerate(starts, 1):
         as_of = _period_end(start, cfg.frequency)
+        if progress is not None:
+            progress(f"origin {number} of {len(starts)}: planning as of {as_of} with the data up to it")
         as_ofs.append(as_of)
         plans = plan_at_origin(cfg, sales, master, as_of, e.targets)
         plan = plans[("buffercast", None)]
