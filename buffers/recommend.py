@@ -147,6 +147,15 @@ def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
                 pl.col("uncalibrated_safety_stock_units").cast(pl.Int64),
             )
         ),
+        pl.when(pl.col("calibration_status") == "capped").then(
+            pl.format(
+                "calibration capped: on the backtest no buffer up to the highest nominal level ({}) reached the {} target "
+                "(map: {}); sized at the cap, the target may be missed",
+                _pct(pl.col("sizing_level")),
+                _pct(pl.col("service_level_target")),
+                pl.col("calibration_map"),
+            )
+        ),
         pl.when(pl.col("flag_declining") & pl.col("flag_obsolescence_risk")).then(
             pl.format(
                 "declining demand (trend strength {}): buffer value {} at risk",

@@ -103,6 +103,11 @@ class VolatilityConfig(_Strict):
 
     variable_from: float = Field(0.5, gt=0.0, description="Forecast-error CV (backtest RMSE / mean demand) at least this: Y.")
     erratic_from: float = Field(1.0, gt=0.0, description="Forecast-error CV at least this: Z.")
+    lead_time_classes: list[DemandClass] = Field(
+        ["intermittent", "lumpy"],
+        description="Demand classes whose error CV is taken over the lead time (backtest lead-time RMSE / (mean demand x "
+        "lead time)): their per-period error is high by construction, so intermittency alone must not make them erratic.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> VolatilityConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -29,3 +30,17 @@ def volatility_classes(rmse: pl.Expr, mean_demand: pl.Expr, variable_from: float
         .otherwise(pl.lit("erratic"))
     )
     return error_cv, volatility, volatility.replace_strict(XYZ, default=None, return_dtype=pl.String)
+
+
+def sku_volatility(lead_time_classes: Sequence[str], variable_from: float, erratic_from: float) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(error_cv, volatility_class, xyz_class) per SKU from its columns `demand_class`, `rmse`, `mean_demand` and, for
+    the `lead_time_classes` (intermittent and lumpy by default), `lead_time_rmse` and `lead_time_periods`: their
+    per-period error is high by construction (most periods are zero), so they are judged on the error of the demand
+    summed over the lead time, lead-time RMSE / (mean demand x lead time) (docs/methods.md, 2.3)."""
+    over_lead_time = pl.col("demand_class").is_in(list(lead_time_classes))
+    return volatility_classes(
+        pl.when(over_lead_time).then(pl.col("lead_time_rmse")).otherwise(pl.col("rmse")),
+        pl.when(over_lead_time).then(pl.col("mean_demand") * pl.col("lead_time_periods")).otherwise(pl.col("mean_demand")),
+        variable_from,
+        erratic_from,
+    )

@@ -24,7 +24,7 @@ from features.calendar import series_keys, to_periods
 from features.outliers import cap_outliers
 from features.profile import build_profiles
 from features.sbc import DEMAND_CLASSES
-from features.xyz import volatility_classes
+from features.xyz import sku_volatility
 from forecasting.backtest import ForecastResult, backtest_and_forecast
 from forecasting.inputs import forecast_inputs
 from pipeline.contracts import output_columns
@@ -148,9 +148,8 @@ def build_recommendations(
     (`calibrate_buffers`): the nominal level each normal-method target is sized at. `replay=False` leaves the
     simulated columns null (the rolling evaluation judges the plan on later demand instead).
     """
-    error_cv, volatility, xyz = volatility_classes(
-        pl.col("rmse"), pl.col("mean_demand"), cfg.volatility.variable_from, cfg.volatility.erratic_from
-    )
+    v = cfg.volatility
+    error_cv, volatility, xyz = sku_volatility(v.lead_time_classes, v.variable_from, v.erratic_from)
     skus = (
         profiles.join(attrs, on=ID, how="left")
         .join(
@@ -171,6 +170,7 @@ def build_recommendations(
                 "review_lead_time_demand",
                 "sigma_lead_time_demand",
                 "sigma_review_lead_time_demand",
+                "lead_time_rmse",
                 backtest_windows=pl.col("windows"),
                 model_fell_back=pl.col("fell_back").fill_null(False),
             ),

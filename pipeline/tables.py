@@ -125,6 +125,7 @@ def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
         "policy": counts("policy"),
         "abc_class": counts("abc_class"),
         "life_cycle": counts("life_cycle"),
+        "calibration_status": counts("calibration_status"),
         "safety_stock_value": float(recs["safety_stock_value"].sum()),
         "holding_cost_per_year": float(recs["holding_cost_per_year"].sum()),
         "median_mase": em.finite_median(recs["mase"]),
@@ -142,7 +143,7 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
         **{f"rows_{k}": v for k, v in n_rows.items()},
         **{f"changes_{k}": v for k, v in summary["changes"].items()},
     }
-    for group in ("demand_class", "volatility_class", "policy", "abc_class", "life_cycle"):
+    for group in ("demand_class", "volatility_class", "policy", "abc_class", "life_cycle", "calibration_status"):
         metrics |= {f"skus_{group}_{k}": v for k, v in summary[group].items()}
     metrics["safety_stock_value_total"] = summary["safety_stock_value"]
     metrics["holding_cost_per_year_total"] = summary["holding_cost_per_year"]

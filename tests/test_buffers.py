@@ -164,3 +164,27 @@ def test_new_skus_say_why_they_are_not_backtested():
     new = one(recommend(sku(life_cycle="new", volatility_class="not_backtested", error_cv=None), SETTINGS))
     assert new["policy"] == "hybrid" and new["flag_new"] and new["flag_no_backtest"]
     assert "new product: first sale too recent to backtest" in new["reasons"]
+
+
+def test_an_intermittent_sku_with_a_stable_lead_time_error_is_not_jic_on_volatility_alone():
+    """Mean demand 0.5 a day, per-period RMSE 2.0 (CV 4: erratic per period, as any intermittent series is), lead-time
+    RMSE 3.0 over 10 days of mean demand 5 (CV 0.6): judged over the lead time it is variable, not erratic."""
+    from features.xyz import sku_volatility
+
+    frame = pl.DataFrame(
+        {
+            "demand_class": ["intermittent", "smooth"],
+            "rmse": [2.0, 2.0],
+            "mean_demand": [0.5, 0.5],
+            "lead_time_rmse": [3.0, 3.0],
+            "lead_time_periods": [10.0, 10.0],
+        }
+    )
+    cv, volatility, xyz = sku_volatility(SETTINGS.volatility.lead_time_classes, 0.5, 1.0)
+    out = frame.select(error_cv=cv, volatility_class=volatility, xyz_class=xyz)
+    assert out.rows() == [(pytest.approx(0.6), "variable", "Y"), (pytest.approx(4.0), "erratic", "Z")]
+    intermittent = dict(demand_class="intermittent", adi=2.5, cv2=0.3, error_cv=0.6, volatility_class="variable", lead_time_days=10.0)
+    rec = one(recommend(sku(**intermittent, lead_time_periods=10.0), SETTINGS))
+    assert rec["policy"] == "hybrid" and not rec["flag_erratic_error"]  # irregular demand: a partial buffer, not JIC
+    erratic = one(recommend(sku(**{**intermittent, "error_cv": 4.0, "volatility_class": "erratic"}, lead_time_periods=10.0), SETTINGS))
+    assert erratic["policy"] == "JIC" and erratic["flag_erratic_error"]  # what the per-period CV used to say

@@ -426,3 +426,14 @@ def test_bootstrap_buffer_coverage_per_sku_counts_windows_below_the_level():
     row = bootstrap_coverage(shares, sizing).row(0, named=True)
     assert (row["unique_id"], row["buffer_coverage_before"], row["buffer_coverage_after"]) == ("a", 0.5, 0.75)
     assert bootstrap_coverage(shares, sizing).height == 1  # no windows, no row
+
+
+def test_a_capped_calibration_is_a_reported_failure():
+    """A map that never reaches the target sizes the buffer at its cap and says so in the reasons."""
+    sku = pl.DataFrame([JIT_SKU | {"abc_class": "A", "critical": True, "lead_time_days": 40.0, "lead_time_periods": 40.0}])
+    sku = sku.cast({"pack_size": pl.Float64})
+    target = recommend(sku, SETTINGS).row(0, named=True)["service_level_target"]
+    capped = levels_frame({target: 0.99999}).with_columns(status=pl.lit("capped"))
+    row = recommend(sku, SETTINGS, calibration=capped).row(0, named=True)
+    assert row["calibration_status"] == "capped" and "calibration capped" in row["reasons"]
+    assert "the 99.0% target" in row["reasons"] and "map: smooth" in row["reasons"]

@@ -194,7 +194,7 @@ def test_manifest_counts_rows_in_as_used_plus_quarantined(default_run, small_cat
     rows = manifest["input_rows"]
     assert rows["sales_in"] == pl.read_parquet(small_catalogue["sales"]).height
     assert rows["sales_in"] == rows["sales_used"] + rows["sales_quarantined"] + rows["sales_after_as_of"]
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["config_hash"] == cfg.fingerprint()
     assert manifest["mlflow_run_id"] == result["mlflow_run_id"]
     assert manifest["prefect_flow_run_id"] == result["prefect_flow_run_id"] != ""
@@ -220,7 +220,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     # Interval coverage, simulated service levels per target and class, the disruption scenarios (issue 6's metrics).
     assert {"coverage_q95", "coverage_q95_smooth", "simulated_cycle_target_95", "textbook_safety_stock_value_total"} <= set(metrics)
     assert "scenario_lead_time_x2_recommended_fill_rate" in metrics
-    assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "1"
+    assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     }
