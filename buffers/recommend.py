@@ -124,7 +124,11 @@ def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
         pl.when(pl.col("safety_stock_method") == "normal_fill_rate").then(
             pl.format("target is a {} fill rate (safety factor from the normal loss function)", _pct(pl.col("service_level_target")))
         ),
-        pl.when((pl.col("expected_service_level") < pl.col("service_level_target") - 1e-9) & (pl.col("safety_stock_units") > 0)).then(
+        pl.when(
+            (pl.col("policy") == "hybrid")
+            & (pl.col("expected_service_level") < pl.col("service_level_target") - 1e-9)
+            & (pl.col("safety_stock_units") > 0)
+        ).then(
             pl.format(
                 "hybrid buffer covers the variable part only: about {} of cycles without stock-out (full target {})",
                 _pct(pl.col("expected_service_level")),
@@ -145,6 +149,16 @@ def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
                 .otherwise(pl.lit("forecast errors")),
                 pl.col("safety_stock_units").cast(pl.Int64),
                 pl.col("uncalibrated_safety_stock_units").cast(pl.Int64),
+            )
+        ),
+        pl.when("flag_cover_capped").then(
+            pl.format(
+                "safety stock capped at {} days of mean demand ({} units instead of {}; buffers.max_cover_days): expected "
+                "service {}, the target may be missed",
+                pl.lit(f"{cfg.buffers.max_cover_days or 0:g}"),
+                pl.col("_cap").round(1),
+                pl.col("_uncapped_ss").round(1),
+                _pct(pl.col("expected_service_level")),
             )
         ),
         pl.when(pl.col("calibration_status") == "capped").then(
@@ -197,7 +211,7 @@ def recommend(
     out = buffered_sigmas(out, cfg)
     out = safety_factors(out)
     out, boot = bootstrap_buffers(out, cfg, panel)
-    out = safety_stocks(out, boot)
+    out = safety_stocks(out, boot, cfg)
     out = stock_levels(out, boot)
     out = costs_and_risks(out, cfg)
     return with_reasons(out, cfg)
@@ -336,10 +350,12 @@ def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFr
     )
 
 
-def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
+def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers, cfg: BuffercastConfig) -> pl.DataFrame:
     """Unrounded safety stocks: SS = k x sigma_buffered (normal method, floored at 0) or the bootstrap buffer, for the
-    reorder point (`_ss`), the order-up-to level (`_review_ss`) and the pure JIT and JIC policies; the method used;
-    and the hybrid's expected cycle service level (it buffers the variable part only)."""
+    reorder point (`_ss`), the order-up-to level (`_review_ss`) and the pure JIT and JIC policies, each at most
+    `buffers.max_cover_days` of mean demand (`flag_cover_capped` when the reorder point's buffer hits the cap); the
+    method used; and the expected cycle service level: the hybrid's (it buffers the variable part only) and a capped
+    normal buffer's, Phi(SS / sigma)."""
     empirical = boot.sized
     normal_ss = _numpy(safety_stock_cycle, "safety_factor_z", "sigma_buffered")
     normal_review_ss = _numpy(safety_stock_cycle, "_factor_review", "_sigma_review_buffered")
@@ -350,16 +366,40 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
         .then(_numpy(stats.norm.cdf, "_covered").fill_null(pl.col("service_level_target")))
         .otherwise(pl.col("service_level_target"))
     )
-    return out.with_columns(
+    days = cfg.buffers.max_cover_days
+    cap = pl.lit(None, pl.Float64) if days is None else pl.col("mean_demand_per_period") * (days / cfg.period_days)
+    out = out.with_columns(
         safety_stock_method=pl.when(empirical)
         .then(pl.lit("bootstrap_quantile"))
         .when(pl.col("service_level_measure") == "fill_rate")
         .then(pl.lit("normal_fill_rate"))
         .otherwise(pl.lit("normal_cycle")),
-        _ss=pl.when(empirical).then(boot.lead_time).otherwise(normal_ss),
+        _cap=cap,
+        _uncapped_ss=pl.when(empirical).then(boot.lead_time).otherwise(normal_ss),
         _review_ss=pl.when(empirical).then(boot.review).otherwise(normal_review_ss),
         _jit_ss=pl.when(empirical).then(boot.jit).otherwise(_numpy(safety_stock_cycle, "_z_jit", "_sigma_review_total")),
         _jic_ss=pl.when(empirical).then(boot.jic).otherwise(_numpy(safety_stock_cycle, "_factor_jic", "_sigma_review_total")),
+    )
+    capped = pl.col("_uncapped_ss") > pl.col("_cap")
+    return (
+        out.with_columns(
+            flag_cover_capped=capped.fill_null(False),
+            _ss=pl.min_horizontal("_uncapped_ss", "_cap"),
+            _review_ss=pl.min_horizontal("_review_ss", "_cap"),
+            _jit_ss=pl.min_horizontal("_jit_ss", "_cap"),
+            _jic_ss=pl.min_horizontal("_jic_ss", "_cap"),
+        )
+        .with_columns(
+            # A capped normal cycle buffer states what it can deliver: Phi(capped SS / the sigma of the demand it covers).
+            _capped_z=pl.when(pl.col("sigma_total") > 0).then(pl.col("_ss") / pl.col("sigma_total"))
+        )
+        .with_columns(
+            expected_service_level=pl.when(pl.col("flag_cover_capped") & ~empirical & (pl.col("service_level_measure") == "cycle"))
+            .then(
+                pl.min_horizontal("expected_service_level", _numpy(stats.norm.cdf, "_capped_z").fill_null(pl.col("expected_service_level")))
+            )
+            .otherwise("expected_service_level")
+        )
     )
 
 

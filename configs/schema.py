@@ -336,6 +336,12 @@ class BuffersConfig(_Strict):
     declining_trend_strength: float = Field(
         0.4, ge=0.0, le=1.0, description="Obsolescence risk, declining: a trend at least this strong ..."
     )
+    max_cover_days: float | None = Field(
+        365.0,
+        gt=0.0,
+        description="A safety stock never covers more than this many days of mean demand (null: no cap); when the cap binds, "
+        "flag_cover_capped is set and the reasons say so.",
+    )
     declining_ratio: float = Field(
         0.75,
         gt=0.0,

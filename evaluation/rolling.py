@@ -4,9 +4,11 @@ A rolling-origin evaluation plans at origins t_1 < ... < t_K with the data up to
 (`pipeline/evaluate.py` runs the same stages as a run) and judges each plan here, only on demand after its origin:
 
 - **cycle service**: the reorder point covered the demand over the lead time that starts at the origin,
-  D_L = sum_t w_t y_{t0 + t} with the lead-time weights w_t (whole periods fully, a fractional last period by its
-  fraction: `evaluation.windows.lead_time_weights`); covered when D_L <= ROP. A window is judged only when all of its
-  periods lie in the data (the latest origins may leave long lead times unjudged: counted, never guessed);
+  D_L = sum_t w_t y_{t0 + t}, the lead time drawn from the SKU's lead-time distribution (`realised_lead_times`: a
+  buffer that covers lead-time variability is judged against it), with the lead-time weights w_t (whole periods
+  fully, a fractional last period by its fraction: `evaluation.windows.lead_time_weights`); covered when D_L <= ROP.
+  A window is judged only when all of its periods lie in the data (the latest origins may leave long lead times
+  unjudged: counted, never guessed);
 - **fill rate** of that replenishment cycle: an order placed at the reorder point is served from ROP units while it is
   on its way, so units short = max(D_L - ROP, 0) and fill rate = 1 - short / D_L (pooled over windows: sum of short
   over sum of demand);
@@ -34,11 +36,13 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from buffers.streams import standard_normals, stream_keys
+
 ID = "unique_id"
 #: The plan's columns the judge reads (from the published `recommendations`, plus unique_id).
 PLAN_COLUMNS = (
     ID, "policy", "demand_class", "life_cycle", "abc_class", "service_level_target", "expected_service_level",
-    "lead_time_periods", "lead_time_days", "reorder_point_units", "safety_stock_units", "unit_cost",
+    "lead_time_periods", "lead_time_days", "lead_time_std_days", "reorder_point_units", "safety_stock_units", "unit_cost",
 )  # fmt: skip
 #: The slices `summarise` aggregates over (None: every window of the method and target).
 SLICES = (None, "demand_class", "policy", "life_cycle", "abc_class")
@@ -57,14 +61,26 @@ def wilson_interval(covered: np.ndarray | int, n: np.ndarray | int, confidence: 
         denom = 1 + z * z / m
         centre = (p + z * z / (2 * m)) / denom
         half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
-    # Clipped to [0, 1]: at p = 0 or 1 the bound is 0 or 1 exactly, up to rounding in the last bit.
-    return np.where(m > 0, np.clip(centre - half, 0.0, 1.0), np.nan), np.where(m > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+    # At p = 0 (p = 1) the lower (upper) bound is 0 (1) exactly; the formula gets there up to the last bit.
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(k == m, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return np.where(m > 0, low, np.nan), np.where(m > 0, high, np.nan)
+
+
+def realised_lead_times(lead_times: pl.DataFrame, *, seed: int, origin: object) -> pl.DataFrame:
+    """unique_id, lead_time_periods: the lead time each SKU's order placed at `origin` takes, max(L + sigma_L Z, 0)
+    with Z from the SKU's stream keyed by (seed, SKU, "judge@<origin>") (`buffers.streams`): the buffer covers the
+    lead time's variability, so the judge must meet it too. `lead_times`: unique_id, lead_time_periods,
+    lead_time_std_periods (every method is judged on the same draw)."""
+    z = standard_normals(stream_keys(seed, lead_times[ID].to_list(), f"judge@{origin}"), 1)[:, 0]
+    drawn = lead_times["lead_time_periods"].to_numpy() + lead_times["lead_time_std_periods"].fill_null(0.0).to_numpy() * z
+    return lead_times.select(ID, lead_time_periods=pl.Series(np.maximum(drawn, 0.0)))
 
 
 def future_demand(panel: pl.DataFrame, after: object, lead_time_periods: pl.DataFrame) -> pl.DataFrame:
     """unique_id, lead_time_demand_actual, judged: the demand over each SKU's lead time from the first period after
     `after` (the origin's last period), weighted by `lead_time_weights`; judged only when every period of the lead
-    time is in `panel`. `lead_time_periods`: unique_id, lead_time_periods."""
+    time is in `panel`. `lead_time_periods`: unique_id, lead_time_periods (e.g. `realised_lead_times`)."""
     steps = (
         panel.filter(pl.col("ds") > after)
         .join(lead_time_periods, on=ID, how="inner")

@@ -505,6 +505,7 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "model_fell_back": _col(pl.Boolean),
             "n_periods": _col(pl.Int64, checks=pa.Check.ge(1)),
             "n_nonzero": _col(pl.Int64, checks=_NON_NEGATIVE),
+            "flag_cover_capped": _col(pl.Boolean),
         },
         name="recommendations",
         unique=["sku_id", "location_id"],

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from configs.schema import BuffercastConfig
-from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, summarise
+from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, realised_lead_times, summarise
 from features.calendar import to_periods
 from pipeline.contracts import output_columns
 from pipeline.stages import build_recommendations, calibrate_buffers, forecast_stage, profile_sales
@@ -134,7 +134,8 @@ def rolling_evaluation(
         plans = plan_at_origin(cfg, sales, master, as_of, e.targets)
         plan = plans[("buffercast", None)]
         attrs = plan.select(PLAN_COLUMNS)
-        actual = future_demand(panel, start, attrs.select(ID, "lead_time_periods"))
+        lead_times = attrs.select(ID, "lead_time_periods", lead_time_std_periods=pl.col("lead_time_std_days") / cfg.period_days)
+        actual = future_demand(panel, start, realised_lead_times(lead_times, seed=cfg.seed, origin=as_of))
         unjudged += actual.filter(~pl.col("judged")).height
         slices = attrs.select(ID, "policy", "demand_class", "life_cycle", "abc_class", "unit_cost")
         frames = [_plan_windows(plan, "buffercast", pl.col("service_level_target"))]

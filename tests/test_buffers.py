@@ -188,3 +188,17 @@ def test_an_intermittent_sku_with_a_stable_lead_time_error_is_not_jic_on_volatil
     assert rec["policy"] == "hybrid" and not rec["flag_erratic_error"]  # irregular demand: a partial buffer, not JIC
     erratic = one(recommend(sku(**{**intermittent, "error_cv": 4.0, "volatility_class": "erratic"}, lead_time_periods=10.0), SETTINGS))
     assert erratic["policy"] == "JIC" and erratic["flag_erratic_error"]  # what the per-period CV used to say
+
+
+def test_a_buffer_never_covers_more_than_max_cover_days_of_demand():
+    """Demand 2 a day, sigma over the lead time 400 (a wild error): the 99% critical buffer z 2.326 x 400 = 931 units
+    would cover 465 days of demand; the cap of 365 days holds it at 730 units, flags it, states Phi(730 / 400) = 96.6%
+    as the service it can deliver and says why."""
+    wild = dict(critical=True, abc_class="A", mean_demand_per_period=2.0, lead_time_demand=10.0, sigma_lead_time_demand=400.0)
+    wild |= dict(lead_time_std_days=0.0, sigma_review_lead_time_demand=400.0)
+    capped = one(recommend(sku(**wild), SETTINGS))
+    assert capped["flag_cover_capped"] and capped["safety_stock_units"] == 730.0
+    assert capped["expected_service_level"] == pytest.approx(stats.norm.cdf(730 / 400), abs=1e-9)
+    assert "capped at 365 days of mean demand (730.0 units instead of 930.5" in capped["reasons"]
+    free = one(recommend(sku(**wild), SETTINGS.updated({"buffers": {"max_cover_days": None}})))
+    assert not free["flag_cover_capped"] and free["safety_stock_units"] == math.ceil(stats.norm.ppf(0.99) * 400)
