@@ -250,7 +250,7 @@ class ServiceMeasureConfig(_Strict):
     )
     non_critical: dict[AbcClass, ServiceMeasure] = Field(
         {"A": "cycle", "B": "cycle", "C": "cycle"},
-        description="fill_rate: see README (the loss-function formula over-delivers at low targets).",
+        description="fill_rate: see docs/methods.md 4.4 (the loss-function formula over-delivers at low targets).",
     )
 
 
@@ -350,7 +350,7 @@ class BuffersConfig(_Strict):
     )
     calibrate: bool = Field(
         True,
-        description="Size normal-method buffers at the nominal level an isotonic map of backtest coverage gives (per class, README).",
+        description="Size normal-method buffers at the nominal level an isotonic map of backtest coverage gives (per class, docs/methods.md 4.6).",
     )
     calibration_min_points: int = Field(100, ge=10, description="Fewer backtest errors in a demand class: its targets stay uncalibrated.")
     calibration_family_min_points: int | None = Field(

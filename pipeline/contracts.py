@@ -422,11 +422,11 @@ _LIFE_CYCLE_AND_SHAPE = {
     "seasonal_strength": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
 }
 
-#: Version of the published tables' contract (README "Outputs"): bumped when a column is removed or renamed, or its
+#: Version of the published tables' contract (docs/outputs.md): bumped when a column is removed or renamed, or its
 #: type, meaning or allowed values change; a column added at the end does not bump it. History: docs/outputs.md.
 SCHEMA_VERSION = 2
 
-#: The published tables' contracts, version SCHEMA_VERSION (README "Outputs"). Column order is part of the contract.
+#: The published tables' contracts, version SCHEMA_VERSION (docs/outputs.md). Column order is part of the contract.
 OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "recommendations": pa.DataFrameSchema(
         {
