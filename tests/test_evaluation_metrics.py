@@ -632,6 +632,7 @@ def test_median_mase_of_the_run_summary_and_of_the_tracked_metrics(backtest_like
             "capital_tied_up": 1.0,
             "capital_at_risk": 1.0,
             "textbook_safety_stock_value": 1.0,
+            "calibration_status": "calibrated",
         }
     )
     summary = run_summary(recs)
