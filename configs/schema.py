@@ -350,7 +350,8 @@ class BuffersConfig(_Strict):
     )
     calibrate: bool = Field(
         True,
-        description="Size normal-method buffers at the nominal level an isotonic map of backtest coverage gives (per class, docs/methods.md 4.6).",
+        description="Size normal-method buffers at the nominal level an isotonic map of backtest coverage gives "
+        "(per class, docs/methods.md 4.6).",
     )
     calibration_min_points: int = Field(100, ge=10, description="Fewer backtest errors in a demand class: its targets stay uncalibrated.")
     calibration_family_min_points: int | None = Field(
