@@ -61,6 +61,46 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _overrides(
+    *, sales: str | None, sku_master: str | None, no_sku_master: bool, out: str | None, freq: str | None, tracking_uri: str | None
+) -> dict[str, Any]:
+    """The config keys the common command-line flags set."""
+    overrides: dict[str, Any] = {}
+    if sales:
+        overrides.setdefault("input", {})["sales"] = sales
+    if sku_master or no_sku_master:
+        overrides.setdefault("input", {})["sku_master"] = sku_master
+    if out:
+        overrides["output"] = {"folder": out}
+    if freq:
+        overrides["frequency"] = freq
+    if tracking_uri:
+        overrides["tracking"] = {"uri": tracking_uri}
+    return overrides
+
+
+def _run_flow(flow: Any, config: Path | None, overrides: dict[str, Any], what: str) -> Any:
+    """Load and validate the config, run the flow on it; bad input or config exits 2 with one line, any other failure
+    1 (the flow already logged the traceback)."""
+    from configs.schema import ConfigError, load_config
+    from flows.tasks import StageTimeout, StageWorkerDied
+    from pipeline.contracts import InputError
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    _quiet_bad_input_tracebacks()
+    try:
+        return flow(cfg)
+    except InputError as exc:
+        raise _fail(str(exc), 2) from None
+    except (StageTimeout, StageWorkerDied) as exc:
+        raise _fail(str(exc), 1) from None
+    except Exception as exc:  # the flow already logged the traceback; the user gets one line
+        raise _fail(f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
@@ -73,43 +113,15 @@ def run(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking.uri).")] = None,
 ) -> None:
     """Run the whole pipeline: pull, validate, profile, backtest, forecast, recommend, publish, track."""
-    quiet_environment()
-    from configs.schema import ConfigError, load_config
-    from pipeline.contracts import InputError
-
-    overrides: dict[str, Any] = {}
-    if sales:
-        overrides.setdefault("input", {})["sales"] = sales
+    quiet_environment()  # before prefect is imported
     if sku_master and no_sku_master:
         raise _fail("--sku-master and --no-sku-master exclude each other", 2)
-    if sku_master or no_sku_master:
-        overrides.setdefault("input", {})["sku_master"] = sku_master
-    if out:
-        overrides["output"] = {"folder": out}
+    overrides = _overrides(sales=sales, sku_master=sku_master, no_sku_master=no_sku_master, out=out, freq=freq, tracking_uri=tracking_uri)
     if as_of:
         overrides["as_of"] = as_of
-    if freq:
-        overrides["frequency"] = freq
-    if tracking_uri:
-        overrides["tracking"] = {"uri": tracking_uri}
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
     from flows.plan import plan_buffers
-    from flows.tasks import StageTimeout, StageWorkerDied
 
-    _quiet_bad_input_tracebacks()
-
-    try:
-        result = plan_buffers(cfg)
-    except InputError as exc:
-        raise _fail(str(exc), 2) from None
-    except (StageTimeout, StageWorkerDied) as exc:
-        raise _fail(str(exc), 1) from None
-    except Exception as exc:  # the flow already logged the traceback; the user gets one line
-        raise _fail(f"the run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
+    result = _run_flow(plan_buffers, config, overrides, "the run")
     typer.echo(format_summary(result))
 
 
@@ -128,40 +140,13 @@ def evaluate(
     Prints achieved cycle service and safety-stock value per target for buffercast and the baselines (textbook,
     empirical quantile, DDMRP); publishes the `evaluation` table and logs an MLflow run with the trade-off curves.
     """
-    quiet_environment()
-    from configs.schema import ConfigError, load_config
-    from pipeline.contracts import InputError
-
-    overrides: dict[str, Any] = {}
-    if sales:
-        overrides.setdefault("input", {})["sales"] = sales
-    if sku_master:
-        overrides.setdefault("input", {})["sku_master"] = sku_master
-    if out:
-        overrides["output"] = {"folder": out}
+    quiet_environment()  # before prefect is imported
+    overrides = _overrides(sales=sales, sku_master=sku_master, no_sku_master=False, out=out, freq=freq, tracking_uri=tracking_uri)
     if origins:
         overrides["evaluation"] = {"origins": origins}
-    if freq:
-        overrides["frequency"] = freq
-    if tracking_uri:
-        overrides["tracking"] = {"uri": tracking_uri}
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
     from flows.evaluate import evaluate_plans
-    from flows.tasks import StageTimeout, StageWorkerDied
 
-    _quiet_bad_input_tracebacks()
-    try:
-        result = evaluate_plans(cfg)
-    except InputError as exc:
-        raise _fail(str(exc), 2) from None
-    except (StageTimeout, StageWorkerDied) as exc:
-        raise _fail(str(exc), 1) from None
-    except Exception as exc:
-        raise _fail(f"the evaluation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1) from None
+    result = _run_flow(evaluate_plans, config, overrides, "the evaluation")
     typer.echo(format_evaluation(result))
 
 

@@ -176,3 +176,32 @@ def test_the_judge_draws_each_skus_lead_time_from_its_distribution():
     origins = [dt.date(2026, 3, 1) + dt.timedelta(days=d) for d in range(400)]
     draws = [realised_lead_times(lead, seed=1, origin=o)["lead_time_periods"][1] for o in origins]
     assert np.mean(draws) == pytest.approx(5.0, abs=0.3) and np.std(draws) == pytest.approx(2.0, abs=0.3)
+
+
+@pytest.mark.slow
+def test_buffercast_evaluate_prints_achieved_service_per_target(tmp_path, small_catalogue):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    config = tmp_path / "eval.yaml"
+    config.write_text("backtest:\n  n_jobs: 1\nevaluation:\n  targets: [0.9, 0.95]\n")
+    args = [
+        "evaluate",
+        "--config",
+        str(config),
+        "--sales",
+        str(small_catalogue["sales"]),
+        "--sku-master",
+        str(small_catalogue["sku_master"]),
+    ]
+    args += ["--out", str(tmp_path / "out"), "--origins", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "buffercast evaluation: 2 origins" in res.output
+    for method in ("buffercast_sweep", "textbook", "empirical", "ddmrp"):
+        assert method in res.output
+    assert (tmp_path / "out" / "evaluations" / "evaluation").is_dir()
+    bad = runner.invoke(app, ["evaluate", "--freq", "X"])
+    assert bad.exit_code == 2 and "'frequency'" in bad.output
