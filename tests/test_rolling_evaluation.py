@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -146,43 +145,13 @@ def test_rolling_evaluation_publishes_a_valid_table(catalogue):
 
 
 @pytest.mark.slow
-def test_the_evaluate_flow_publishes_the_table_and_tracks_the_curves(prefect_harness, small_catalogue, make_config):
+def test_buffercast_evaluate_prints_achieved_service_per_target(prefect_harness, tmp_path, small_catalogue):
     from mlflow.tracking import MlflowClient
-
-    from flows.evaluate import EVALUATIONS, TRADEOFF_FILE, evaluate_plans
-    from flows.publish import read_table
-
-    cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"], evaluation={"origins": 2, "targets": [0.9, 0.95]})
-    result = evaluate_plans(cfg)
-    as_of = dt.date.fromisoformat(result["as_of"])
-    published = read_table(str(Path(cfg.output.folder) / EVALUATIONS), "evaluation", as_of)
-    assert published.equals(result["summary"]) and published.height > 0
-    assert len(result["origins"]) == 2 and result["judged_windows"] > 0
-    client = MlflowClient(cfg.tracking.uri)
-    run = client.get_run(result["mlflow_run_id"])
-    assert run.info.status == "FINISHED"
-    assert "buffercast_sweep_95_achieved" in run.data.metrics and "ddmrp_achieved" in run.data.metrics
-    assert TRADEOFF_FILE in {a.path for a in client.list_artifacts(run.info.run_id)}
-
-
-def test_the_judge_draws_each_skus_lead_time_from_its_distribution():
-    from evaluation.rolling import realised_lead_times
-
-    lead = pl.DataFrame({"unique_id": ["fixed", "varies"], "lead_time_periods": [5.0, 5.0], "lead_time_std_periods": [0.0, 2.0]})
-    first = realised_lead_times(lead, seed=1, origin=dt.date(2026, 3, 1))
-    again = realised_lead_times(lead.reverse(), seed=1, origin=dt.date(2026, 3, 1)).sort("unique_id")
-    assert first.equals(again)  # keyed by SKU, not by position
-    assert first["lead_time_periods"][0] == 5.0 and first["lead_time_periods"][1] != 5.0
-    origins = [dt.date(2026, 3, 1) + dt.timedelta(days=d) for d in range(400)]
-    draws = [realised_lead_times(lead, seed=1, origin=o)["lead_time_periods"][1] for o in origins]
-    assert np.mean(draws) == pytest.approx(5.0, abs=0.3) and np.std(draws) == pytest.approx(2.0, abs=0.3)
-
-
-@pytest.mark.slow
-def test_buffercast_evaluate_prints_achieved_service_per_target(tmp_path, small_catalogue):
     from typer.testing import CliRunner
 
     from flows.cli import app
+    from flows.evaluate import EVALUATIONS, TRADEOFF_FILE
+    from flows.publish import read_table
 
     runner = CliRunner()
     config = tmp_path / "eval.yaml"
@@ -202,6 +171,27 @@ def test_buffercast_evaluate_prints_achieved_service_per_target(tmp_path, small_
     assert "buffercast evaluation: 2 origins" in res.output
     for method in ("buffercast_sweep", "textbook", "empirical", "ddmrp"):
         assert method in res.output
-    assert (tmp_path / "out" / "evaluations" / "evaluation").is_dir()
+    # The table is published under its own root, with its contract; the MLflow run holds the metrics and the curves.
+    published = read_table(str(tmp_path / "out" / EVALUATIONS), "evaluation")
+    assert published.height > 0 and set(published["method"]) == {"buffercast", "buffercast_sweep", "textbook", "empirical", "ddmrp"}
+    run_id = next(line for line in res.output.splitlines() if "MLflow run" in line).split()[2]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "buffercast_sweep_95_achieved" in run.data.metrics and "ddmrp_achieved" in run.data.metrics
+    assert TRADEOFF_FILE in {a.path for a in client.list_artifacts(run_id)}
     bad = runner.invoke(app, ["evaluate", "--freq", "X"])
     assert bad.exit_code == 2 and "'frequency'" in bad.output
+
+
+def test_the_judge_draws_each_skus_lead_time_from_its_distribution():
+    from evaluation.rolling import realised_lead_times
+
+    lead = pl.DataFrame({"unique_id": ["fixed", "varies"], "lead_time_periods": [5.0, 5.0], "lead_time_std_periods": [0.0, 2.0]})
+    first = realised_lead_times(lead, seed=1, origin=dt.date(2026, 3, 1))
+    again = realised_lead_times(lead.reverse(), seed=1, origin=dt.date(2026, 3, 1)).sort("unique_id")
+    assert first.equals(again)  # keyed by SKU, not by position
+    assert first["lead_time_periods"][0] == 5.0 and first["lead_time_periods"][1] != 5.0
+    origins = [dt.date(2026, 3, 1) + dt.timedelta(days=d) for d in range(400)]
+    draws = [realised_lead_times(lead, seed=1, origin=o)["lead_time_periods"][1] for o in origins]
+    assert np.mean(draws) == pytest.approx(5.0, abs=0.3) and np.std(draws) == pytest.approx(2.0, abs=0.3)
