@@ -13,11 +13,11 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.calendar import period_days
 from features.sbc import DEMAND_CLASSES
@@ -33,13 +33,15 @@ class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names the key."""
 
 
-def _periods_per_frequency(name: str, value: dict[str, int]) -> dict[str, int]:
-    """A whole number of periods >= 1 for each of D, W and M."""
+def _every_frequency(value: dict[str, int]) -> dict[str, int]:
     missing = sorted({"D", "W", "M"} - set(value))
-    bad = {k: v for k, v in value.items() if v < 1}
-    if missing or bad:
-        raise ValueError(f"{name} needs a number of periods >= 1 for D, W and M; missing {missing}, bad {bad}")
+    if missing:
+        raise ValueError(f"needs a number of periods for D, W and M; missing {missing}")
     return value
+
+
+#: A number of periods (>= 1) for each frequency.
+PeriodsPerFrequency = Annotated[dict[Frequency, Annotated[int, Field(ge=1)]], AfterValidator(_every_frequency)]
 
 
 class _Strict(BaseModel):
@@ -179,16 +181,11 @@ class ModelsConfig(_Strict):
     quantiles: list[float] = Field(
         [0.5, 0.9, 0.95, 0.99], description="Demand quantiles per forecast step, published as q50, q90, ... next to the mean."
     )
-    empirical_window: dict[Frequency, int] = Field(
+    empirical_window: PeriodsPerFrequency = Field(
         {"D": 365, "W": 104, "M": 36},
         description="Trailing periods of demand per frequency behind the quantiles of models without native intervals "
         "(Croston, TSB, ADIDA, IMAPA); all history when shorter.",
     )
-
-    @field_validator("empirical_window")
-    @classmethod
-    def _window(cls, v: dict[str, int]) -> dict[str, int]:
-        return _periods_per_frequency("models.empirical_window", v)
 
     @field_validator("quantiles")
     @classmethod
@@ -323,16 +320,11 @@ class BuffersConfig(_Strict):
         ["intermittent", "lumpy"], description="Buffered by the bootstrap quantile of lead-time demand instead of the normal formula."
     )
     bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap samples of lead-time demand per SKU.")
-    bootstrap_history: dict[Frequency, int] = Field(
+    bootstrap_history: PeriodsPerFrequency = Field(
         {"D": 365, "W": 104, "M": 36},
         description="Trailing periods of demand per frequency the bootstrap draws from (all history when shorter): enough "
         "lead-time windows at every frequency for its 95% and 99% quantiles to differ.",
     )
-
-    @field_validator("bootstrap_history")
-    @classmethod
-    def _history(cls, v: dict[str, int]) -> dict[str, int]:
-        return _periods_per_frequency("buffers.bootstrap_history", v)
     declining_trend_strength: float = Field(
         0.4, ge=0.0, le=1.0, description="Obsolescence risk, declining: a trend at least this strong ..."
     )

@@ -37,6 +37,7 @@ import polars as pl
 from scipy import stats
 
 from buffers.streams import standard_normals, stream_keys
+from evaluation.windows import lead_time_weights
 
 ID = "unique_id"
 #: The plan's columns the judge reads (from the published `recommendations`, plus unique_id).
@@ -52,19 +53,15 @@ DDMRP_VF = {"smooth": 0.25, "erratic": 0.5, "intermittent": 0.5, "lumpy": 0.75, 
 
 
 def wilson_interval(covered: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion covered / n (Wilson 1927): (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n).
+    """Wilson score interval of each proportion covered / n (Wilson 1927; scipy's `binomtest(...).proportion_ci`);
     NaN where n = 0."""
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    k, m = np.asarray(covered, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / m
-        denom = 1 + z * z / m
-        centre = (p + z * z / (2 * m)) / denom
-        half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
-    # At p = 0 (p = 1) the lower (upper) bound is 0 (1) exactly; the formula gets there up to the last bit.
-    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
-    high = np.where(k == m, 1.0, np.clip(centre + half, 0.0, 1.0))
-    return np.where(m > 0, low, np.nan), np.where(m > 0, high, np.nan)
+    k, m = np.atleast_1d(covered).astype(int), np.atleast_1d(n).astype(int)
+    bounds = [
+        stats.binomtest(a, b).proportion_ci(confidence, method="wilson") if b > 0 else None for a, b in zip(k, m, strict=True)
+    ]
+    low = np.array([np.nan if ci is None else ci.low for ci in bounds])
+    high = np.array([np.nan if ci is None else ci.high for ci in bounds])
+    return (low, high) if np.ndim(covered) or np.ndim(n) else (low[0], high[0])
 
 
 def realised_lead_times(lead_times: pl.DataFrame, *, seed: int, origin: object) -> pl.DataFrame:
@@ -87,7 +84,7 @@ def future_demand(panel: pl.DataFrame, after: object, lead_time_periods: pl.Data
         .sort(ID, "ds")
         .with_columns(step=pl.col("ds").rank("ordinal").over(ID).cast(pl.Int64))
     )
-    w = (pl.col("lead_time_periods") - (pl.col("step") - 1)).clip(0.0, 1.0)
+    w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
     needed = pl.col("lead_time_periods").ceil().clip(1, None)
     return (
         steps.group_by(ID, maintain_order=True)

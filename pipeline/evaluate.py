@@ -24,8 +24,9 @@ import polars as pl
 from configs.schema import BuffercastConfig
 from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, realised_lead_times, summarise
 from features.calendar import to_periods
+from forecasting.models import POLARS_FREQ
 from pipeline.contracts import output_columns
-from pipeline.stages import build_recommendations, calibrate_buffers, forecast_stage, profile_sales
+from pipeline.stages import calibrated_recommendations, forecast_stage, profile_sales
 
 ID = "unique_id"
 
@@ -39,13 +40,8 @@ class RollingEvaluation:
 
 
 def _period_end(start: dt.date, frequency: str) -> dt.date:
-    """The last day of the period starting on `start`."""
-    if frequency == "D":
-        return start
-    if frequency == "W":
-        return start + dt.timedelta(days=6)
-    first_next = dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
-    return first_next - dt.timedelta(days=1)
+    """The last day of the period starting on `start`: the next period's start, a day before."""
+    return pl.Series([start]).dt.offset_by(POLARS_FREQ[frequency]).dt.offset_by("-1d")[0]
 
 
 def evaluation_origins(periods: pl.Series, cfg: BuffercastConfig) -> list[dt.date]:
@@ -86,16 +82,7 @@ def plan_at_origin(
     keys = p.keys.select(ID, "sku_id", "location_id")
     plans = {}
     for key, c in [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]:
-        recs = build_recommendations(
-            as_of=as_of,
-            profiles=p.profiles,
-            attrs=p.attrs,
-            fc=fc,
-            cfg=c,
-            panel=p.panel,
-            calibration=calibrate_buffers(p.profiles, fc, c, p.panel),
-            replay=False,
-        )
+        recs, _ = calibrated_recommendations(c, as_of, p, fc, replay=False)
         plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
     return plans
 

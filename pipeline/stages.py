@@ -82,21 +82,23 @@ def scenarios(cfg: BuffercastConfig) -> list[Scenario]:
     ]
 
 
+def calibrated_recommendations(
+    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult, replay: bool = True
+) -> tuple[pl.DataFrame, Calibration | None]:
+    """The calibration maps (`calibrate_buffers`) and the recommendations sized with them (`build_recommendations`)."""
+    calibration = calibrate_buffers(p.profiles, fc, cfg, p.panel)
+    recs = build_recommendations(
+        as_of=as_of, profiles=p.profiles, attrs=p.attrs, fc=fc, cfg=cfg, panel=p.panel, calibration=calibration, replay=replay
+    )
+    return recs, calibration
+
+
 def recommend_stage(
     cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult
 ) -> tuple[pl.DataFrame, pl.DataFrame, Calibration | None]:
     """The recommendations (calibrated on the backtest, replayed over the held-out demand), the disruption stress
     test and the calibration (None when off)."""
-    calibration = calibrate_buffers(p.profiles, fc, cfg, p.panel)
-    recs = build_recommendations(
-        as_of=as_of,
-        profiles=p.profiles,
-        attrs=p.attrs,
-        fc=fc,
-        cfg=cfg,
-        panel=p.panel,
-        calibration=calibration,
-    )
+    recs, calibration = calibrated_recommendations(cfg, as_of, p, fc)
     stress = build_scenarios(
         as_of=as_of,
         recs=recs,
