@@ -5,6 +5,9 @@
 - JIT when every factor is benign: not critical, short and reliable lead time, stable forecast error (X),
   smooth demand, and a backtest to prove it.
 - hybrid otherwise: a buffer for the variable part only (see `buffered_components`).
+- The policy uses what the forecast cannot explain: sizes that vary a lot (SBC class `erratic`) count as irregular
+  only when the forecast error is not stable; a seasonal or trending series that is well forecast is not.
+- `policy.force` (a what-if, and the evaluation's pure JIT / JIC baselines) gives every SKU one policy.
 
 Every rule is a boolean flag column (machine-readable) and a sentence in `reasons` (planner-readable).
 """
@@ -59,7 +62,7 @@ def policy_flags(t: PolicyConfig) -> list[pl.Expr]:
         ((lt > t.jit_max_lead_time_days) & (lt < t.jic_min_lead_time_days)).alias("flag_moderate_lead_time"),
         ((lt_cv > t.jit_max_lead_time_cv) & (lt_cv < t.jic_min_lead_time_cv)).alias("flag_variable_lead_time"),
         (vol == "variable").alias("flag_variable_error"),
-        cls.is_in(["erratic", "intermittent"]).alias("flag_irregular_demand"),
+        ((cls == "intermittent") | ((cls == "erratic") & (vol != "stable"))).alias("flag_irregular_demand"),
         ((vol == "not_backtested") | (cls == "insufficient_history")).alias("flag_no_backtest"),
         (pl.col("life_cycle") == "dead").alias("flag_dead"),
         (pl.col("life_cycle") == "new").alias("flag_new"),
@@ -71,12 +74,14 @@ def no_buffer() -> pl.Expr:
     return pl.col("flag_dead") & ~pl.col("flag_critical")
 
 
-def policy_expr() -> pl.Expr:
-    """JIT (no buffer) if dead and not critical, else JIC if any JIC flag, else hybrid if any hybrid flag, else JIT."""
+def policy_expr(t: PolicyConfig) -> pl.Expr:
+    """JIT (no buffer) if dead and not critical, else `t.force` if set, else JIC if any JIC flag, else hybrid if any
+    hybrid flag, else JIT."""
+    out = pl.when(no_buffer()).then(pl.lit("JIT"))
+    if t.force is not None:
+        return out.otherwise(pl.lit(t.force))
     return (
-        pl.when(no_buffer())
-        .then(pl.lit("JIT"))
-        .when(pl.any_horizontal(*JIC_FLAGS))
+        out.when(pl.any_horizontal(*JIC_FLAGS))
         .then(pl.lit("JIC"))
         .when(pl.any_horizontal(*HYBRID_FLAGS))
         .then(pl.lit("hybrid"))
@@ -103,10 +108,12 @@ def reasons_expr(t: PolicyConfig, period_days: float) -> pl.Expr:
     lt = pl.col("lead_time_days")
     lt_cv = _lead_time_cv()
     err = _fmt(pl.col("error_cv"))
+    dead = pl.when(no_buffer()).then(
+        pl.format("dead: no sale in the last {} days (obsolescence risk): no buffer, no reorder; review for phase-out", since_last_sale)
+    )
     parts = [
-        pl.when(no_buffer()).then(
-            pl.format("dead: no sale in the last {} days (obsolescence risk): no buffer, no reorder; review for phase-out", since_last_sale)
-        ),
+        pl.when(pl.lit(t.force is not None) & ~no_buffer()).then(pl.lit(f"policy forced to {t.force} by the config (policy.force)")),
+        dead,
         pl.when("flag_critical").then(pl.lit("critical item")),
         pl.when(pl.col("flag_dead") & pl.col("flag_critical")).then(
             pl.format("no sale in the last {} days: buffer kept as the item is critical; review the obsolescence risk", since_last_sale)
@@ -127,14 +134,26 @@ def reasons_expr(t: PolicyConfig, period_days: float) -> pl.Expr:
         pl.when("flag_irregular_demand").then(
             pl.format("{} demand pattern (ADI {}, CV2 {})", pl.col("demand_class"), _fmt(pl.col("adi")), _fmt(pl.col("cv2")))
         ),
+        pl.when((pl.col("demand_class") == "erratic") & (pl.col("volatility_class") == "stable")).then(
+            pl.format(
+                "sizes vary (CV2 {}) but the forecast explains it (error CV {}, stable): seasonality or trend, not noise",
+                _fmt(pl.col("cv2")),
+                err,
+            )
+        ),
         pl.when("flag_new").then(pl.lit("new product: first sale too recent to backtest")),
         pl.when("flag_no_backtest").then(pl.lit("too little history to backtest: sigma from one-step error x sqrt(lead time)")),
-        pl.when((pl.col("policy") == "JIT") & ~no_buffer()).then(
-            pl.format("stable demand (error CV {}), smooth pattern, short reliable lead time ({} d), not critical", err, _fmt(lt, 1))
+        pl.when((pl.col("policy") == "JIT") & ~no_buffer() & pl.lit(t.force is None)).then(
+            pl.format(
+                "stable demand (error CV {}), {} pattern, short reliable lead time ({} d), not critical",
+                err,
+                pl.col("demand_class"),
+                _fmt(lt, 1),
+            )
         ),
         pl.when(~pl.col("in_sku_master")).then(pl.lit("not in the SKU master: lead time, its std and unit cost from config defaults")),
         pl.when(pl.col("model_fell_back")).then(pl.lit("the chosen model could not be fitted: fallback model used")),
     ]
     joined = pl.concat_list(parts).list.drop_nulls().list.join("; ")
     # A dead SKU without a buffer needs one reason: the others (lead time, volatility) no longer decide anything.
-    return pl.when(no_buffer()).then(parts[0]).otherwise(joined)
+    return pl.when(no_buffer()).then(dead).otherwise(joined)

@@ -226,7 +226,7 @@ def service_level_targets(skus: pl.DataFrame, cfg: BuffercastConfig) -> pl.DataF
         .join(_cells(cfg.service_levels), on=["abc_class", "critical"], how="left")
         .with_columns(lead_time_std_periods=pl.col("lead_time_std_days").fill_null(0.0) / cfg.period_days)
         .with_columns(policy_flags(cfg.policy))
-        .with_columns(policy=policy_expr())
+        .with_columns(policy=policy_expr(cfg.policy))
         .with_columns(
             service_level_target=pl.when(pl.col("policy") == "JIT").then(pl.lit(cfg.service_levels.jit)).otherwise("_matrix_level"),
             service_level_measure=pl.when(pl.col("policy") == "JIT").then(pl.lit("cycle")).otherwise("_matrix_measure"),

@@ -285,6 +285,11 @@ class PolicyConfig(_Strict):
     jic_min_lead_time_days: float = Field(30.0, gt=0.0, description="A lead time at least this is long: JIC.")
     jit_max_lead_time_cv: float = Field(0.2, ge=0.0, description="JIT needs lead-time std / mean at most this.")
     jic_min_lead_time_cv: float = Field(0.5, ge=0.0, description="Lead-time std / mean at least this is unreliable: JIC.")
+    force: Literal["JIT", "hybrid", "JIC"] | None = Field(
+        None,
+        description="Every SKU gets this policy whatever its flags (a what-if; the evaluation's pure JIT and JIC baselines). "
+        "Dead, non-critical SKUs still get no buffer.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicyConfig:
@@ -397,9 +402,7 @@ class EvaluationConfig(_Strict):
     each plan on the demand after it (docs/methods.md, 5)."""
 
     origins: int = Field(6, ge=1, description="Rolling origins, the last one holdout_days before the end of the data.")
-    step_days: int | None = Field(
-        None, ge=1, description="Days between origins; null: the review period (defaults.review_period_days)."
-    )
+    step_days: int | None = Field(None, ge=1, description="Days between origins; null: the review period (defaults.review_period_days).")
     holdout_days: int = Field(
         90, ge=1, description="Days after the last origin kept for judging it (at least the longest lead time to judge them all)."
     )

@@ -679,12 +679,14 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
 }
 
 
+#: The methods an evaluation judges (pipeline/evaluate.py, evaluation/rolling.py).
+EVALUATION_METHODS = ("buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp")
 #: The table `buffercast evaluate` publishes (under <output folder>/evaluations/): a plan run does not write it.
 EVALUATION_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "evaluation": pa.DataFrameSchema(
         {
             "as_of": _col(pl.Date),
-            "method": _col(pl.String, checks=pa.Check.isin(["buffercast", "buffercast_sweep", "textbook", "empirical", "ddmrp"])),
+            "method": _col(pl.String, checks=pa.Check.isin(EVALUATION_METHODS)),
             "target": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
             "slice": _col(pl.String, checks=pa.Check.isin(["all", "demand_class", "policy", "life_cycle", "abc_class"])),
             "value": _col(pl.String, nullable=True),
@@ -694,8 +696,10 @@ EVALUATION_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "achieved_low": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "achieved_high": _col(pl.Float64, checks=_UNIT_INTERVAL),
             "expected": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
+            "replayed": _col(pl.Int64, checks=_NON_NEGATIVE),
             "fill_rate": _col(pl.Float64, nullable=True, checks=_UNIT_INTERVAL),
             "units_short": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "on_hand_value": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
             "safety_stock_value": _col(pl.Float64, nullable=True, checks=_NON_NEGATIVE),
         },
         name="evaluation",

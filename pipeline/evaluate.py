@@ -10,7 +10,12 @@ Methods judged on the same windows:
 - `buffercast`: the plan as configured (each SKU at its own target, its own policy);
 - `buffercast_sweep`: every SKU at each target of `evaluation.targets` (cycle service, the JIT level too), for the
   trade-off curve; the profile and the forecast of an origin are computed once and reused across targets;
+- `jit`, `jic`: buffercast's plan with every SKU forced to pure JIT (the JIT level) or pure JIC (the full buffer at
+  its matrix target) by `policy.force`;
 - `textbook`, `empirical` at each target, and `ddmrp` (`evaluation.rolling.baselines`).
+
+Each window is judged on cycle service over the realised lead time, and by a replay of the plan's order-up-to policy
+until the next origin for fill rate, units short and on-hand stock (`evaluation.rolling.replay_windows`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from configs.schema import BuffercastConfig
-from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, realised_lead_times, summarise
+from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, realised_lead_times, replay_windows, summarise
 from features.calendar import to_periods
 from forecasting.models import POLARS_FREQ
 from pipeline.contracts import output_columns
@@ -44,12 +49,18 @@ def _period_end(start: dt.date, frequency: str) -> dt.date:
     return pl.Series([start]).dt.offset_by(POLARS_FREQ[frequency]).dt.offset_by("-1d")[0]
 
 
+def step_periods(cfg: BuffercastConfig) -> int:
+    """Periods between two origins: `evaluation.step_days`, else the review period (at least one period)."""
+    e = cfg.evaluation
+    return cfg.periods(e.step_days if e.step_days else max(cfg.defaults.review_period_days, cfg.period_days))
+
+
 def evaluation_origins(periods: pl.Series, cfg: BuffercastConfig) -> list[dt.date]:
-    """The origins' period starts: K = `evaluation.origins` periods `step` apart, the last `holdout_days` (in whole
-    periods) before the last period of the data; fewer when the data is too short (never the first period)."""
+    """The origins' period starts: K = `evaluation.origins` periods `step_periods` apart, the last `holdout_days` (in
+    whole periods) before the last period of the data; fewer when the data is too short (never the first period)."""
     e = cfg.evaluation
     starts = periods.unique().sort().to_list()
-    step = cfg.periods(e.step_days if e.step_days else max(cfg.defaults.review_period_days, cfg.period_days))
+    step = step_periods(cfg)
     last = len(starts) - 1 - cfg.periods(e.holdout_days)
     picked = [starts[i] for i in range(last, 0, -step)][: e.origins] if last > 0 else []
     return sorted(picked)
@@ -74,14 +85,17 @@ def _at_target(cfg: BuffercastConfig, target: float) -> BuffercastConfig:
 def plan_at_origin(
     cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, targets: list[float]
 ) -> dict[tuple[str, float | None], pl.DataFrame]:
-    """The plans an origin publishes from `sales` up to `as_of` only: ("buffercast", None) as configured and
-    ("buffercast_sweep", target) per target; each the `recommendations` table plus unique_id."""
+    """The plans an origin publishes from `sales` up to `as_of` only: ("buffercast", None) as configured,
+    ("buffercast_sweep", target) per target, ("jit", None) and ("jic", None) with every SKU forced to that policy;
+    each the `recommendations` table plus unique_id."""
     cfg = cfg.updated({"as_of": as_of})
     p = profile_sales(cfg, sales.filter(pl.col("date") <= as_of), master, as_of)
     fc = forecast_stage(cfg, p)
     keys = p.keys.select(ID, "sku_id", "location_id")
     plans = {}
-    for key, c in [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]:
+    variants = [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]
+    variants += [((policy.lower(), None), cfg.updated({"policy": {"force": policy}})) for policy in ("JIT", "JIC")]
+    for key, c in variants:
         recs, _ = calibrated_recommendations(c, as_of, p, fc, replay=False)
         plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
     return plans
@@ -96,6 +110,7 @@ def _plan_windows(plan: pl.DataFrame, method: str, target: pl.Expr) -> pl.DataFr
         expected_service_level=pl.col("expected_service_level"),
         reorder_point=pl.col("reorder_point_units"),
         safety_stock_units=pl.col("safety_stock_units"),
+        order_up_to=pl.col("order_up_to_units"),
     )
 
 
@@ -112,6 +127,7 @@ def rolling_evaluation(
     panel = to_periods(sales, freq=cfg.frequency, as_of=last_date, week_start=cfg.week_start, input_grain=cfg.input.grain)
     starts = evaluation_origins(panel["ds"], cfg)
     history_periods = cfg.bootstrap_history_periods
+    step = step_periods(cfg)
     parts, unjudged, as_ofs = [], 0, []
     for number, start in enumerate(starts, 1):
         as_of = _period_end(start, cfg.frequency)
@@ -122,10 +138,11 @@ def rolling_evaluation(
         plan = plans[("buffercast", None)]
         attrs = plan.select(PLAN_COLUMNS)
         lead_times = attrs.select(ID, "lead_time_periods", lead_time_std_periods=pl.col("lead_time_std_days") / cfg.period_days)
-        actual = future_demand(panel, start, realised_lead_times(lead_times, seed=cfg.seed, origin=as_of))
+        realised = realised_lead_times(lead_times, seed=cfg.seed, origin=as_of)
+        actual = future_demand(panel, start, realised)
         unjudged += actual.filter(~pl.col("judged")).height
-        slices = attrs.select(ID, "policy", "demand_class", "life_cycle", "abc_class", "unit_cost")
-        frames = [_plan_windows(plan, "buffercast", pl.col("service_level_target"))]
+        slices = attrs.select(ID, "policy", "demand_class", "life_cycle", "abc_class", "unit_cost", "review_periods")
+        frames = [_plan_windows(p, method, pl.col("service_level_target")) for (method, t), p in plans.items() if t is None]
         frames += [_plan_windows(swept, "buffercast_sweep", pl.lit(t)) for (_, t), swept in plans.items() if t is not None]
         base = baselines(
             panel.filter(pl.col("ds") <= start),
@@ -144,7 +161,7 @@ def rolling_evaluation(
             .join(actual.filter("judged").drop("judged"), on=ID, how="inner")
             .with_columns(origin=pl.lit(as_of))
         )
-        parts.append(judge(windows))
+        parts.append(judge(replay_windows(panel, start, windows, realised, step)))
     windows = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
     summary = summarise(windows).select(c for c in output_columns("evaluation") if c != "as_of") if parts else pl.DataFrame()
     return RollingEvaluation(as_ofs, windows, summary, unjudged)

@@ -308,7 +308,7 @@ def evaluation_metrics(table: pl.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in table.filter(pl.col("slice") == "all").iter_rows(named=True):
         key = row["method"] + ("" if row["target"] is None else f"_{round(row['target'] * 100, 1):g}")
-        for column in ("achieved", "achieved_low", "achieved_high", "fill_rate", "safety_stock_value"):
+        for column in ("achieved", "achieved_low", "achieved_high", "fill_rate", "on_hand_value", "safety_stock_value"):
             if row[column] is not None:
                 out[f"{key}_{column}"] = float(row[column])
         out[f"{key}_windows"] = float(row["windows"])

@@ -103,7 +103,8 @@ RULES = [
     ({"lead_time_std_days": 1.5}, "hybrid", "flag_variable_lead_time", "variable lead time (std/mean 0.3)"),
     ({"volatility_class": "variable", "error_cv": 0.7}, "hybrid", "flag_variable_error", "variable demand (error CV 0.7)"),
     ({"demand_class": "intermittent", "adi": 1.5, "cv2": 0.2}, "hybrid", "flag_irregular_demand", "intermittent demand pattern"),
-    ({"demand_class": "erratic", "cv2": 0.6}, "hybrid", "flag_irregular_demand", "erratic demand pattern"),
+    # Sizes that vary (SBC erratic) but a stable forecast error: the forecast explains them (season, trend): no flag.
+    ({"demand_class": "erratic", "cv2": 0.6}, "JIT", None, "sizes vary (CV2 0.6) but the forecast explains it (error CV 0.3, stable)"),
     ({"volatility_class": "not_backtested", "error_cv": None}, "hybrid", "flag_no_backtest", "too little history"),
 ]
 
@@ -116,6 +117,31 @@ def test_policy_rules_one_sku_per_rule(change, policy, flag, reason):
     assert reason in rec["reasons"]
     raised = [f for f in FLAG_COLUMNS if rec[f]]
     assert raised == ([flag] if flag else [])
+
+
+def test_erratic_sizes_count_as_irregular_only_when_the_forecast_cannot_explain_them():
+    """SBC erratic (CV2 0.6 >= 0.49) with a variable error (CV 0.7): irregular and variable, a hybrid; the same sizes
+    with a stable error (a seasonal series the model follows) leave no flag: JIT, and the reasons say why."""
+    unexplained = one(recommend(sku(demand_class="erratic", cv2=0.6, volatility_class="variable", error_cv=0.7), SETTINGS))
+    assert unexplained["policy"] == "hybrid"
+    assert [f for f in FLAG_COLUMNS if unexplained[f]] == ["flag_variable_error", "flag_irregular_demand"]
+    assert "erratic demand pattern (ADI" in unexplained["reasons"]
+    explained = one(recommend(sku(demand_class="erratic", cv2=0.6), SETTINGS))
+    assert explained["policy"] == "JIT" and not explained["flag_irregular_demand"]
+    assert "stable demand (error CV 0.3), erratic pattern" in explained["reasons"]
+
+
+@pytest.mark.parametrize("forced", ["JIT", "hybrid", "JIC"])
+def test_policy_force_gives_every_sku_one_policy_but_dead_skus_no_buffer(forced):
+    cfg = SETTINGS.updated({"policy": {"force": forced}})
+    critical = one(recommend(sku(critical=True), cfg))
+    benign = one(recommend(sku(), cfg))
+    dead = one(recommend(sku(life_cycle="dead", periods_since_last_sale=120), cfg))
+    assert (critical["policy"], benign["policy"], dead["policy"]) == (forced, forced, "JIT")
+    assert f"policy forced to {forced} by the config (policy.force)" in benign["reasons"]
+    assert "stable demand" not in benign["reasons"] and dead["safety_stock_units"] == 0.0
+    # The flags still say what the SKU is: the critical one keeps its flag.
+    assert critical["flag_critical"] and not benign["flag_critical"]
 
 
 def test_jit_buffer_is_minimal_and_hybrid_buffers_only_the_variable_part():

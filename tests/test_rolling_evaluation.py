@@ -10,7 +10,16 @@ import polars as pl
 import pytest
 
 from configs.schema import load_config
-from evaluation.rolling import _lead_time_sums, baselines, future_demand, judge, summarise, wilson_interval
+from evaluation.rolling import (
+    _lead_time_sums,
+    baselines,
+    capital_at_equal_service,
+    future_demand,
+    judge,
+    replay_windows,
+    summarise,
+    wilson_interval,
+)
 from flows.sample_data import generate_catalogue
 from pipeline.contracts import validate_sales, validate_sku_master
 from pipeline.evaluate import _period_end, evaluation_origins, plan_at_origin, rolling_evaluation
@@ -52,7 +61,9 @@ def test_lead_time_sums_by_hand():
 def test_baselines_textbook_empirical_and_ddmrp_by_hand():
     y = [2.0, 4.0] * 10  # mean 3, sd (ddof 1) = sqrt(20/19)
     history = daily({"s": y})
-    plan = pl.DataFrame({"unique_id": ["s"], "lead_time_periods": [2.0], "lead_time_days": [2.0], "demand_class": ["smooth"]})
+    plan = pl.DataFrame(
+        {"unique_id": ["s"], "lead_time_periods": [2.0], "lead_time_days": [2.0], "review_periods": [7.0], "demand_class": ["smooth"]}
+    )
     out = baselines(
         history, plan, [0.9], history_periods=365, adu_periods=20, period_days=1.0, short_lead_time_days=7, long_lead_time_days=30
     )
@@ -63,6 +74,30 @@ def test_baselines_textbook_empirical_and_ddmrp_by_hand():
     # ADU 3, DLT 2, short lead time LTF 0.75, smooth VF 0.25: red 3 x 2 x 0.75 x 1.25 = 5.625, yellow 6.
     assert rows["ddmrp"]["reorder_point"] == pytest.approx(11.625) and rows["ddmrp"]["safety_stock_units"] == pytest.approx(5.625)
     assert rows["ddmrp"]["target"] is None
+    # Order-up-to: ROP + mean demand over the review period (3 x 7); DDMRP's top of green, green = max(ADU x DLT x LTF
+    # 4.5, ADU x R 21) = 21.
+    assert rows["textbook"]["order_up_to"] == pytest.approx(rows["textbook"]["reorder_point"] + 21)
+    assert rows["empirical"]["order_up_to"] == 27.0 and rows["ddmrp"]["order_up_to"] == pytest.approx(11.625 + 21)
+
+
+def test_the_replay_follows_the_order_up_to_policy_until_the_next_origin():
+    """ROP 10, S 16, review 1, realised lead time 2, origins 2 periods apart: the replay covers 2 + 2 periods.
+    Origin: on hand 10 = ROP, order 6 (arrives at period 3). 1: demand 4, on hand 6, position 12. 2: demand 5, on hand
+    1, position 7 <= 10: order 9 (arrives at 5, after the replay). 3: 6 arrive, demand 6, on hand 1. 4: demand 3,
+    1 served, 2 short. Fill rate 16 / 18; mean on hand (6 + 1 + 1 + 0) / 4 = 2. SKU b has 3 periods after its
+    origin, the replay needs 4: not replayed."""
+    panel = daily({"a": [0, 4, 5, 6, 3, 9], "b": [0, 1, 1, 1]})
+    origin = START
+    windows = pl.DataFrame(
+        {"unique_id": ["a", "b"], "reorder_point": [10.0, 10.0], "order_up_to": [16.0, 16.0], "review_periods": [1.0, 1.0]}
+    )
+    lead = pl.DataFrame({"unique_id": ["a", "b"], "lead_time_periods": [2.2, 2.0]})  # rounded half up: 2
+    out = replay_windows(panel, origin, windows, lead, step_periods=2)
+    a, b = out.row(0, named=True), out.row(1, named=True)
+    assert (a["replayed"], a["replay_demand"], a["replay_short"]) == (True, 18.0, 2.0)
+    assert a["replay_on_hand"] == pytest.approx(2.0)
+    assert (b["replayed"], b["replay_demand"], b["replay_short"], b["replay_on_hand"]) == (False, None, None, None)
+    assert out.columns[:4] == windows.columns  # the windows come back in order, with the replay's columns
 
 
 def test_judge_and_summarise_count_windows_fill_rate_and_capital():
@@ -76,6 +111,10 @@ def test_judge_and_summarise_count_windows_fill_rate_and_capital():
             "safety_stock_units": [2.0, 2.0, 4.0, 4.0],
             "unit_cost": [1.0, 1.0, 2.0, 2.0],
             "lead_time_demand_actual": [8.0, 10.0, 14.0, 0.0],
+            "replayed": [True, True, True, False],
+            "replay_demand": [10.0, 12.0, 20.0, None],
+            "replay_short": [0.0, 1.0, 5.0, None],
+            "replay_on_hand": [3.0, 2.0, 1.0, None],
             "demand_class": ["smooth", "smooth", "lumpy", "lumpy"],
             "policy": ["JIT", "JIT", "JIC", "JIC"],
             "life_cycle": ["active"] * 4,
@@ -84,13 +123,31 @@ def test_judge_and_summarise_count_windows_fill_rate_and_capital():
     )
     judged = judge(windows)
     assert judged["covered"].to_list() == [True, True, False, True]  # demand equal to the reorder point is covered
-    assert judged["units_short"].to_list() == [0.0, 0.0, 4.0, 0.0]
     summary = summarise(judged)
     row = summary.filter(slice="all").row(0, named=True)
-    assert (row["windows"], row["covered"], row["achieved"]) == (4, 3, 0.75)
-    assert row["fill_rate"] == pytest.approx(1 - 4 / 32) and row["safety_stock_value"] == pytest.approx((2 + 2 + 8 + 8) / 4)
+    assert (row["windows"], row["covered"], row["achieved"], row["replayed"]) == (4, 3, 0.75, 3)
+    assert row["fill_rate"] == pytest.approx(1 - 6 / 42) and row["units_short"] == 6.0
+    assert row["on_hand_value"] == pytest.approx((3 + 2 + 2) / 3) and row["safety_stock_value"] == pytest.approx((2 + 2 + 8 + 8) / 4)
     lumpy = summary.filter(slice="demand_class", value="lumpy").row(0, named=True)
-    assert (lumpy["windows"], lumpy["covered"]) == (2, 1)
+    assert (lumpy["windows"], lumpy["covered"], lumpy["replayed"]) == (2, 1, 1)
+
+
+def test_capital_at_equal_service_reads_the_curve_between_its_points():
+    """The sweep holds 10 at 80% and 30 at 90%; a baseline achieving 85% with 40 would need 20 on the sweep's curve
+    (0.5x); one achieving 95% lies beyond the curve: no comparison."""
+    summary = pl.DataFrame(
+        {
+            "method": ["buffercast_sweep", "buffercast_sweep", "textbook", "empirical"],
+            "target": [0.8, 0.9, 0.9, 0.9],
+            "slice": ["all"] * 4,
+            "value": ["all"] * 4,
+            "achieved": [0.8, 0.9, 0.85, 0.95],
+            "safety_stock_value": [10.0, 30.0, 40.0, 50.0],
+        }
+    )
+    out = {r["method"]: r for r in capital_at_equal_service(summary).iter_rows(named=True)}
+    assert out["textbook"]["reference_safety_stock_value"] == pytest.approx(20.0) and out["textbook"]["ratio"] == pytest.approx(0.5)
+    assert out["empirical"]["reference_safety_stock_value"] is None and out["empirical"]["ratio"] is None
 
 
 def test_origins_are_step_periods_apart_and_leave_the_holdout():
@@ -133,11 +190,21 @@ def test_rolling_evaluation_publishes_a_valid_table(catalogue):
     assert len(result.origins) == 2 and result.windows.height > 0
     table = evaluation_table(result, result.origins[-1])  # validated against its contract
     methods = set(table["method"])
-    assert methods == {"buffercast", "buffercast_sweep", "textbook", "empirical", "ddmrp"}
-    # Every method is judged on the same windows.
+    assert methods == {"buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp"}
+    # Every method is judged on the same windows (the plan as configured, pure JIT and pure JIC: each SKU at its own
+    # target, so their rows over the targets add up to the same count).
     per_method = table.filter(slice="all").group_by("method", "target").agg(pl.col("windows").sum())
-    swept = per_method.filter(pl.col("method") != "buffercast")["windows"].unique().to_list()
-    assert len(swept) == 1 and per_method.filter(method="buffercast")["windows"].sum() == swept[0]
+    own_targets = ["buffercast", "jit", "jic"]
+    swept = per_method.filter(~pl.col("method").is_in(own_targets))["windows"].unique().to_list()
+    assert len(swept) == 1
+    for method in own_targets:
+        assert per_method.filter(method=method)["windows"].sum() == swept[0], method
+    assert table.filter(slice="all", method="jit")["target"].to_list() == [cfg.service_levels.jit]
+    # Pure JIC holds at least what pure JIT holds; every replayed window has a fill rate.
+    value = {m: table.filter(slice="all", method=m)["safety_stock_value"].mean() for m in ("jit", "jic")}
+    assert value["jic"] >= value["jit"]
+    all_rows = table.filter(slice="all")
+    assert (all_rows["replayed"] > 0).all() and all_rows["fill_rate"].is_not_null().all()
     # A higher target holds more safety stock and covers at least as often, for buffercast and each baseline.
     for method in ("buffercast_sweep", "textbook", "empirical"):
         rows = table.filter(slice="all", method=method).sort("target")
@@ -173,7 +240,8 @@ def test_buffercast_evaluate_prints_achieved_service_per_target(prefect_harness,
         assert method in res.output
     # The table is published under its own root, with its contract; the MLflow run holds the metrics and the curves.
     published = read_table(str(tmp_path / "out" / EVALUATIONS), "evaluation")
-    assert published.height > 0 and set(published["method"]) == {"buffercast", "buffercast_sweep", "textbook", "empirical", "ddmrp"}
+    assert published.height > 0
+    assert set(published["method"]) == {"buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp"}
     run_id = next(line for line in res.output.splitlines() if "MLflow run" in line).split()[2]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(run_id)
