@@ -339,6 +339,11 @@ class BuffersConfig(_Strict):
         description="A safety stock never covers more than this many days of mean demand (null: no cap); when the cap binds, "
         "flag_cover_capped is set and the reasons say so.",
     )
+    time_phased: PeriodsPerFrequency = Field(
+        {"D": 91, "W": 26, "M": 12},
+        description="Periods ahead per frequency of the `plan_parameters` table: reorder point, safety stock and order-up-to "
+        "level per future period from the forecast of that period's lead time.",
+    )
     declining_ratio: float = Field(
         0.75,
         gt=0.0,
@@ -554,6 +559,11 @@ class BuffercastConfig(_Strict):
     def bootstrap_history_periods(self) -> int:
         """Periods of history behind the bootstrap, at this frequency (`buffers.bootstrap_history`)."""
         return self.buffers.bootstrap_history[self.frequency]
+
+    @property
+    def time_phased_periods(self) -> int:
+        """Future periods of the time-phased parameters, at this frequency (`buffers.time_phased`)."""
+        return self.buffers.time_phased[self.frequency]
 
     @property
     def empirical_window_periods(self) -> int:

@@ -51,6 +51,9 @@ class ForecastResult:
     metrics: pl.DataFrame  # long: unique_id, model, mae, rmse, bias, mase, rmsse, lead_time_rmse, coverage_q.., fell_back
     selection: pl.DataFrame  # one row per SKU: the chosen model, its runner-up, its errors and lead-time sigma
     forecasts: pl.DataFrame  # the chosen model's future: unique_id, ds, step, model, forecast, q..
+    # The chosen model's point forecast `extended_periods` further (`buffers.time_phased`): unique_id, ds, step, forecast.
+    extended: pl.DataFrame | None = None
+    extended_periods: int = 0
 
 
 #: Name of the mean-of-the-best-k model in metrics and selection.
@@ -341,7 +344,9 @@ def _run_chunk(
         if any(m not in NATIVE_INTERVALS for m in models)
         else None
     )
-    fc, fitted = _forecast(panel, h, models, cfg, spec, fitted=not row["backtested"])
+    # The future runs `time_phased_periods` past the horizon (the time-phased parameters); a step's forecast does not
+    # depend on how far the call forecasts, so the horizon's own steps are unchanged.
+    fc, fitted = _forecast(panel, h + cfg.time_phased_periods, models, cfg, spec, fitted=not row["backtested"])
     if empirical is not None:  # the quantiles at the forecast origin, the last period
         fc = fc.join(empirical.group_by(ID).agg(pl.exclude(DS).last()), on=ID, how="left")
     future = _long_with_quantiles(fc, [ID, DS], models, cfg.models.quantiles).with_columns(
@@ -358,7 +363,7 @@ def _run_chunk(
             .group_by(ID, "model", maintain_order=True)
             .agg(one_step_rmse=in_row_order((pl.col("fitted") - pl.col(Y)) ** 2).list.mean().sqrt())
         )
-        metrics = _with_missing(metrics.with_columns(fell_back=pl.lit(False)), future)
+        metrics = _with_missing(metrics.with_columns(fell_back=pl.lit(False)), future.filter(pl.col("step") <= h))
         chosen = select_models(metrics.join(sets, on=ID), model_sets, "one_step_rmse").drop("model_set")
         return _Chunk(metrics, chosen, pl.DataFrame(), _chosen_rows(future, chosen))
 
@@ -377,7 +382,7 @@ def _run_chunk(
     metrics = _aggregate_metrics(_window_metrics(wide.filter(on_lead_time), panel, models, cfg.season_length), cv, cfg.models.quantiles)
     metrics = _with_missing(
         metrics.join(flags, on=[ID, "model"], how="left"),
-        pl.concat([cv.select(ID, "model", "forecast"), future.select(ID, "model", "forecast")]),
+        pl.concat([cv.select(ID, "model", "forecast"), future.filter(pl.col("step") <= h).select(ID, "model", "forecast")]),
     )
     chosen = select_models(metrics.join(sets, on=ID), model_sets, cfg.backtest.selection_metric)
     if cfg.backtest.combination_k >= 2:
@@ -552,12 +557,14 @@ def backtest_and_forecast(
     metrics = _concat([c.metrics for c in chunks if "mae" in c.metrics.columns])
     metrics = metrics if metrics.height else _empty_metrics(cfg.models.quantiles)
     chosen = _concat([c.chosen for c in chunks])
-    future = (
+    extended_periods = cfg.time_phased_periods
+    every = (
         _concat([c.forecasts for c in chunks])
         .join(plan.select(ID, "horizon", "lead_time_periods", "review_periods"), on=ID)
-        .filter(pl.col("step") <= pl.col("horizon"))
         .with_columns(pl.col("forecast").clip(0.0, None))
     )
+    future = every.filter(pl.col("step") <= pl.col("horizon"))
+    extended = every.filter(pl.col("step") <= pl.col("horizon") + extended_periods).select(ID, DS, "step", "forecast").sort(ID, "step")
     w = lead_time_weights(pl.col("step"), pl.col("lead_time_periods"))
     wr = lead_time_weights(pl.col("step"), pl.col("lead_time_periods") + pl.col("review_periods"))
     demand = (
@@ -605,6 +612,8 @@ def backtest_and_forecast(
         metrics=metrics.sort(ID, "model"),
         selection=selection.sort(ID),
         forecasts=future.select(ID, DS, "step", "model", "forecast", *[quantile_name(p) for p in cfg.models.quantiles]).sort(ID, DS),
+        extended=extended,
+        extended_periods=extended_periods,
     )
 
 

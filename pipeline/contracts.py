@@ -424,7 +424,7 @@ _LIFE_CYCLE_AND_SHAPE = {
 
 #: Version of the published tables' contract (docs/outputs.md): bumped when a column is removed or renamed, or its
 #: type, meaning or allowed values change; a column added at the end does not bump it. History: docs/outputs.md.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The published tables' contracts, version SCHEMA_VERSION (docs/outputs.md). Column order is part of the contract.
 OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
@@ -593,6 +593,24 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
         strict=True,
         ordered=True,
     ),
+    # Time-phased parameters (buffers/time_phased.py): one row per SKU and future period; period 1 is the plan.
+    "plan_parameters": pa.DataFrameSchema(
+        {
+            **_KEYS,
+            "period": _col(pl.Int64, checks=pa.Check.ge(1)),
+            "period_start": _col(pl.Date),
+            "forecast": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "lead_time_demand": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "review_lead_time_demand": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "safety_stock_units": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "reorder_point_units": _col(pl.Float64, checks=_NON_NEGATIVE),
+            "order_up_to_units": _col(pl.Float64, checks=_NON_NEGATIVE),
+        },
+        name="plan_parameters",
+        unique=["sku_id", "location_id", "period"],
+        strict=True,
+        ordered=True,
+    ),
     "backtest_metrics": pa.DataFrameSchema(
         {
             **_KEYS,
@@ -680,7 +698,9 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
 
 
 #: The methods an evaluation judges (pipeline/evaluate.py, evaluation/rolling.py).
-EVALUATION_METHODS = ("buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp")
+EVALUATION_METHODS = (
+    "buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp", "buffercast_phased", "buffercast_held",
+)  # fmt: skip
 #: The table `buffercast evaluate` publishes (under <output folder>/evaluations/): a plan run does not write it.
 EVALUATION_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "evaluation": pa.DataFrameSchema(

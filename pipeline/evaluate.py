@@ -12,7 +12,11 @@ Methods judged on the same windows:
   trade-off curve; the profile and the forecast of an origin are computed once and reused across targets;
 - `jit`, `jic`: buffercast's plan with every SKU forced to pure JIT (the JIT level) or pure JIC (the full buffer at
   its matrix target) by `policy.force`;
-- `textbook`, `empirical` at each target, and `ddmrp` (`evaluation.rolling.baselines`).
+- `textbook`, `empirical` at each target, and `ddmrp` (`evaluation.rolling.baselines`);
+- `buffercast_phased` and `buffercast_held`: the plan used for the periods ahead without re-planning, judged at
+  p = 1, 1 + step, ... up to `buffers.time_phased` periods after the origin, on the lead time that starts at period p:
+  the time-phased reorder point of period p (`plan_parameters`) against the origin's reorder point held unchanged
+  (what an ERP that loads parameters monthly or quarterly would do). Cycle service only (not replayed).
 
 Each window is judged on cycle service over the realised lead time, and by a replay of the plan's order-up-to policy
 until the next origin for fill rate, units short and on-hand stock (`evaluation.rolling.replay_windows`).
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from buffers.time_phased import time_phased_parameters
 from configs.schema import BuffercastConfig
 from evaluation.rolling import PLAN_COLUMNS, baselines, future_demand, judge, realised_lead_times, replay_windows, summarise
 from features.calendar import to_periods
@@ -87,7 +92,8 @@ def plan_at_origin(
 ) -> dict[tuple[str, float | None], pl.DataFrame]:
     """The plans an origin publishes from `sales` up to `as_of` only: ("buffercast", None) as configured,
     ("buffercast_sweep", target) per target, ("jit", None) and ("jic", None) with every SKU forced to that policy;
-    each the `recommendations` table plus unique_id."""
+    each the `recommendations` table plus unique_id; and ("plan_parameters", None): the time-phased parameters of the
+    plan as configured (`buffers.time_phased`)."""
     cfg = cfg.updated({"as_of": as_of})
     p = profile_sales(cfg, sales.filter(pl.col("date") <= as_of), master, as_of)
     fc = forecast_stage(cfg, p)
@@ -98,6 +104,7 @@ def plan_at_origin(
     for key, c in variants:
         recs, _ = calibrated_recommendations(c, as_of, p, fc, replay=False)
         plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
+    plans[("plan_parameters", None)] = time_phased_parameters(plans[("buffercast", None)], fc.extended, fc.extended_periods)
     return plans
 
 
@@ -112,6 +119,40 @@ def _plan_windows(plan: pl.DataFrame, method: str, target: pl.Expr) -> pl.DataFr
         safety_stock_units=pl.col("safety_stock_units"),
         order_up_to=pl.col("order_up_to_units"),
     )
+
+
+def _ahead_windows(
+    panel: pl.DataFrame, start: dt.date, as_of: dt.date, plan: pl.DataFrame, phased: pl.DataFrame, lead_times: pl.DataFrame,
+    seed: int, step: int,
+) -> pl.DataFrame:  # fmt: skip
+    """The windows of `buffercast_phased` and `buffercast_held` at p = 1, 1 + step, ... (module docstring): one row per
+    SKU, method and p whose lead time from period p lies in the data, with `lead_time_demand_actual`. Period p's lead
+    time is drawn on its own key (as_of, p); p = 1 is the origin's draw."""
+    starts = dict(phased.select("period", "period_start").unique().iter_rows())
+    frames = []
+    for p in range(1, max(starts, default=0) + 1, step):
+        after = start if p == 1 else starts.get(p - 1)
+        if after is None:
+            continue
+        realised = realised_lead_times(lead_times, seed=seed, origin=as_of if p == 1 else f"{as_of}+{p}")
+        actual = future_demand(panel, after, realised).filter("judged").drop("judged")
+        at_p = phased.filter(pl.col("period") == p).select(ID, phased_rop="reorder_point_units")
+        rows = plan.select(ID, "service_level_target", "expected_service_level", "reorder_point_units", "safety_stock_units").join(
+            at_p, on=ID, how="inner"
+        )
+        for method, rop in (("buffercast_phased", "phased_rop"), ("buffercast_held", "reorder_point_units")):
+            frames.append(
+                rows.select(
+                    ID,
+                    method=pl.lit(method),
+                    target=pl.col("service_level_target"),
+                    expected_service_level="expected_service_level",
+                    reorder_point=pl.col(rop),
+                    safety_stock_units="safety_stock_units",
+                    order_up_to=pl.lit(None, pl.Float64),
+                ).join(actual, on=ID, how="inner")
+            )
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
 def rolling_evaluation(
@@ -136,6 +177,7 @@ def rolling_evaluation(
         as_ofs.append(as_of)
         plans = plan_at_origin(cfg, sales, master, as_of, e.targets)
         plan = plans[("buffercast", None)]
+        plan_parameters = plans.pop(("plan_parameters", None))
         attrs = plan.select(PLAN_COLUMNS)
         lead_times = attrs.select(ID, "lead_time_periods", lead_time_std_periods=pl.col("lead_time_std_days") / cfg.period_days)
         realised = realised_lead_times(lead_times, seed=cfg.seed, origin=as_of)
@@ -159,9 +201,16 @@ def rolling_evaluation(
             pl.concat(frames, how="vertical_relaxed")
             .join(slices, on=ID, how="left")
             .join(actual.filter("judged").drop("judged"), on=ID, how="inner")
-            .with_columns(origin=pl.lit(as_of))
         )
-        parts.append(judge(replay_windows(panel, start, windows, realised, step)))
+        windows = replay_windows(panel, start, windows, realised, step)
+        ahead = _ahead_windows(panel, start, as_of, plan, plan_parameters, lead_times, cfg.seed, step)
+        if ahead.height:
+            not_replayed = {
+                "replayed": pl.lit(False),
+                **{c: pl.lit(None, pl.Float64) for c in ("replay_demand", "replay_short", "replay_on_hand")},
+            }
+            windows = pl.concat([windows, ahead.join(slices, on=ID, how="left").with_columns(**not_replayed)], how="diagonal_relaxed")
+        parts.append(judge(windows.with_columns(origin=pl.lit(as_of))))
     windows = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
     summary = summarise(windows).select(c for c in output_columns("evaluation") if c != "as_of") if parts else pl.DataFrame()
     return RollingEvaluation(as_ofs, windows, summary, unjudged)

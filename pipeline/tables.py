@@ -9,6 +9,8 @@ from typing import Any
 import polars as pl
 
 from buffers.calibration import ALL_FAMILIES, USABLE, Calibration
+from buffers.time_phased import COLUMNS as PHASED_COLUMNS
+from buffers.time_phased import time_phased_parameters
 from configs.schema import BuffercastConfig
 from evaluation import metrics as em
 from evaluation.coverage import bootstrap_coverage, pinball_losses, window_coverage
@@ -39,6 +41,18 @@ def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFra
     return pl.concat(parts, how="vertical_relaxed").join(sizing.select("unique_id", "model"), on="unique_id")
 
 
+def plan_parameters(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFrame) -> pl.DataFrame:
+    """The time-phased parameters (`buffers.time_phased`) per SKU and future period: sku_id, location_id, then its columns."""
+    keys = ["sku_id", "location_id"]
+    if fc.extended is None or fc.extended_periods == 0 or recs.is_empty():
+        return pl.DataFrame(schema={"sku_id": pl.String, "location_id": pl.String, **dict.fromkeys(PHASED_COLUMNS, pl.Float64)}).cast(
+            {"period": pl.Int64, "period_start": pl.Date}
+        )
+    with_ids = recs.join(key_cols, on=keys, how="inner", nulls_equal=True)
+    phased = time_phased_parameters(with_ids, fc.extended, fc.extended_periods)
+    return phased.join(key_cols, on="unique_id").select(*keys, *PHASED_COLUMNS).sort(*keys, "period")
+
+
 def output_tables(
     as_of: dt.date,
     recs: pl.DataFrame,
@@ -62,6 +76,7 @@ def output_tables(
         "outliers": p.outlier_points.join(key_cols, on="unique_id")
         .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), pl.col("y").alias("quantity"), "outlier_threshold")
         .sort("sku_id", "location_id", "date"),
+        "plan_parameters": plan_parameters(recs, fc, key_cols).select(stamp, pl.all()),
         "forecasts": fc.forecasts.join(key_cols, on="unique_id")
         .select(stamp, "sku_id", "location_id", pl.col("ds").alias("date"), "step", "model", "forecast", pl.col("^q\\d.*$"))
         .sort("sku_id", "location_id", "date"),

@@ -190,12 +190,15 @@ def test_rolling_evaluation_publishes_a_valid_table(catalogue):
     assert len(result.origins) == 2 and result.windows.height > 0
     table = evaluation_table(result, result.origins[-1])  # validated against its contract
     methods = set(table["method"])
-    assert methods == {"buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp"}
+    assert methods == {
+        "buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp", "buffercast_phased", "buffercast_held"
+    }  # fmt: skip
     # Every method is judged on the same windows (the plan as configured, pure JIT and pure JIC: each SKU at its own
     # target, so their rows over the targets add up to the same count).
     per_method = table.filter(slice="all").group_by("method", "target").agg(pl.col("windows").sum())
     own_targets = ["buffercast", "jit", "jic"]
-    swept = per_method.filter(~pl.col("method").is_in(own_targets))["windows"].unique().to_list()
+    ahead = ["buffercast_phased", "buffercast_held"]  # judged on the periods ahead, their own windows
+    swept = per_method.filter(~pl.col("method").is_in(own_targets + ahead))["windows"].unique().to_list()
     assert len(swept) == 1
     for method in own_targets:
         assert per_method.filter(method=method)["windows"].sum() == swept[0], method
@@ -203,8 +206,11 @@ def test_rolling_evaluation_publishes_a_valid_table(catalogue):
     # Pure JIC holds at least what pure JIT holds; every replayed window has a fill rate.
     value = {m: table.filter(slice="all", method=m)["safety_stock_value"].mean() for m in ("jit", "jic")}
     assert value["jic"] >= value["jit"]
-    all_rows = table.filter(slice="all")
+    all_rows = table.filter(~pl.col("method").is_in(ahead), slice="all")
     assert (all_rows["replayed"] > 0).all() and all_rows["fill_rate"].is_not_null().all()
+    # The time-phased and the held reorder points are judged on the same windows, more than one per SKU and origin.
+    held, phased = (table.filter(slice="all", method=m)["windows"].sum() for m in ahead)
+    assert held == phased > per_method.filter(method="buffercast")["windows"].sum()
     # A higher target holds more safety stock and covers at least as often, for buffercast and each baseline.
     for method in ("buffercast_sweep", "textbook", "empirical"):
         rows = table.filter(slice="all", method=method).sort("target")
@@ -241,7 +247,9 @@ def test_buffercast_evaluate_prints_achieved_service_per_target(prefect_harness,
     # The table is published under its own root, with its contract; the MLflow run holds the metrics and the curves.
     published = read_table(str(tmp_path / "out" / EVALUATIONS), "evaluation")
     assert published.height > 0
-    assert set(published["method"]) == {"buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp"}
+    assert set(published["method"]) == {
+        "buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp", "buffercast_phased", "buffercast_held"
+    }  # fmt: skip
     run_id = next(line for line in res.output.splitlines() if "MLflow run" in line).split()[2]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(run_id)

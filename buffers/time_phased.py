@@ -1,0 +1,84 @@
+"""Time-phased parameters: the reorder point and order-up-to level of each future period, from its own forecast.
+
+A plan's reorder point covers the lead time that starts now; for a seasonal or trending item the same number is wrong a
+few periods later (docs/methods.md §4.9). An ERP that loads parameters monthly or quarterly gets one row per SKU and
+future period p = 1..P instead (the `plan_parameters` table), for a review at the start of period p:
+
+- lead-time demand LTD_p = sum_k w_k f_{p-1+k}, the forecast over the L periods starting at p (whole periods fully, a
+  fractional last period by its fraction: `evaluation.windows.lead_time_weights`); over R + L likewise (RLTD_p);
+- safety stock SS: the plan's, the same every period (the forecast error's spread is measured over the whole backtest,
+  not per season);
+- reorder point ROP_p = LTD_p + SS; order-up-to level S_p = RLTD_p + (S - RLTD), the plan's buffer over R + L; both
+  rounded up to whole units as the plan's are (`buffers.safety_stock.round_up_units`).
+
+Period 1 is the plan itself: ROP_1 and S_1 equal the `recommendations` table's reorder point and order-up-to level
+(up to float rounding of the sums). A SKU without a buffer and nothing to reorder (dead, not critical) gets zeros.
+Pure polars; no I/O.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from buffers.safety_stock import round_up_units
+from evaluation.windows import lead_time_weights
+
+ID = "unique_id"
+#: The columns of the published table after as_of, sku_id, location_id (pipeline/contracts.py).
+COLUMNS = (
+    "period", "period_start", "forecast", "lead_time_demand", "review_lead_time_demand", "safety_stock_units",
+    "reorder_point_units", "order_up_to_units",
+)  # fmt: skip
+
+
+def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, length: pl.Expr, name: str) -> pl.DataFrame:
+    """unique_id, period, `name`: per SKU and p = 1..periods, sum_k w_k f_{p-1+k} with w the weights of `length`."""
+    starts = pl.DataFrame({"period": list(range(1, periods + 1))}, schema={"period": pl.Int64})
+    return (
+        extended.join(plan, on=ID, how="inner")
+        .join(starts, how="cross")
+        .with_columns(k=pl.col("step") - pl.col("period") + 1)
+        .filter(pl.col("k") >= 1)
+        .sort(ID, "period", "step")
+        .group_by(ID, "period", maintain_order=True)
+        .agg(
+            (lead_time_weights(pl.col("k"), length) * pl.col("forecast"))
+            .filter(pl.col("k") <= length.ceil().clip(1, None))
+            .sum()
+            .alias(name)
+        )
+    )
+
+
+def time_phased_parameters(recs: pl.DataFrame, extended: pl.DataFrame, periods: int) -> pl.DataFrame:
+    """One row per SKU of `recs` and future period 1..`periods` (`COLUMNS` plus unique_id, sorted by both).
+
+    `recs`: unique_id, lead_time_periods, review_periods, safety_stock_units, order_up_to_units,
+    review_lead_time_demand, flag_dead, flag_critical. `extended`: unique_id, ds, step, forecast (steps 1.. at least
+    periods - 1 + ceil(R + L), e.g. `ForecastResult.extended`)."""
+    plan = recs.select(ID, "lead_time_periods", "review_periods")
+    lead = _window_sums(extended, plan, periods, pl.col("lead_time_periods"), "lead_time_demand")
+    review_lead = _window_sums(extended, plan, periods, pl.col("lead_time_periods") + pl.col("review_periods"), "review_lead_time_demand")
+    nothing = pl.col("flag_dead") & ~pl.col("flag_critical").fill_null(False)
+    buffers = recs.select(
+        ID,
+        "safety_stock_units",
+        _review_buffer=(pl.col("order_up_to_units") - pl.col("review_lead_time_demand")).clip(0.0, None),
+        _nothing=nothing,
+    )
+    dated = extended.filter(pl.col("step") <= periods).select(ID, period=pl.col("step"), period_start=pl.col("ds"), forecast="forecast")
+    return (
+        dated.join(lead, on=[ID, "period"], how="left")
+        .join(review_lead, on=[ID, "period"], how="left")
+        .join(buffers, on=ID, how="inner")
+        .with_columns(
+            reorder_point_units=pl.when("_nothing")
+            .then(0.0)
+            .otherwise(round_up_units(pl.col("lead_time_demand") + pl.col("safety_stock_units"))),
+            order_up_to_units=pl.when("_nothing")
+            .then(0.0)
+            .otherwise(round_up_units(pl.col("review_lead_time_demand") + pl.col("_review_buffer"))),
+        )
+        .select(ID, *COLUMNS)
+        .sort(ID, "period")
+    )

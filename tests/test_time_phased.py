@@ -1,0 +1,53 @@
+"""Time-phased parameters (buffers/time_phased.py): each future period's reorder point from its own lead time."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from buffers.time_phased import COLUMNS, time_phased_parameters
+
+START = dt.date(2026, 1, 1)
+
+
+def extended(series: dict[str, list[float]]) -> pl.DataFrame:
+    rows = [(u, START + dt.timedelta(days=i), i + 1, float(f)) for u, fs in series.items() for i, f in enumerate(fs)]
+    return pl.DataFrame(rows, schema={"unique_id": pl.String, "ds": pl.Date, "step": pl.Int64, "forecast": pl.Float64}, orient="row")
+
+
+def recs(**overrides) -> pl.DataFrame:
+    row = {
+        "unique_id": "a", "lead_time_periods": 2.0, "review_periods": 1.0, "safety_stock_units": 3.0, "order_up_to_units": 10.0,
+        "review_lead_time_demand": 6.0, "flag_dead": False, "flag_critical": False,
+    } | overrides  # fmt: skip
+    return pl.DataFrame([row])
+
+
+def test_each_period_covers_its_own_lead_time_by_hand():
+    """Forecast 1, 2, 3, ... per period; L = 2, R = 1; SS 3; the plan's S = 10 over R + L demand 1 + 2 + 3 = 6 (buffer 4).
+    p = 1: LTD 1 + 2 = 3, ROP 6, RLTD 6, S 10 (the plan). p = 2: LTD 2 + 3 = 5, ROP 8, RLTD 9, S 13. p = 3: LTD 7,
+    ROP 10, RLTD 12, S 16."""
+    out = time_phased_parameters(recs(), extended({"a": [1, 2, 3, 4, 5, 6]}), periods=3)
+    assert out.columns == ["unique_id", *COLUMNS]
+    assert out["period"].to_list() == [1, 2, 3] and out["period_start"][1] == START + dt.timedelta(days=1)
+    assert out["lead_time_demand"].to_list() == [3.0, 5.0, 7.0]
+    assert out["review_lead_time_demand"].to_list() == [6.0, 9.0, 12.0]
+    assert out["reorder_point_units"].to_list() == [6.0, 8.0, 10.0]
+    assert out["order_up_to_units"].to_list() == [10.0, 13.0, 16.0]
+    assert out["safety_stock_units"].to_list() == [3.0] * 3
+
+
+def test_a_fractional_lead_time_weighs_its_last_period_and_levels_round_up():
+    """L = 1.5: p = 1 sums 1 + 0.5 x 2 = 2, ROP ceil(2 + 3) = 5; p = 2 sums 2 + 0.5 x 3 = 3.5, ROP ceil(6.5) = 7."""
+    out = time_phased_parameters(recs(lead_time_periods=1.5), extended({"a": [1, 2, 3, 4, 5]}), periods=2)
+    assert out["lead_time_demand"].to_list() == pytest.approx([2.0, 3.5])
+    assert out["reorder_point_units"].to_list() == [5.0, 7.0]
+
+
+def test_a_sku_with_nothing_to_reorder_gets_zeros_but_a_critical_one_keeps_its_levels():
+    dead = time_phased_parameters(recs(flag_dead=True), extended({"a": [1, 2, 3, 4]}), periods=2)
+    assert dead["reorder_point_units"].to_list() == [0.0, 0.0] and dead["order_up_to_units"].to_list() == [0.0, 0.0]
+    critical = time_phased_parameters(recs(flag_dead=True, flag_critical=True), extended({"a": [1, 2, 3, 4]}), periods=2)
+    assert critical["reorder_point_units"].to_list() == [6.0, 8.0]
