@@ -14,15 +14,15 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import BuffercastConfig
 from flows import publish as publisher
+from flows.publish import EVALUATIONS
 from flows.sources import input_fingerprint
-from flows.tasks import pull, timed, tracking_retries, validate
+from flows.tasks import REPORT_FILE, pull, timed, tracking_retries, validate
 from flows.tracking import Tracker
 from pipeline.evaluate import RollingEvaluation, rolling_evaluation
 from pipeline.plots import tradeoff_figure
-from pipeline.report import figure_png
+from pipeline.report import figure_png, render_evaluation_report
 from pipeline.tables import evaluation_metrics, evaluation_overview, evaluation_table
 
-EVALUATIONS = "evaluations"  # the evaluation's own dataset root inside the output folder
 TRADEOFF_FILE = "tradeoff_curves.png"
 
 
@@ -70,13 +70,12 @@ def evaluate_plans(config: BuffercastConfig) -> dict[str, Any]:
         "judged_windows": result.windows.height,
         "unjudged_windows": result.unjudged,
     }
-    paths = timed("publish", t.publish, publisher_task)(root, as_of, run_id, table, manifest)
-    tracker = Tracker(
-        cfg.tracking.uri, f"{cfg.tracking.experiment_name(cfg.name)}-evaluation", cfg.tracking.artifact_location
-    )
+    report = render_evaluation_report(table, png, manifest | {"config_name": cfg.name, "as_of": as_of.isoformat()})
+    paths = timed("publish", t.publish, publisher_task)(root, as_of, run_id, table, manifest, report)
+    tracker = Tracker(cfg.tracking.uri, f"{cfg.tracking.experiment_name(cfg.name)}-evaluation", cfg.tracking.artifact_location)
     tracker.start(f"{cfg.name}-evaluation-{as_of.isoformat()}", tags={"as_of": as_of.isoformat(), "config_hash": cfg.fingerprint()})
     try:
-        log_evaluation.with_options(**tracking_retries(cfg))(tracker, cfg, table, png)
+        log_evaluation.with_options(**tracking_retries(cfg))(tracker, cfg, table, png, report)
         tracker.finish(ok=True)
     except Exception:
         tracker.finish_quietly(ok=False)
@@ -92,13 +91,14 @@ def evaluate_plans(config: BuffercastConfig) -> dict[str, Any]:
 
 
 @task(cache_policy=NO_CACHE)
-def publisher_task(root: Path, as_of: Any, run_id: str, table: Any, manifest: dict[str, Any]) -> dict[str, str]:
-    return publisher.publish_tables(root, as_of, run_id, {"evaluation": table}, manifest)
+def publisher_task(root: Path, as_of: Any, run_id: str, table: Any, manifest: dict[str, Any], report: str) -> dict[str, str]:
+    return publisher.publish_tables(root, as_of, run_id, {"evaluation": table}, manifest, {REPORT_FILE: report})
 
 
 @task(cache_policy=NO_CACHE)
-def log_evaluation(tracker: Tracker, cfg: BuffercastConfig, table: Any, png: bytes) -> None:
+def log_evaluation(tracker: Tracker, cfg: BuffercastConfig, table: Any, png: bytes, report: str) -> None:
     tracker.log_params(cfg.flat())
     tracker.log_metrics(evaluation_metrics(table))
     tracker.log_table("evaluation", table)
     tracker.log_bytes(png, TRADEOFF_FILE)
+    tracker.log_text(report, REPORT_FILE)

@@ -27,6 +27,7 @@ from flows.tasks import (
     REPORT_FILE,
     TrackingError,
     forecast,
+    latest_evaluation,
     log_run,
     previous_changes,
     profile,
@@ -95,7 +96,8 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     try:
         # The report is for people: if it cannot be drawn, the tables are still published and the run says so.
         try:
-            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest, calibration)
+            evaluation = latest_evaluation(cfg, as_of)
+            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest, calibration, evaluation)
         except Exception as exc:
             logger.warning("the report could not be rendered (%s: %s); publishing the tables without it", type(exc).__name__, exc)
             pngs, report = {}, None

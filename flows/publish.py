@@ -30,6 +30,7 @@ from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema
 STAGING = "_staging"
 MANIFESTS = "manifests"
 REPORTS = "reports"
+EVALUATIONS = "evaluations"  # `buffercast evaluate` publishes under <output folder>/evaluations/, its own dataset root
 SCHEMAS = "schemas"
 
 

@@ -200,7 +200,7 @@ def log_run(
     tables: dict[str, pl.DataFrame],
     inputs: Inputs,
     pngs: dict[str, bytes],
-    report: str,
+    report: str | None,
 ) -> None:
     """Everything a data scientist compares runs by: params, metrics, input lineage, tables, reasons, plots, report."""
     tracker.log_params(cfg.flat())
@@ -213,7 +213,8 @@ def log_run(
     tracker.log_viewable_table(reasons_table(tables["recommendations"]), "reasons.json")
     for file_name, png in pngs.items():
         tracker.log_bytes(png, file_name)
-    tracker.log_text(report, f"report/{REPORT_FILE}")
+    if report is not None:  # None: the report could not be rendered (the manifest's report_error says why)
+        tracker.log_text(report, f"report/{REPORT_FILE}")
 
 
 @task(cache_policy=NO_CACHE)
@@ -234,6 +235,20 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def latest_evaluation(cfg: BuffercastConfig, as_of: dt.date) -> tuple[dt.date, pl.DataFrame] | None:
+    """The latest `evaluation` table published under the output folder with a last origin on or before `as_of` (that
+    origin, the table), for the report; None when there is none (or it cannot be read: then a warning)."""
+    root = Path(cfg.output.folder) / publisher.EVALUATIONS
+    dates = [d for d in publisher.published_as_of_dates(root, "evaluation") if d <= as_of]
+    if not dates:
+        return None
+    try:
+        return dates[-1], publisher.read_table(root, "evaluation", dates[-1])
+    except Exception as exc:
+        get_run_logger().warning("the report leaves out the evaluation of %s: %s: %s", dates[-1], type(exc).__name__, exc)
+        return None
 
 
 def previous_changes(cfg: BuffercastConfig, as_of: dt.date, recs: pl.DataFrame) -> tuple[dt.date | None, pl.DataFrame]:

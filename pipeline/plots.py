@@ -526,7 +526,7 @@ TRADEOFF_STYLES = {
 
 def tradeoff_figure(summary: pl.DataFrame) -> Figure:
     """Achieved cycle service against safety-stock value per window, one panel per demand class (and all): the curve
-    of each swept method as its target moves, DDMRP and the plan as configured as points (the rolling evaluation's
+    of each swept method as its target moves, DDMRP, pure JIT, pure JIC and the plan as configured as points (the rolling evaluation's
     `evaluation` table; every point judged on the same out-of-sample windows)."""
     if summary.is_empty():
         return _empty_figure("Service vs capital, out of sample", "no judged windows")
@@ -546,6 +546,10 @@ def tradeoff_figure(summary: pl.DataFrame) -> Figure:
         ddmrp = sub.filter(method="ddmrp")
         if ddmrp.height:
             ax.plot(ddmrp["safety_stock_value"], ddmrp["achieved"], "D", color="#2a9d8f", label="DDMRP")
+        for method, marker, colour, label in (("jit", "v", "#8ab17d", "pure JIT"), ("jic", "^", "#6d597a", "pure JIC")):
+            pure = sub.filter(method=method)
+            if pure.height:
+                ax.plot(pure["safety_stock_value"], pure["achieved"], marker, color=colour, label=label, markersize=6)
         plan = sub.filter(method="buffercast").sort("target")
         if plan.height:
             ax.plot(plan["safety_stock_value"], plan["achieved"], "*", color="black", markersize=9, label="plan as configured")

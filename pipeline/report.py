@@ -31,6 +31,7 @@ from pipeline.plots import (
     policy_mix_by_abc_figure,
     sbc_quadrant_figure,
     service_level_figure,
+    tradeoff_figure,
 )
 from pipeline.stages import Profiled
 
@@ -349,6 +350,96 @@ def _quarantine_section(quarantine: pl.DataFrame | None) -> str:
 # --- Public API ---------------------------------------------------------------------------------------------------------
 
 
+def _cover_section(recommendations: pl.DataFrame | None) -> str:
+    """How many days of mean demand the safety stocks cover, per demand class (median, 90th percentile, largest), and
+    how many buffers the cover cap (`buffers.max_cover_days`) held down."""
+    parts = ['<section id="cover"><h2>Safety-stock cover (days of mean demand)</h2>']
+    needed = {"safety_stock_units", "mean_demand_per_period", "lead_time_days", "lead_time_periods", "demand_class", "flag_cover_capped"}
+    if recommendations is None or recommendations.is_empty() or not needed <= set(recommendations.columns):
+        parts.append(_note("no recommendations with the columns the cover needs"))
+        return "".join(parts) + "</section>"
+    days = pl.col("safety_stock_units") / pl.col("mean_demand_per_period") * (pl.col("lead_time_days") / pl.col("lead_time_periods"))
+    buffered = recommendations.filter(pl.col("safety_stock_units") > 0, pl.col("mean_demand_per_period") > 0).with_columns(cover=days)
+    rows = [
+        (
+            cls,
+            group.height,
+            group["cover"].median(),
+            group["cover"].quantile(0.9, "nearest"),
+            group["cover"].max(),
+            int(group["flag_cover_capped"].sum()),
+        )
+        for (cls,), group in buffered.sort("demand_class").group_by("demand_class", maintain_order=True)
+    ]
+    headers = ["demand class", "SKUs with a buffer", "median days", "90th percentile", "largest", "held by the cap"]
+    parts.append(_table(headers, rows, cell_classes={i: "num" for i in range(1, 6)}) if rows else _note("no SKU holds a buffer"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+#: The evaluation's methods as the report names them.
+METHOD_NAMES = {
+    "buffercast": "plan as configured",
+    "buffercast_sweep": "buffercast at each target",
+    "jit": "pure JIT",
+    "jic": "pure JIC",
+    "textbook": "textbook z·sd·√L",
+    "empirical": "empirical quantile",
+    "ddmrp": "DDMRP",
+    "buffercast_phased": "time-phased, periods ahead",
+    "buffercast_held": "held unchanged, periods ahead",
+}
+
+
+def evaluation_section(evaluation: pl.DataFrame | None, tradeoff_png: bytes | None = None, as_of: Any = None) -> str:
+    """The latest out-of-sample evaluation (`buffercast evaluate`): achieved against target and expected service per
+    method and target over every judged window, the capital each method holds, and the trade-off curves."""
+    parts = ['<section id="evaluation"><h2>Out of sample: did the plans deliver their targets?</h2>']
+    if evaluation is None or evaluation.is_empty():
+        parts.append(_note("No evaluation published yet: `buffercast evaluate` (or `make evaluate`) plans at rolling origins and judges "
+                           "each plan only on the demand after its origin."))  # fmt: skip
+        return "".join(parts) + "</section>"
+    as_of = as_of if as_of is not None else evaluation["as_of"].max() if "as_of" in evaluation.columns else None
+    parts.append(
+        f"<p>Last evaluation as of {_esc(as_of)}: each plan made with the data up to its origin, judged only on what came "
+        "after it (cycle service over the realised lead time; fill rate and on-hand from a replay until the next origin). "
+        "The interval is Wilson's 95% interval of the achieved share.</p>"
+    )
+    rows = []
+    order = list(METHOD_NAMES)
+    overall = evaluation.filter(pl.col("slice") == "all").with_columns(
+        _order=pl.col("method").replace_strict(order, list(range(len(order))), default=len(order))
+    )
+    for r in overall.sort("_order", "target", nulls_last=True).iter_rows(named=True):
+        interval = f"{_fmt(r['achieved_low'])}–{_fmt(r['achieved_high'])}" if r["achieved_low"] is not None else "—"
+        rows.append(
+            (METHOD_NAMES.get(r["method"], r["method"]), r["target"], r["windows"], r["achieved"], interval, r["expected"],
+             r["fill_rate"], r["safety_stock_value"], r["on_hand_value"])
+        )  # fmt: skip
+    headers = ["method", "target", "windows", "achieved", "95% interval", "expected", "fill rate", "SS value / window", "on hand / window"]
+    parts.append(_table(headers, rows, cell_classes={i: "num" for i in range(1, 9)}))
+    if tradeoff_png:
+        data = base64.b64encode(tradeoff_png).decode("ascii")
+        parts.append(f'<figure><h3>Service vs capital</h3><img src="data:image/png;base64,{data}" alt="Service vs capital"></figure>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_evaluation_report(evaluation: pl.DataFrame, tradeoff_png: bytes | None, manifest: Mapping[str, Any]) -> str:
+    """The evaluation's own self-contained HTML report (published next to its table)."""
+    title = f"buffercast evaluation — {_fmt(manifest.get('config_name'))} — last origin {_fmt(manifest.get('as_of'))}"
+    facts = [("origins", ", ".join(manifest.get("origins") or [])), ("judged windows", manifest.get("judged_windows")),
+             ("windows not judged (lead time past the data)", manifest.get("unjudged_windows")),
+             ("config hash", manifest.get("config_hash")), ("run id", manifest.get("run_id"))]  # fmt: skip
+    body = [f"<header><h1>{html.escape(title)}</h1></header>", '<section id="run"><h2>Run</h2>', _facts(facts), "</section>"]
+    body.append(evaluation_section(evaluation, tradeoff_png))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
 def report_title(manifest: Mapping[str, Any]) -> str:
     return f"buffercast weekly report — {_fmt(manifest.get('config_name'))} — as of {_fmt(manifest.get('as_of'))}"
 
@@ -360,6 +451,8 @@ def render_report(
     figures: dict[str, Figure],
     changes: pl.DataFrame | None,
     manifest: dict,
+    evaluation: tuple[dt.date, pl.DataFrame] | None = None,
+    evaluation_png: bytes | None = None,
 ) -> str:
     """The report as one self-contained HTML document.
 
@@ -370,6 +463,8 @@ def render_report(
     - `changes`: the run-to-run `changes` table (all its columns shown, `as_of` dropped); None on a first run.
     - `manifest`: the run manifest (`as_of`, `run_id`, `mlflow_run_id`, `prefect_flow_run_id`, `config_hash`,
       `input_rows`, ...).
+    - `evaluation`, `evaluation_png`: the latest published `evaluation` (its last origin, the table) and its trade-off
+      curves, if any.
     """
     try:
         title = report_title(manifest)
@@ -379,12 +474,15 @@ def render_report(
             f'<p class="sub">Buffer stock recommendations per SKU: just in time (JIT), hybrid or just in case (JIC). '
             f"Money in the currency of unit_cost; units are the unit of quantity; a period is {_esc(period)}.</p>",
             '<nav><a href="#run">Run</a><a href="#summary">Summary</a><a href="#figures">Figures</a>'
-            '<a href="#changes">Changes</a><a href="#top">Top SKUs</a><a href="#quarantine">Quarantine</a></nav></header>',
+            '<a href="#changes">Changes</a><a href="#top">Top SKUs</a><a href="#cover">Cover</a>'
+            '<a href="#evaluation">Out of sample</a><a href="#quarantine">Quarantine</a></nav></header>',
             _run_section(manifest),
             _summary_section(summary),
             _figures_section(figures),
             _changes_section(changes),
             _top_section(tables.get("recommendations")),
+            _cover_section(tables.get("recommendations")),
+            evaluation_section(evaluation[1] if evaluation else None, evaluation_png, evaluation[0] if evaluation else None),
             _quarantine_section(tables.get("quarantine")),
             f"<footer>Generated by buffercast, run {_esc(manifest.get('run_id'))}, created {_esc(manifest.get('created_at'))}.</footer>",
         ]
@@ -438,8 +536,10 @@ def planner_report(
     changes: pl.DataFrame | None,
     manifest: dict[str, Any],
     calibration: Calibration | None = None,
+    evaluation: tuple[dt.date, pl.DataFrame] | None = None,
 ) -> tuple[dict[str, bytes], str]:
-    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report."""
+    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report; `evaluation`: the latest published
+    evaluation (its last origin, the table), shown with its trade-off curves."""
     history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
     figures = report_figures(
         recommendations=tables["recommendations"],
@@ -460,7 +560,10 @@ def planner_report(
         calibration_levels=calibration.levels if calibration is not None else None,
     )
     pngs = render_pngs(figures)
-    return pngs, render_report(summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest)
+    curves = figure_png(tradeoff_figure(evaluation[1])) if evaluation else None
+    return pngs, render_report(
+        summary=summary, tables=tables, figures=pngs, changes=changes, manifest=manifest, evaluation=evaluation, evaluation_png=curves
+    )
 
 
 def plan_summary_markdown(summary: dict[str, Any], changes: pl.DataFrame, as_of: dt.date) -> str:

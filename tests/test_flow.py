@@ -71,6 +71,13 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert dead.height >= 1 and (dead["safety_stock_units"] == 0).all() and (dead["reorder_point_units"] == 0).all()
     assert dead["reasons"].str.contains("obsolescence risk").all()
     assert set(recs["life_cycle"]) <= {"new", "active", "slow_moving", "dead"}
+    # The time-phased parameters: every SKU over the configured periods ahead; period 1 is the plan itself.
+    phased = read_table(out, "plan_parameters", AS_OF)
+    assert phased.height == recs.height * cfg.time_phased_periods
+    first = phased.filter(period=1).join(recs, on=["sku_id", "location_id"], nulls_equal=True, suffix="_plan")
+    assert first.height == recs.height
+    assert (first["reorder_point_units"] == first["reorder_point_units_plan"]).all()
+    assert (first["order_up_to_units"] == first["order_up_to_units_plan"]).all()
     assert recs["reasons"].str.starts_with(recs["policy"]).all()
     assert set(recs["policy"]) <= {"JIT", "JIC", "hybrid"}
     # SKUs missing from the master are planned with the config defaults, and the reasons say so.
@@ -194,7 +201,7 @@ def test_manifest_counts_rows_in_as_used_plus_quarantined(default_run, small_cat
     rows = manifest["input_rows"]
     assert rows["sales_in"] == pl.read_parquet(small_catalogue["sales"]).height
     assert rows["sales_in"] == rows["sales_used"] + rows["sales_quarantined"] + rows["sales_after_as_of"]
-    assert manifest["schema_version"] == 2
+    assert manifest["schema_version"] == 3
     assert manifest["config_hash"] == cfg.fingerprint()
     assert manifest["mlflow_run_id"] == result["mlflow_run_id"]
     assert manifest["prefect_flow_run_id"] == result["prefect_flow_run_id"] != ""
@@ -220,7 +227,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     # Interval coverage, simulated service levels per target and class, the disruption scenarios (issue 6's metrics).
     assert {"coverage_q95", "coverage_q95_smooth", "simulated_cycle_target_95", "textbook_safety_stock_value_total"} <= set(metrics)
     assert "scenario_lead_time_x2_recommended_fill_rate" in metrics
-    assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "2"
+    assert run.data.tags["as_of"] == AS_OF.isoformat() and run.data.tags["schema_version"] == "3"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     }
@@ -229,6 +236,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
         "profiles",
         "outliers",
         "forecasts",
+        "plan_parameters",
         "backtest_metrics",
         "quarantine",
         "changes",

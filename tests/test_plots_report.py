@@ -23,8 +23,17 @@ from pipeline.plots import (
     policy_mix_by_abc_figure,
     sbc_quadrant_figure,
     service_level_figure,
+    tradeoff_figure,
 )
-from pipeline.report import FIGURE_FILES, quarantine_counts, render_report, report_figures
+from pipeline.report import (
+    FIGURE_FILES,
+    evaluation_section,
+    figure_png,
+    quarantine_counts,
+    render_evaluation_report,
+    render_report,
+    report_figures,
+)
 
 AS_OF = dt.date(2026, 6, 30)
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,6 +408,55 @@ def test_render_report_empty_run():
     )
     assert "no recommendations in this run" in text and "no input row was quarantined" in text
     assert "no figures in this run" in text and "as of 2026-06-30" in text
+
+
+def _evaluation() -> pl.DataFrame:
+    rows = [
+        ("buffercast_sweep", 0.9, 100, 91, 0.84, 0.95, 0.9, 3, 0.97, 5.0, 12.0, 40.0),
+        ("buffercast_sweep", 0.95, 100, 96, 0.90, 0.98, 0.95, 3, 0.99, 2.0, 15.0, 52.0),
+        ("textbook", 0.9, 100, 80, 0.71, 0.86, 0.9, 3, 0.93, 9.0, 10.0, 35.0),
+        ("ddmrp", None, 100, 93, 0.86, 0.97, None, 3, 0.98, 3.0, 20.0, 60.0),
+    ]
+    columns = ["method", "target", "windows", "covered", "achieved_low", "achieved_high", "expected", "replayed", "fill_rate",
+               "units_short", "safety_stock_value", "on_hand_value"]  # fmt: skip
+    frame = pl.DataFrame(rows, schema=columns, orient="row")
+    return frame.with_columns(slice=pl.lit("all"), value=pl.lit("all"), achieved=pl.col("covered") / pl.col("windows"))
+
+
+def test_the_report_shows_the_latest_evaluation_and_the_cover_of_the_buffers():
+    recs = make_recs().with_columns(
+        mean_demand_per_period=pl.lit(2.0),
+        lead_time_days=pl.lit(14.0),
+        lead_time_periods=pl.lit(2.0),
+        flag_cover_capped=pl.int_range(30) == 0,
+        safety_stock_units=pl.int_range(30).cast(pl.Float64),
+        demand_class=pl.lit("smooth"),
+    )
+    summary = _summary(recs)
+    evaluation = _evaluation()
+    text = render_report(
+        summary=summary,
+        tables={"recommendations": recs, "quarantine": _quarantine()},
+        figures={},
+        changes=None,
+        manifest=_manifest(summary),
+        evaluation=(AS_OF, evaluation),
+        evaluation_png=figure_png(tradeoff_figure(evaluation)),
+    )
+    section = text.split('<section id="evaluation">')[1].split("</section>")[0]
+    assert f"Last evaluation as of {AS_OF}" in section
+    assert "buffercast at each target" in section and "textbook z·sd·√L" in section and "DDMRP" in section
+    assert "0.84–0.95" in section and section.count("<tr>") == 5
+    assert section.index("buffercast at each target") < section.index("textbook")  # the order of METHOD_NAMES
+    assert '<img src="data:image/png;base64,' in section
+    # Cover: SS / (2 units per period) x 7 days per period = 3.5 days per unit of SS; SS 1..29 (SS 0 holds no buffer),
+    # the largest 29 x 3.5 = 101.5 days.
+    cover = text.split('<section id="cover">')[1].split("</section>")[0]
+    assert "held by the cap" in cover and cover.count("<tr>") >= 2 and "101.5" in cover
+    without = evaluation_section(None)
+    assert "No evaluation published yet" in without and "<table" not in without
+    own = render_evaluation_report(evaluation, None, {"config_name": "demo", "as_of": "2026-06-30", "origins": ["2026-06-01"]})
+    assert own.startswith("<!DOCTYPE html>") and "buffercast evaluation — demo — last origin 2026-06-30" in own
 
 
 def test_render_report_closes_figures_on_error():

@@ -27,7 +27,7 @@ def test_publish_writes_partitions_and_manifest(tmp_path):
     assert [p.name for p in part.iterdir()] == ["part-0.parquet"]
     assert stat.S_IMODE(part.stat().st_mode) == 0o755
     manifest = read_manifest(tmp_path, D1)
-    assert manifest["run_id"] == "r1" and manifest["schema_version"] == 2 and manifest["as_of"] == D1.isoformat()
+    assert manifest["run_id"] == "r1" and manifest["schema_version"] == 3 and manifest["as_of"] == D1.isoformat()
     assert manifest["tables"]["recommendations"] == {"path": paths["recommendations"], "rows": 2}
     assert not (tmp_path / "_staging").exists()
 
