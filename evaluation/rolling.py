@@ -271,13 +271,17 @@ def capital_at_equal_service(summary: pl.DataFrame, reference: str = "buffercast
     """Per slice, value, baseline method and target: the service the baseline achieved, its safety-stock value per
     window, and what the `reference` trade-off curve (achieved vs safety-stock value over its targets, linear between
     its points) spends at that same achieved service; ratio = reference / baseline (below 1: the reference needs less
-    capital for the same service). Null where the baseline's service lies outside the reference curve's range."""
+    capital for the same service). Null where the baseline's service lies outside the reference curve's range. Only
+    rows with the reference's window count (the same windows) are compared."""
     rows = []
     curves = summary.filter(pl.col("method") == reference).sort("target")
     for (slice_, value), curve in curves.group_by("slice", "value", maintain_order=True):
         ordered = curve.sort("achieved")
         x, v = ordered["achieved"].to_numpy(), ordered["safety_stock_value"].to_numpy()
-        others = summary.filter(pl.col("method") != reference, pl.col("slice") == slice_, pl.col("value") == value)
+        # Only rows judged on the reference's windows (every SKU of the slice at one target): the plan as configured
+        # or pure JIC at one of several targets covers a subset of the SKUs, the periods-ahead methods other windows.
+        same = pl.col("windows") == int(curve["windows"].max())
+        others = summary.filter(pl.col("method") != reference, pl.col("slice") == slice_, pl.col("value") == value, same)
         for row in others.iter_rows(named=True):
             a = row["achieved"]
             at = float(np.interp(a, x, v)) if x.size and x[0] <= a <= x[-1] else None

@@ -143,9 +143,12 @@ def test_capital_at_equal_service_reads_the_curve_between_its_points():
             "value": ["all"] * 4,
             "achieved": [0.8, 0.9, 0.85, 0.95],
             "safety_stock_value": [10.0, 30.0, 40.0, 50.0],
+            "windows": [100, 100, 100, 100],
         }
     )
-    out = {r["method"]: r for r in capital_at_equal_service(summary).iter_rows(named=True)}
+    subset = summary.head(1).with_columns(method=pl.lit("buffercast"), windows=pl.lit(40, pl.Int64))  # other windows: not compared
+    out = {r["method"]: r for r in capital_at_equal_service(pl.concat([summary, subset])).iter_rows(named=True)}
+    assert "buffercast" not in out
     assert out["textbook"]["reference_safety_stock_value"] == pytest.approx(20.0) and out["textbook"]["ratio"] == pytest.approx(0.5)
     assert out["empirical"]["reference_safety_stock_value"] is None and out["empirical"]["ratio"] is None
 
@@ -250,12 +253,14 @@ def test_buffercast_evaluate_prints_achieved_service_per_target(prefect_harness,
     assert set(published["method"]) == {
         "buffercast", "buffercast_sweep", "jit", "jic", "textbook", "empirical", "ddmrp", "buffercast_phased", "buffercast_held"
     }  # fmt: skip
+    reports = list((tmp_path / "out" / EVALUATIONS / "reports").glob("as_of=*/report.html"))
+    assert len(reports) == 1 and "Out of sample: did the plans deliver their targets?" in reports[0].read_text()
     run_id = next(line for line in res.output.splitlines() if "MLflow run" in line).split()[2]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "buffercast_sweep_95_achieved" in run.data.metrics and "ddmrp_achieved" in run.data.metrics
-    assert TRADEOFF_FILE in {a.path for a in client.list_artifacts(run_id)}
+    assert {TRADEOFF_FILE, "report.html"} <= {a.path for a in client.list_artifacts(run_id)}
     bad = runner.invoke(app, ["evaluate", "--freq", "X"])
     assert bad.exit_code == 2 and "'frequency'" in bad.output
 
