@@ -452,6 +452,11 @@ class LifeCycleConfig(_Strict):
         description="Dead (obsolescence risk; no buffer unless critical) when P(a silence this long | the SKU's share of periods "
         "with a sale) is below this; 1: the floor alone decides.",
     )
+    beyond_longest_gap: bool = Field(
+        False,
+        description="Dead also needs a silence longer than the longest quiet spell the SKU has come back from (sales in bursts); "
+        "off: the rate and the floor decide (docs/methods.md 2.4).",
+    )
     window_days: float = Field(365.0, gt=0.0, description="Window of the movement frequency behind FSN.")
     fast_from: float = Field(0.5, gt=0.0, le=1.0, description="Movement frequency (share of periods with a sale) at least this: F (fast).")
     slow_from: float = Field(0.1, gt=0.0, le=1.0, description="At least this: S (slow); below: N (non-moving).")

@@ -37,6 +37,7 @@ def life_cycle(
     dead_periods: int,
     dead_probability: float,
     window_periods: int,
+    beyond_longest_gap: bool = False,
     fast_from: float,
     slow_from: float,
     id_col: str = "unique_id",
@@ -61,8 +62,11 @@ def life_cycle(
       (obsolescence risk): periods_since_last_sale s >= `dead_periods` (the floor) and (1 - p)^s < `dead_probability`,
       p = the share of its periods with a sale since its first sale (1 / ADI); a part that sells every 4 periods is
       not dead after 3 silent ones ((3/4)^3 = 0.42), one that sold every period is; `dead_probability` 1 makes the
-      floor the whole rule. Then "new" when periods_since_first_sale <= `new_periods` (too short to backtest);
-      "slow_moving" when fsn_class is not "F"; else "active".
+      floor the whole rule. With `beyond_longest_gap` (and a probability below 1), s must also be longer than the
+      longest silence the series has come back from: sales that come in bursts have long quiet spells the rate alone
+      calls improbable (a part with a 10-period gap behind it is not dead after 9).
+      Then "new" when periods_since_first_sale <= `new_periods` (too short to backtest); "slow_moving" when fsn_class
+      is not "F"; else "active".
 
     A series whose values are all zero has no sale: periods_since_first_sale and periods_since_last_sale
     are null, movement_frequency 0.0, fsn_class "N", life_cycle "dead".
@@ -94,6 +98,8 @@ def life_cycle(
             sale.sum().cast(pl.Float64).alias("_sales"),
             (pl.col(time_col) > pl.col(time_col).filter(sale).max()).sum().cast(pl.Int64).alias("periods_since_last_sale"),
             sale.tail(window_periods).sum().cast(pl.Float64).alias("_window_sales"),
+            # The longest run of zeros between two sales: the gaps between consecutive sale positions, less one.
+            (pl.int_range(pl.len()).filter(sale).diff().max() - 1).fill_null(0).cast(pl.Int64).alias("_longest_gap"),
             pl.len().clip(upper_bound=window_periods).cast(pl.Float64).alias("_window_len"),
         )
     )
@@ -110,8 +116,9 @@ def life_cycle(
     )
     # P(s silent periods | the series' own rate p) = (1 - p)^s, p over its periods since the first sale.
     quiet = (1.0 - pl.col("_sales") / since_first.cast(pl.Float64)).pow(since_last.cast(pl.Float64))
+    probable_death = (quiet < dead_probability) & ((since_last > pl.col("_longest_gap")) | (not beyond_longest_gap))
     stage = (
-        pl.when(since_first.is_null() | ((since_last >= dead_periods) & (quiet < dead_probability)))
+        pl.when(since_first.is_null() | ((since_last >= dead_periods) & (probable_death | (dead_probability == 1))))
         .then(pl.lit("dead"))
         .when(since_first <= new_periods)
         .then(pl.lit("new"))

@@ -48,6 +48,7 @@ def sku_profiles(
                 new_periods=cfg.periods(lc.new_days),
                 dead_periods=cfg.periods(lc.dead_days),
                 dead_probability=lc.dead_probability,
+                beyond_longest_gap=lc.beyond_longest_gap,
                 window_periods=cfg.periods(lc.window_days),
                 fast_from=lc.fast_from,
                 slow_from=lc.slow_from,

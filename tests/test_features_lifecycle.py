@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import numpy as np
 import polars as pl
@@ -193,8 +194,9 @@ def test_bad_frames_are_named():
 
 
 def _naive(
-    ys: list[float], new_periods: int, dead_periods: int, window_periods: int, fast_from=0.5, slow_from=0.1, dead_probability=1.0
-) -> dict:
+    ys: list[float], new_periods: int, dead_periods: int, window_periods: int, fast_from=0.5, slow_from=0.1, dead_probability=1.0,
+    beyond_longest_gap=False,
+) -> dict:  # fmt: skip
     first = next((i for i, v in enumerate(ys) if v > 0), None)
     if first is None:
         return {
@@ -210,7 +212,12 @@ def _naive(
     frequency = sum(1 for v in window if v > 0) / len(window)
     fsn = "F" if frequency >= fast_from else "S" if frequency >= slow_from else "N"
     since_last = len(active) - 1 - last
-    if since_last >= dead_periods:
+    sales = [i for i, v in enumerate(active) if v > 0]
+    longest_gap = max((b - a - 1 for a, b in itertools.pairwise(sales)), default=0)
+    quiet = (1 - len(sales) / len(active)) ** since_last
+    if since_last >= dead_periods and (
+        dead_probability == 1.0 or (quiet < dead_probability and (since_last > longest_gap or not beyond_longest_gap))
+    ):
         stage = "dead"
     elif len(active) <= new_periods:
         stage = "new"
@@ -245,6 +252,8 @@ def _random_series(seed: int, n_series: int = 200) -> dict[str, list[float]]:
     [
         ARGS,
         {"new_periods": 12, "dead_periods": 8, "dead_probability": 1.0, "window_periods": 13, "fast_from": 0.6, "slow_from": 0.25},
+        {"new_periods": 6, "dead_periods": 3, "dead_probability": 0.05, "window_periods": 13, "fast_from": 0.6, "slow_from": 0.25},
+        {**ARGS, "dead_periods": 2, "dead_probability": 0.05, "beyond_longest_gap": True},
     ],
 )
 def test_matches_naive_loop(args):
@@ -316,6 +325,19 @@ def test_the_silence_turns_improbable_at_the_hand_computed_boundary():
     # After s silent periods p = 10 / (37 + s): s 27 -> (1 - 10/64)^27 = 0.01018 >= 0.01; s 28 -> (1 - 10/65)^28 = 0.00930.
     assert row_of(every_fourth + [0.0] * 24, dead_periods=3, dead_probability=0.01)["life_cycle"] != "dead"
     assert row_of(every_fourth + [0.0] * 25, dead_periods=3, dead_probability=0.01)["life_cycle"] == "dead"
+
+
+def test_a_part_that_sells_in_bursts_is_not_dead_within_the_longest_quiet_spell_it_came_back_from():
+    """12 months selling, 10 silent, 6 selling, then 9 silent: 18 sales in 37 months (p 0.49), (0.51)^9 = 0.002 < 0.01,
+    but it has come back from a 10-month silence before: with `beyond_longest_gap` not dead yet (without, dead by the rate
+    alone). After 11 silent months it is dead either way."""
+    bursts = [2.0] * 12 + [0.0] * 10 + [1.0] * 6
+    assert life_cycle(panel_of({"s": [*bursts, *[0.0] * 9]}), **{**ARGS, "dead_probability": 0.01})["life_cycle"][0] == "dead"
+    args = {**ARGS, "dead_periods": 3, "dead_probability": 0.01, "beyond_longest_gap": True}
+    quiet = life_cycle(panel_of({"s": [*bursts, *[0.0] * 9]}), **args).row(0, named=True)
+    assert (quiet["periods_since_last_sale"], quiet["life_cycle"]) == (9, "slow_moving")
+    gone = life_cycle(panel_of({"s": [*bursts, *[0.0] * 11]}), **args).row(0, named=True)
+    assert gone["life_cycle"] == "dead"
 
 
 def test_a_daily_seller_silent_for_91_days_is_dead_and_the_floor_still_holds():
