@@ -63,7 +63,7 @@ format: install
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
-## Run the benchmarks in bench/ (slow scale checks, never part of make test: ~90 min on 2 cores); results in bench/results/
+## Run the benchmarks in bench/ (slow scale checks, never part of make test: ~2 h on 2 cores); results in bench/results/
 bench: install
 	$(BIN)/python bench/profile_m5.py
 	$(BIN)/python bench/m3_service_levels.py
@@ -72,6 +72,9 @@ bench: install
 	$(BIN)/python bench/bootstrap_speed.py
 	$(BIN)/python bench/ten_runs.py
 	$(BIN)/python bench/evaluate_m3.py
+	$(BIN)/python bench/evaluate_intermittent.py
+	bash bench/fetch_data.sh
+	$(BIN)/python bench/evaluate_walmart.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)
 clean:

@@ -98,6 +98,11 @@ def _bootstrap(skus: pl.DataFrame, panel: pl.DataFrame, cfg: BuffercastConfig, l
     return out
 
 
+def _bootstrap_at(prefix: str, q: float) -> pl.Expr:
+    """The bootstrap buffer at level `q`: its quantile minus the bootstrap mean, never negative."""
+    return (pl.col(f"_{prefix}_{q}") - pl.col(f"_{prefix}_mean")).clip(0.0, None)
+
+
 def _bootstrap_buffer(prefix: str, levels: list[float], level: str = "service_level_target") -> pl.Expr:
     """The bootstrap buffer at each SKU's `level`: its quantile column `_{prefix}_{level}` minus the bootstrap mean
     `_{prefix}_mean`, never negative."""
@@ -324,6 +329,13 @@ class _BootstrapBuffers:
     review: pl.Expr
     jit: pl.Expr
     jic: pl.Expr
+    # The largest level whose lead-time buffer fits under a given safety stock (what a capped buffer still covers).
+    levels: tuple[float, ...] = ()
+
+    def level_within(self, ss: pl.Expr) -> pl.Expr:
+        """The largest bootstrapped level whose lead-time buffer is at most `ss` (null when none fits)."""
+        fits = [pl.when(_bootstrap_at("lt", q) <= ss + 1e-9).then(pl.lit(q)) for q in self.levels]
+        return pl.max_horizontal(fits) if fits else pl.lit(None, pl.Float64)
 
 
 def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFrame | None) -> tuple[pl.DataFrame, _BootstrapBuffers]:
@@ -334,7 +346,8 @@ def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFr
     sized_at = out.filter(pl.col("_empirical")).select(
         pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
     )
-    levels = sorted(set(cfg.service_levels.target_levels()) | set(sized_at.to_series().drop_nulls().to_list()))
+    # The median too: a buffer capped below every target still states the level it covers.
+    levels = sorted({0.5} | set(cfg.service_levels.target_levels()) | set(sized_at.to_series().drop_nulls().to_list()))
     boot = _bootstrap(out, panel, cfg, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
     if "_lt_mean" not in out.columns:
@@ -347,6 +360,7 @@ def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFr
         review=_bootstrap_buffer("rlt", levels, "calibrated_review_service_level"),
         jit=_bootstrap_buffer("rlt", levels, "_jit_level"),
         jic=_bootstrap_buffer("rlt", levels, "_jic_level"),
+        levels=tuple(levels),
     )
 
 
@@ -354,8 +368,8 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers, cfg: BuffercastCon
     """Unrounded safety stocks: SS = k x sigma_buffered (normal method, floored at 0) or the bootstrap buffer, for the
     reorder point (`_ss`), the order-up-to level (`_review_ss`) and the pure JIT and JIC policies, each at most
     `buffers.max_cover_days` of mean demand (`flag_cover_capped` when the reorder point's buffer hits the cap); the
-    method used; and the expected cycle service level: the hybrid's (it buffers the variable part only) and a capped
-    normal buffer's, Phi(SS / sigma)."""
+    method used; and the expected cycle service level: the hybrid's (it buffers the variable part only), a capped
+    normal buffer's, Phi(SS / sigma), and a capped bootstrap buffer's, the largest bootstrapped level it still covers."""
     empirical = boot.sized
     normal_ss = _numpy(safety_stock_cycle, "safety_factor_z", "sigma_buffered")
     normal_review_ss = _numpy(safety_stock_cycle, "_factor_review", "_sigma_review_buffered")
@@ -398,6 +412,9 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers, cfg: BuffercastCon
             .then(
                 pl.min_horizontal("expected_service_level", _numpy(stats.norm.cdf, "_capped_z").fill_null(pl.col("expected_service_level")))
             )
+            # A capped bootstrap buffer: the largest bootstrapped level (nominal) it still covers.
+            .when(pl.col("flag_cover_capped") & empirical)
+            .then(pl.min_horizontal("expected_service_level", boot.level_within(pl.col("_ss")).fill_null(0.5)))
             .otherwise("expected_service_level")
         )
     )

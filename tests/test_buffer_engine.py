@@ -93,6 +93,28 @@ def test_intermittent_demand_is_buffered_by_the_bootstrap_quantile():
     assert one(recommend(skus, SETTINGS))["safety_stock_method"] == "normal_cycle"
 
 
+def test_a_capped_bootstrap_buffer_states_the_level_it_still_covers():
+    """The same intermittent SKU (97% target) with mean demand 0.1 a day and the cover capped at 30 days: SS <= 3 units.
+    Its expected service is the largest bootstrapped level whose buffer fits in 3 units, below the target."""
+    panel = _sparse_panel()
+    skus = sku(demand_class="intermittent", lead_time_days=40.0, lead_time_periods=40.0, lead_time_std_days=4.0, abc_class="A")
+    capped_cfg = SETTINGS.updated({"buffers": {"max_cover_days": 30.0}})
+    row = one(recommend(skus.with_columns(mean_demand_per_period=pl.lit(0.1)), capped_cfg, panel))
+    assert row["flag_cover_capped"] and row["safety_stock_units"] == 3.0
+    levels = sorted({0.5, *capped_cfg.service_levels.target_levels()})
+    boot = bootstrap_lead_time_demand(
+        panel,
+        pl.DataFrame({"unique_id": ["S1"], "lead_time_periods": [40.0], "lead_time_std_periods": [4.0]}),
+        levels,
+        seed=SETTINGS.seed,
+        n_samples=SETTINGS.buffers.bootstrap_samples,
+        history_periods=SETTINGS.bootstrap_history_periods,
+    ).row(0, named=True)
+    fits = [q for q in levels if max(boot[quantile_column(q)] - boot["bootstrap_mean"], 0.0) <= 3.0]
+    assert row["expected_service_level"] == max(fits) < row["service_level_target"] == 0.97
+    assert f"expected service {max(fits):.1%}" in row["reasons"]
+
+
 def test_hybrid_says_how_much_less_than_its_target_it_delivers():
     # Variable error only (Y), everything else benign: hybrid buffers the demand term, not the lead-time term.
     row = one(recommend(sku(volatility_class="variable", error_cv=0.7), SETTINGS))
