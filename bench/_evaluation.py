@@ -27,6 +27,8 @@ from profile_m5 import machine
 from configs.schema import BuffercastConfig, load_config
 from evaluation.rolling import capital_at_equal_service
 from pipeline.evaluate import rolling_evaluation
+from pipeline.plots import tradeoff_figure
+from pipeline.report import figure_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The summary slices written to the JSON, each under its own key.
@@ -121,10 +123,21 @@ def run_evaluation(
     out["capital_at_equal_service"] = capital_at_equal_service(summary).to_dicts() if summary.height else []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1, default=str))
+    write_tradeoff(out_path)
     if summary.height:
         print_headline(summary)
     print(f"{seconds:.0f} s; written {out_path}")
     return out
+
+
+def write_tradeoff(json_path: Path) -> Path:
+    """The trade-off curves (`pipeline.plots.tradeoff_figure`) of a result file, next to it as <name>.png."""
+    result = json.loads(json_path.read_text())
+    rows = [row | {"slice": row.get("slice")} for name in ("all", "demand_class") for row in result.get(name, [])]
+    png = json_path.with_suffix(".png")
+    if rows:
+        png.write_bytes(figure_png(tradeoff_figure(pl.DataFrame(rows, infer_schema_length=None))))
+    return png
 
 
 def achieved_by_class(summary: pl.DataFrame) -> pl.DataFrame:

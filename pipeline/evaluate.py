@@ -25,6 +25,7 @@ until the next origin for fill rate, units short and on-hand stock (`evaluation.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,15 +89,23 @@ def _at_target(cfg: BuffercastConfig, target: float) -> BuffercastConfig:
 
 
 def plan_at_origin(
-    cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, targets: list[float]
+    cfg: BuffercastConfig,
+    sales: pl.DataFrame,
+    master: pl.DataFrame | None,
+    as_of: dt.date,
+    targets: list[float],
+    seconds: dict[str, float] | None = None,
 ) -> dict[tuple[str, float | None], pl.DataFrame]:
     """The plans an origin publishes from `sales` up to `as_of` only: ("buffercast", None) as configured,
     ("buffercast_sweep", target) per target, ("jit", None) and ("jic", None) with every SKU forced to that policy;
     each the `recommendations` table plus unique_id; and ("plan_parameters", None): the time-phased parameters of the
-    plan as configured (`buffers.time_phased`)."""
+    plan as configured (`buffers.time_phased`). `seconds`, if given, receives the time spent profiling and forecasting
+    (`profile_forecast`) and in the recommendation passes (`recommendations`)."""
+    start = time.perf_counter()
     cfg = cfg.updated({"as_of": as_of})
     p = profile_sales(cfg, sales.filter(pl.col("date") <= as_of), master, as_of)
     fc = forecast_stage(cfg, p)
+    planned = time.perf_counter()
     keys = p.keys.select(ID, "sku_id", "location_id")
     plans = {}
     variants = [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]
@@ -105,6 +114,8 @@ def plan_at_origin(
         recs, _ = calibrated_recommendations(c, as_of, p, fc, replay=False)
         plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
     plans[("plan_parameters", None)] = time_phased_parameters(plans[("buffercast", None)], fc.extended, fc.extended_periods)
+    if seconds is not None:
+        seconds.update(profile_forecast=planned - start, recommendations=time.perf_counter() - planned)
     return plans
 
 
@@ -162,7 +173,7 @@ def rolling_evaluation(
     progress: Callable[[str], None] | None = None,
 ) -> RollingEvaluation:
     """Plan at every origin with the data up to it, judge every plan and baseline on what came after it. `progress`
-    receives one line per origin (the flow logs it)."""
+    receives two lines per origin, the second with where its time went (the flow logs them)."""
     e = cfg.evaluation
     last_date = sales["date"].max()
     panel = to_periods(sales, freq=cfg.frequency, as_of=last_date, week_start=cfg.week_start, input_grain=cfg.input.grain)
@@ -175,7 +186,9 @@ def rolling_evaluation(
         if progress is not None:
             progress(f"origin {number} of {len(starts)}: planning as of {as_of} with the data up to it")
         as_ofs.append(as_of)
-        plans = plan_at_origin(cfg, sales, master, as_of, e.targets)
+        seconds: dict[str, float] = {}
+        plans = plan_at_origin(cfg, sales, master, as_of, e.targets, seconds)
+        judging = time.perf_counter()
         plan = plans[("buffercast", None)]
         plan_parameters = plans.pop(("plan_parameters", None))
         attrs = plan.select(PLAN_COLUMNS)
@@ -211,6 +224,12 @@ def rolling_evaluation(
             }
             windows = pl.concat([windows, ahead.join(slices, on=ID, how="left").with_columns(**not_replayed)], how="diagonal_relaxed")
         parts.append(judge(windows.with_columns(origin=pl.lit(as_of))))
+        if progress is not None:
+            progress(
+                f"origin {number} of {len(starts)}: profile and forecast {seconds['profile_forecast']:.0f} s, "
+                f"{len(plans)} recommendation passes {seconds['recommendations']:.0f} s, "
+                f"baselines and judging {time.perf_counter() - judging:.0f} s"
+            )
     windows = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
     summary = summarise(windows).select(c for c in output_columns("evaluation") if c != "as_of") if parts else pl.DataFrame()
     return RollingEvaluation(as_ofs, windows, summary, unjudged)
