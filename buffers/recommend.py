@@ -318,6 +318,11 @@ def safety_factors(out: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+#: Levels the bootstrap is always evaluated at besides the targets: a buffer held down by the cover cap states the
+#: largest of them it still covers (`_BootstrapBuffers.level_within`), to this resolution.
+CAPPED_LEVEL_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995, 0.999)
+
+
 @dataclass(frozen=True)
 class _BootstrapBuffers:
     """Per SKU, the bootstrap buffers (quantile minus mean) at each level a bootstrap SKU is sized at; `sized` is
@@ -346,8 +351,7 @@ def bootstrap_buffers(out: pl.DataFrame, cfg: BuffercastConfig, panel: pl.DataFr
     sized_at = out.filter(pl.col("_empirical")).select(
         pl.concat_list("sizing_level", "calibrated_review_service_level", "_jic_level", "_jit_level").explode().unique()
     )
-    # The median too: a buffer capped below every target still states the level it covers.
-    levels = sorted({0.5} | set(cfg.service_levels.target_levels()) | set(sized_at.to_series().drop_nulls().to_list()))
+    levels = sorted(set(CAPPED_LEVEL_GRID) | set(cfg.service_levels.target_levels()) | set(sized_at.to_series().drop_nulls().to_list()))
     boot = _bootstrap(out, panel, cfg, levels) if panel is not None else pl.DataFrame(schema={"unique_id": pl.String})
     out = out.join(boot, on="unique_id", how="left")
     if "_lt_mean" not in out.columns:

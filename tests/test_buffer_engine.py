@@ -12,7 +12,7 @@ import pytest
 from scipy import optimize, stats
 
 from buffers.lead_time_demand import bootstrap_lead_time_demand, quantile_column
-from buffers.recommend import recommend
+from buffers.recommend import CAPPED_LEVEL_GRID, recommend
 from buffers.safety_stock import normal_loss
 from evaluation.replay import (
     Scenario,
@@ -95,13 +95,14 @@ def test_intermittent_demand_is_buffered_by_the_bootstrap_quantile():
 
 def test_a_capped_bootstrap_buffer_states_the_level_it_still_covers():
     """The same intermittent SKU (97% target) with mean demand 0.1 a day and the cover capped at 30 days: SS <= 3 units.
-    Its expected service is the largest bootstrapped level whose buffer fits in 3 units, below the target."""
+    Its expected service is the largest bootstrapped level (the targets and a grid) whose buffer fits in 3 units, below
+    the target."""
     panel = _sparse_panel()
     skus = sku(demand_class="intermittent", lead_time_days=40.0, lead_time_periods=40.0, lead_time_std_days=4.0, abc_class="A")
     capped_cfg = SETTINGS.updated({"buffers": {"max_cover_days": 30.0}})
     row = one(recommend(skus.with_columns(mean_demand_per_period=pl.lit(0.1)), capped_cfg, panel))
     assert row["flag_cover_capped"] and row["safety_stock_units"] == 3.0
-    levels = sorted({0.5, *capped_cfg.service_levels.target_levels()})
+    levels = sorted({*CAPPED_LEVEL_GRID, *capped_cfg.service_levels.target_levels()})
     boot = bootstrap_lead_time_demand(
         panel,
         pl.DataFrame({"unique_id": ["S1"], "lead_time_periods": [40.0], "lead_time_std_periods": [4.0]}),
