@@ -113,7 +113,8 @@ def _bootstrap_buffer(prefix: str, levels: list[float], level: str = "service_le
 
 
 def _pct(expr: pl.Expr) -> pl.Expr:
-    return (expr * 100).round(1).cast(pl.String) + "%"
+    """A share as a percentage, one decimal; four above 99.9% (a level of 0.999999 is not "100.0%")."""
+    return pl.when(expr > 0.999).then((expr * 100).round(4)).otherwise((expr * 100).round(1)).cast(pl.String) + "%"
 
 
 def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
@@ -380,8 +381,9 @@ def safety_stocks(out: pl.DataFrame, boot: _BootstrapBuffers, cfg: BuffercastCon
     # Hybrid buffers only the variable part: with the other terms still there, it delivers less than the target.
     covered = pl.when(pl.col("sigma_total") > 0).then(pl.col("safety_factor_z") * pl.col("sigma_buffered") / pl.col("sigma_total"))
     out = out.with_columns(_covered=covered).with_columns(
+        # Never above the target: the calibrated z can exceed z(target), but the plan promises the target, or less.
         expected_service_level=pl.when((pl.col("policy") == "hybrid") & ~empirical & (pl.col("service_level_measure") == "cycle"))
-        .then(_numpy(stats.norm.cdf, "_covered").fill_null(pl.col("service_level_target")))
+        .then(pl.min_horizontal(_numpy(stats.norm.cdf, "_covered").fill_null(pl.col("service_level_target")), "service_level_target"))
         .otherwise(pl.col("service_level_target"))
     )
     days = cfg.buffers.max_cover_days
@@ -442,9 +444,16 @@ def stock_levels(out: pl.DataFrame, boot: _BootstrapBuffers) -> pl.DataFrame:
             reorder_point_units=pl.when(nothing)
             .then(0.0)
             .otherwise(round_up_units(_numpy(reorder_point, "lead_time_demand", "safety_stock_units"))),
+            # Never below the reorder point: an order-up-to level under it would order nothing when stock hits the ROP
+            # (the R + L buffer can be smaller than the L one when the review-period map is calibrated lower).
             order_up_to_units=pl.when(nothing)
             .then(0.0)
-            .otherwise(round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_review_ss_units"))),
+            .otherwise(
+                pl.max_horizontal(
+                    round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_review_ss_units")),
+                    round_up_units(_numpy(reorder_point, "lead_time_demand", "safety_stock_units")),
+                )
+            ),
             order_up_to_jit_units=round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_jit_ss")),
             order_up_to_jic_units=round_up_units(_numpy(order_up_to_level, "review_lead_time_demand", "_jic_ss")),
             order_quantity_units=pl.when(nothing).then(0.0).otherwise(round_up_units(pl.col("order_quantity"), pack)),

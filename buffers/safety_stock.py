@@ -48,13 +48,15 @@ def sigma_total(sigma_lead_time_demand: pl.Expr, demand_per_period: pl.Expr, lea
 def round_up_units(units: pl.Expr, pack_size: pl.Expr | None = None) -> pl.Expr:
     """Never negative, up to whole units, then up to a multiple of the pack size (null pack size: 1).
 
-    A tolerance of 1e-9 keeps 36.000000000001 from becoming 37 through float noise.
+    A tolerance of 1e-9 keeps 36.000000000001 from becoming 37 through float noise. Zero is +0.0, never -0.0.
     """
-    whole = (units.clip(0.0, None) - 1e-9).ceil().clip(0.0, None)
+    # `abs` turns the -0.0 that ceil(-1e-9) gives into 0.0 (polars folds `+ 0.0` away): a reader must never see a
+    # negative zero.
+    whole = (units.clip(0.0, None) - 1e-9).ceil().clip(0.0, None).abs()
     if pack_size is None:
         return whole
     pack = pack_size.fill_null(1.0).clip(1.0, None)
-    return (whole / pack - 1e-9).ceil().clip(0.0, None) * pack
+    return ((whole / pack - 1e-9).ceil().clip(0.0, None) * pack).abs()
 
 
 def _floats(*arrays: ArrayLike) -> list[np.ndarray]:

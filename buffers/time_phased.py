@@ -9,7 +9,7 @@ future period p = 1..P instead (the `plan_parameters` table), for a review at th
 - safety stock SS: the plan's, the same every period (the forecast error's spread is measured over the whole backtest,
   not per season);
 - reorder point ROP_p = LTD_p + SS; order-up-to level S_p = RLTD_p + (S - RLTD), the plan's buffer over R + L; both
-  rounded up to whole units as the plan's are (`buffers.safety_stock.round_up_units`).
+  rounded up to whole units as the plan's are (`buffers.safety_stock.round_up_units`), S_p never below ROP_p.
 
 Period 1 is the plan itself: ROP_1 and S_1 equal the `recommendations` table's reorder point and order-up-to level
 (up to float rounding of the sums). A SKU without a buffer and nothing to reorder (dead, not critical) gets zeros.
@@ -78,6 +78,9 @@ def time_phased_parameters(recs: pl.DataFrame, extended: pl.DataFrame, periods: 
             order_up_to_units=pl.when("_nothing")
             .then(0.0)
             .otherwise(round_up_units(pl.col("review_lead_time_demand") + pl.col("_review_buffer"))),
+        )
+        .with_columns(
+            order_up_to_units=pl.max_horizontal("order_up_to_units", "reorder_point_units"),
         )
         .select(ID, *COLUMNS)
         .sort(ID, "period")

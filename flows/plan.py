@@ -85,6 +85,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     manifest = run_manifest(
         cfg,
         run_id=run_id,
+        as_of=as_of,
         n_rows=n_rows,
         p=p,
         last_date=inputs.sales.valid["date"].max(),

@@ -16,7 +16,7 @@ from evaluation import metrics as em
 from evaluation.coverage import bootstrap_coverage, pinball_losses, window_coverage
 from evaluation.windows import window_errors
 from forecasting.backtest import ForecastResult
-from pipeline.contracts import InputError, Inputs, output_columns, output_dtypes, validate_output
+from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, output_columns, output_dtypes, validate_output
 from pipeline.evaluate import RollingEvaluation
 from pipeline.stages import Profiled
 
@@ -278,6 +278,7 @@ def run_manifest(
     cfg: BuffercastConfig,
     *,
     run_id: str,
+    as_of: dt.date,
     n_rows: dict[str, int],
     p: Profiled,
     last_date: dt.date,
@@ -286,9 +287,12 @@ def run_manifest(
     tracking: dict[str, str | None],
     prefect_run_id: str,
 ) -> dict[str, Any]:
-    """The run's `manifest.json` (the publisher adds the file list, the schemas and the schema version)."""
+    """The run's `manifest.json` (the publisher adds the file list and the schemas). The as-of date and the schema version
+    are in it from the start: the report shows them before anything is published."""
     return {
         "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "schema_version": SCHEMA_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config_name": cfg.name,
         "config_hash": cfg.fingerprint(),

@@ -88,7 +88,20 @@ def test_fill_rate_safety_factor_solves_the_loss_function():
 )  # fmt: skip
 def test_round_up_units(units, pack, expected):
     frame = pl.DataFrame({"u": [units], "p": [pack]}, schema={"u": pl.Float64, "p": pl.Float64})
-    assert frame.select(round_up_units(pl.col("u"), pl.col("p"))).item() == expected
+    got = frame.select(round_up_units(pl.col("u"), pl.col("p"))).item()
+    assert got == expected
+
+
+def test_round_up_units_never_gives_a_negative_zero():
+    """ceil(0 - 1e-9) is -0.0; polars folds `x + 0.0` away, so the sign must be cleared another way."""
+    frame = pl.DataFrame(
+        {"u": [0.0, -1e-12, 1e-10, -4.2, 0.5], "p": [None, 6.0, None, 12.0, None]}, schema={"u": pl.Float64, "p": pl.Float64}
+    )
+    out = frame.select(whole=round_up_units(pl.col("u")), packed=round_up_units(pl.col("u"), pl.col("p")))
+    for column in out.columns:
+        values = out[column].to_numpy()
+        assert not (np.signbit(values) & (values == 0)).any(), (column, values)
+    assert out["whole"].to_list() == [0.0, 0.0, 0.0, 0.0, 1.0]
 
 
 RULES = [
@@ -228,3 +241,11 @@ def test_a_buffer_never_covers_more_than_max_cover_days_of_demand():
     assert "capped at 365 days of mean demand (730.0 units instead of 930.5" in capped["reasons"]
     free = one(recommend(sku(**wild), SETTINGS.updated({"buffers": {"max_cover_days": None}})))
     assert not free["flag_cover_capped"] and free["safety_stock_units"] == math.ceil(stats.norm.ppf(0.99) * 400)
+
+
+@pytest.mark.parametrize(("share", "text"), [(0.95, "95.0%"), (0.999, "99.9%"), (0.999999, "99.9999%"), (1.0, "100.0%"), (0.8, "80.0%")])
+def test_reasons_never_round_a_level_below_one_up_to_100_percent(share, text):
+    """A calibrated level of 0.999999 used to read "sized at 100.0% nominal for the 99.0% target"."""
+    from buffers.recommend import _pct
+
+    assert pl.select(_pct(pl.lit(share))).item() == text

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from evaluation.metrics import quantile_name
 from flows.cli import app
 from flows.publish import read_manifest, read_table
-from pipeline.contracts import OUTPUT_SCHEMAS, InputError
+from pipeline.contracts import OUTPUT_SCHEMAS, SCHEMA_VERSION, InputError
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -71,6 +71,14 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert dead.height >= 1 and (dead["safety_stock_units"] == 0).all() and (dead["reorder_point_units"] == 0).all()
     assert dead["reasons"].str.contains("obsolescence risk").all()
     assert set(recs["life_cycle"]) <= {"new", "active", "slow_moving", "dead"}
+    # Sane levels over the whole catalogue: no negative zero anywhere, the order-up-to level never below the reorder
+    # point, and no plan promising more than its target.
+    floats = [c for c, t in recs.schema.items() if t == pl.Float64]
+    values = {c: recs[c].drop_nulls().to_numpy() for c in floats}
+    negative_zero = {c: int((np.signbit(v) & (v == 0)).sum()) for c, v in values.items()}
+    assert not {c: n for c, n in negative_zero.items() if n}, negative_zero
+    assert (recs["order_up_to_units"] >= recs["reorder_point_units"]).all()
+    assert (recs["expected_service_level"] <= recs["service_level_target"] + 1e-12).all()
     # The time-phased parameters: every SKU over the configured periods ahead; period 1 is the plan itself.
     phased = read_table(out, "plan_parameters", AS_OF)
     assert phased.height == recs.height * cfg.time_phased_periods
@@ -78,6 +86,7 @@ def test_flow_publishes_the_contract(default_run, small_catalogue):
     assert first.height == recs.height
     assert (first["reorder_point_units"] == first["reorder_point_units_plan"]).all()
     assert (first["order_up_to_units"] == first["order_up_to_units_plan"]).all()
+    assert (phased["order_up_to_units"] >= phased["reorder_point_units"]).all()
     assert recs["reasons"].str.starts_with(recs["policy"]).all()
     assert set(recs["policy"]) <= {"JIT", "JIC", "hybrid"}
     # SKUs missing from the master are planned with the config defaults, and the reasons say so.
@@ -447,4 +456,7 @@ def test_second_run_publishes_what_changed_since_the_previous_as_of(small_catalo
     # The planner's report, next to the outputs, shows the changes.
     report = (Path(out) / "reports" / f"as_of={AS_OF}" / "report.html").read_text()
     assert "buffercast weekly report" in report and changes["sku_id"][0] in report
+    # Its title and run facts carry the as-of date and the schema version (they were "—" before publishing added them).
+    assert f"<title>buffercast weekly report — {second_cfg.name} — as of {AS_OF}</title>" in report
+    assert f"<th>as of</th><td>{AS_OF}</td>" in report and f"<th>output schema version</th><td>{SCHEMA_VERSION}</td>" in report
     assert first["mlflow_run_id"] != second["mlflow_run_id"]
