@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Buffer stock recommendations per SKU: JIT, JIC or hybrid.")
 
@@ -61,14 +62,28 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _names_sku_master(config: Path | None) -> bool:
+    """Whether the user's config file sets `input.sku_master` itself (configs/default.yaml names the sample's)."""
+    if config is None or not Path(config).is_file():
+        return False
+    try:
+        raw = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports it, with the file, line and column
+    return isinstance(raw, dict) and isinstance(raw.get("input"), dict) and "sku_master" in raw["input"]
+
+
 def _overrides(
-    *, sales: str | None, sku_master: str | None, no_sku_master: bool, out: str | None, freq: str | None, tracking_uri: str | None
-) -> dict[str, Any]:
-    """The config keys the common command-line flags set."""
+    *, sales: str | None, sku_master: str | None, no_sku_master: bool, out: str | None, freq: str | None, tracking_uri: str | None,
+    config: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The config keys the common command-line flags set. `--sales` without `--sku-master` runs without a SKU master
+    (every SKU gets the config's defaults, and says so in its reasons) unless the user's own config names one: the
+    default config's master belongs to the sample data, not to the user's sales."""
     overrides: dict[str, Any] = {}
     if sales:
         overrides.setdefault("input", {})["sales"] = sales
-    if sku_master or no_sku_master:
+    if sku_master or no_sku_master or (sales and not _names_sku_master(config)):
         overrides.setdefault("input", {})["sku_master"] = sku_master
     if out:
         overrides["output"] = {"folder": out}
@@ -116,7 +131,9 @@ def run(
     quiet_environment()  # before prefect is imported
     if sku_master and no_sku_master:
         raise _fail("--sku-master and --no-sku-master exclude each other", 2)
-    overrides = _overrides(sales=sales, sku_master=sku_master, no_sku_master=no_sku_master, out=out, freq=freq, tracking_uri=tracking_uri)
+    overrides = _overrides(
+        sales=sales, sku_master=sku_master, no_sku_master=no_sku_master, out=out, freq=freq, tracking_uri=tracking_uri, config=config
+    )
     if as_of:
         overrides["as_of"] = as_of
     from flows.plan import plan_buffers
@@ -141,7 +158,9 @@ def evaluate(
     empirical quantile, DDMRP); publishes the `evaluation` table and logs an MLflow run with the trade-off curves.
     """
     quiet_environment()  # before prefect is imported
-    overrides = _overrides(sales=sales, sku_master=sku_master, no_sku_master=False, out=out, freq=freq, tracking_uri=tracking_uri)
+    overrides = _overrides(
+        sales=sales, sku_master=sku_master, no_sku_master=False, out=out, freq=freq, tracking_uri=tracking_uri, config=config
+    )
     if origins:
         overrides["evaluation"] = {"origins": origins}
     from flows.evaluate import evaluate_plans

@@ -162,3 +162,21 @@ def test_cli_prints_the_defaults():
     result = CliRunner().invoke(app, ["config", "--defaults"])
     assert result.exit_code == 0, result.output
     assert result.stdout == render_defaults()
+
+
+def test_sales_without_a_sku_master_runs_without_one_unless_the_users_config_names_one(tmp_path):
+    """The default config names the sample's SKU master: `--sales mine.csv` alone must not pair the user's sales with
+    it (it used to, whenever data/sample/ existed, and failed when it did not)."""
+    from flows.cli import _overrides
+
+    flags = dict(no_sku_master=False, out=None, freq=None, tracking_uri=None)
+    assert _overrides(sales="mine.csv", sku_master=None, **flags)["input"] == {"sales": "mine.csv", "sku_master": None}
+    assert load_config(None, _overrides(sales="mine.csv", sku_master=None, **flags)).input.sku_master is None
+    assert _overrides(sales="mine.csv", sku_master="items.csv", **flags)["input"]["sku_master"] == "items.csv"
+    own = tmp_path / "mine.yaml"
+    own.write_text("input:\n  sku_master: my_items.parquet\n")
+    assert "sku_master" not in _overrides(sales="mine.csv", sku_master=None, config=own, **flags)["input"]
+    silent = tmp_path / "silent.yaml"
+    silent.write_text("name: mine\n")  # says nothing of a master: none
+    assert _overrides(sales="mine.csv", sku_master=None, config=silent, **flags)["input"]["sku_master"] is None
+    assert "input" not in _overrides(sales=None, sku_master=None, **flags)  # no --sales: the config decides
