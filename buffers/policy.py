@@ -36,6 +36,11 @@ HYBRID_FLAGS = (
 #: Life-cycle flags: a dead, non-critical SKU gets no buffer (JIT, nothing to reorder); a new one is not backtested.
 LIFE_CYCLE_FLAGS = ("flag_dead", "flag_new")
 FLAG_COLUMNS = (*JIC_FLAGS, *HYBRID_FLAGS, *LIFE_CYCLE_FLAGS)
+#: The risk flags `buffers.recommend.costs_and_risks` adds after the policy flags.
+RISK_FLAGS = ("flag_declining", "flag_obsolescence_risk")
+#: How `buffers.recommend` sizes a buffer (`safety_stock_method`); here, with the other published vocabularies, so
+#: that the contracts (and the CLI's look at the inputs) do not import the buffer engine.
+SAFETY_STOCK_METHODS = ("normal_cycle", "normal_fill_rate", "bootstrap_quantile")
 
 
 def _fmt(expr: pl.Expr, digits: int = 2) -> pl.Expr:

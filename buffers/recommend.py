@@ -30,11 +30,6 @@ from evaluation.windows import LEAD_TIME, REVIEW_LEAD_TIME
 if TYPE_CHECKING:
     from configs.schema import BuffercastConfig, ServiceLevelConfig
 
-#: How a safety stock was sized (`safety_stock_method`).
-SAFETY_STOCK_METHODS = ("normal_cycle", "normal_fill_rate", "bootstrap_quantile")
-#: The risk flags `costs_and_risks` adds after the policy flags (`buffers.policy.FLAG_COLUMNS`).
-RISK_FLAGS = ("flag_declining", "flag_obsolescence_risk")
-
 
 #: Columns `recommend` needs, one row per series, and their types.
 REQUIRED: dict[str, pl.DataType] = {

@@ -94,17 +94,26 @@ def _overrides(
     return overrides
 
 
-def _run_flow(flow: Any, config: Path | None, overrides: dict[str, Any], what: str) -> Any:
-    """Load and validate the config, run the flow on it; bad input or config exits 2 with one line, any other failure
-    1 (the flow already logged the traceback)."""
+def _run_flow(flow_name: str, config: Path | None, overrides: dict[str, Any], what: str) -> Any:
+    """Load and validate the config, look at the inputs (`flows.sources.preflight`), run the flow on it; bad input or
+    config exits 2 with one line, before any server starts where it can be seen from the files' first rows; any other
+    failure 1 (the flow already logged the traceback). `flow_name`: "module:function" of the flow, imported only once
+    the inputs passed their look (importing it loads Prefect)."""
     from configs.schema import ConfigError, load_config
-    from flows.tasks import StageTimeout, StageWorkerDied
+    from flows.sources import preflight
     from pipeline.contracts import InputError
 
     try:
         cfg = load_config(config, overrides)
-    except ConfigError as exc:
+        preflight(cfg)  # bad input fails here, before Prefect is even imported
+    except (ConfigError, InputError) as exc:
         raise _fail(str(exc), 2) from None
+    import importlib
+
+    from flows.tasks import StageTimeout, StageWorkerDied
+
+    module, name = flow_name.split(":")
+    flow = getattr(importlib.import_module(module), name)  # Prefect loads here, after the inputs passed their look
     _quiet_bad_input_tracebacks()
     try:
         return flow(cfg)
@@ -136,9 +145,7 @@ def run(
     )
     if as_of:
         overrides["as_of"] = as_of
-    from flows.plan import plan_buffers
-
-    result = _run_flow(plan_buffers, config, overrides, "the run")
+    result = _run_flow("flows.plan:plan_buffers", config, overrides, "the run")
     typer.echo(format_summary(result))
 
 
@@ -163,9 +170,7 @@ def evaluate(
     )
     if origins:
         overrides["evaluation"] = {"origins": origins}
-    from flows.evaluate import evaluate_plans
-
-    result = _run_flow(evaluate_plans, config, overrides, "the evaluation")
+    result = _run_flow("flows.evaluate:evaluate_plans", config, overrides, "the evaluation")
     typer.echo(format_evaluation(result))
 
 

@@ -6,6 +6,7 @@ from (`_source_file`, `_row_number`) so that validation can name the exact file 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -14,8 +15,8 @@ import polars as pl
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-from configs.schema import InputConfig
-from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError
+from configs.schema import BuffercastConfig, InputConfig
+from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError, validate_sales, validate_sku_master
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
@@ -32,12 +33,33 @@ def read_sku_master(cfg: InputConfig) -> pl.DataFrame | None:
     return None if cfg.sku_master is None else read_table(cfg.sku_master, what="SKU master")
 
 
-def read_table(location: str, *, what: str) -> pl.DataFrame:
+#: Rows the pre-flight check reads from the first file of each input.
+PREFLIGHT_ROWS = 200
+
+
+def preflight(cfg: BuffercastConfig) -> None:
+    """Check the inputs before any server or stage starts: each exists, has a known format, and its first rows have
+    the configured columns with usable types (`pipeline.contracts.validate_sales` / `validate_sku_master` on the
+    first `PREFLIGHT_ROWS` rows of the first file, no quarantine limit). A bad input fails here in a second or two,
+    with the same one-line InputError the run would give; a store that does not answer (OSError) is left to the pull
+    task, which retries it."""
+    try:  # in the run's order: both inputs read (pull), then validated
+        sales = read_table(cfg.input.sales, what="sales", n_rows=PREFLIGHT_ROWS)
+        master = None if cfg.input.sku_master is None else read_table(cfg.input.sku_master, what="SKU master", n_rows=PREFLIGHT_ROWS)
+        validate_sales(sales, cfg.input.sales_columns, today=dt.date.max, date_format=cfg.input.date_format)
+        if master is not None:
+            validate_sku_master(master, cfg.input.sku_master_columns)
+    except OSError:
+        return
+
+
+def read_table(location: str, *, what: str, n_rows: int | None = None) -> pl.DataFrame:
     """Read a Parquet or CSV file, or every such file in a folder, from a path or fsspec URL.
 
     CSV columns are all read as String so that unparseable values reach validation; Parquet
     keeps its types. Adds `_source_file` and `_row_number` (1-based, header excluded).
-    Files in a folder are read in name order; hidden files and folders are skipped.
+    Files in a folder are read in name order; hidden files and folders are skipped. `n_rows`: only the first rows of
+    the first file (a look at the input, `preflight`).
     """
     try:
         fs, root = url_to_fs(location)
@@ -51,7 +73,7 @@ def read_table(location: str, *, what: str) -> pl.DataFrame:
         fmt = _format(root)
         if fmt is None:
             raise InputError(f"{what} file '{location}' has an unknown extension: use {', '.join(_FORMATS)}")
-        return _read_file(fs, root, location, fmt, what)
+        return _read_file(fs, root, location, fmt, what, n_rows)
 
     files = _folder_files(fs, root)
     if not files:
@@ -62,9 +84,9 @@ def read_table(location: str, *, what: str) -> pl.DataFrame:
     fmt = formats.pop()
     base = location.rstrip("/")
     tables = {}
-    for path in files:
+    for path in files[:1] if n_rows is not None else files:
         label = f"{base}/{path[len(root) :].lstrip('/')}"
-        tables[label] = _read_file(fs, path, label, fmt, what)
+        tables[label] = _read_file(fs, path, label, fmt, what, n_rows)
     return _concat(tables, location, what)
 
 
@@ -90,14 +112,15 @@ def input_fingerprint(*locations: str | None) -> str | None:
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
-def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str) -> pl.DataFrame:
-    """One file with its provenance columns; `label` is how messages and `_source_file` name it."""
+def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str, n_rows: int | None = None) -> pl.DataFrame:
+    """One file with its provenance columns; `label` is how messages and `_source_file` name it; `n_rows`: its first
+    rows only."""
     try:
         with fs.open(path, "rb") as handle:
             if fmt == "csv":
-                table = pl.read_csv(handle, infer_schema=False, row_index_name=ROW_NUMBER, row_index_offset=1)
+                table = pl.read_csv(handle, infer_schema=False, row_index_name=ROW_NUMBER, row_index_offset=1, n_rows=n_rows)
             else:
-                table = pl.read_parquet(handle).with_row_index(ROW_NUMBER, offset=1)
+                table = pl.read_parquet(handle, n_rows=n_rows).with_row_index(ROW_NUMBER, offset=1)
     except (pl.exceptions.PolarsError, ValueError) as exc:
         # Content that does not parse is bad input; an OSError (a flaky mount or store) propagates, to be retried.
         raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}") from None

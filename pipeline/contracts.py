@@ -21,8 +21,7 @@ from pandera.errors import SchemaErrors
 from pydantic import BaseModel
 
 from buffers.drift import CHANGE_KINDS
-from buffers.policy import FLAG_COLUMNS, POLICIES
-from buffers.recommend import RISK_FLAGS, SAFETY_STOCK_METHODS
+from buffers.policy import FLAG_COLUMNS, POLICIES, RISK_FLAGS, SAFETY_STOCK_METHODS
 from configs.schema import SalesColumns, SkuMasterColumns
 from features.lifecycle import LIFE_CYCLES
 from features.sbc import DEMAND_CLASSES

@@ -432,6 +432,32 @@ def test_cli_as_a_user_runs_it_bad_input_is_one_line_without_traceback(tmp_path)
     assert not (tmp_path / "out" / "recommendations").exists()
 
 
+@pytest.mark.parametrize("case", ["missing file", "missing column", "bad config value"])
+def test_bad_input_fails_before_prefect_is_even_imported(tmp_path, case):
+    """The CLI looks at the config and the inputs' first rows (`flows.sources.preflight`) before it imports the flow:
+    no Prefect server, no Prefect import, for a bad input the files show (it took two minutes behind a server)."""
+    good = tmp_path / "sales.csv"
+    pl.DataFrame({"sku_id": ["a"], "date": ["2026-01-01"], "quantity": ["1"]}).write_csv(good)
+    bad = tmp_path / "bad.csv"
+    pl.DataFrame({"sku_id": ["a"], "day": ["2026-01-01"], "quantity": ["1"]}).write_csv(bad)
+    args = {
+        "missing file": ["--sales", str(tmp_path / "nowhere.csv")],
+        "missing column": ["--sales", str(bad)],
+        "bad config value": ["--sales", str(good), "--freq", "X"],
+    }[case] + ["--out", str(tmp_path / "out")]
+    expected = {"missing file": "not found", "missing column": "missing column 'date'", "bad config value": "'frequency'"}[case]
+    code = (
+        "import sys\nfrom flows.cli import app\n"
+        f"try:\n    app({['run', *args]!r})\nexcept SystemExit as exc:\n    print('exit', exc.code, 'prefect' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "exit 2 False", proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("buffercast: error:")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_second_run_publishes_what_changed_since_the_previous_as_of(small_catalogue, make_config):
     from buffers.drift import compare_runs
     from flows.plan import plan_buffers
