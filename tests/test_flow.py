@@ -121,6 +121,21 @@ def _json_rows(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())
 
 
+def test_every_table_reads_as_the_readme_shows_with_polars_and_pandas(default_run):
+    """The README's one-liners: polars with hive partitioning, pandas with `partitioning=None` (the files carry `as_of`;
+    pandas' default partition discovery clashes with it)."""
+    import pandas as pd
+
+    cfg, _ = default_run
+    for name in OUTPUT_SCHEMAS:
+        folder = Path(cfg.output.folder) / name
+        frame = pl.scan_parquet(f"{folder}/**/*.parquet", hive_partitioning=True).collect()
+        pandas_frame = pd.read_parquet(folder, partitioning=None)
+        assert frame.height == len(pandas_frame), name
+        assert list(pandas_frame.columns) == frame.columns, name
+        assert frame["as_of"].null_count() == 0, name
+
+
 def test_every_published_table_comes_with_its_json_schema_and_meets_it(default_run):
     """Downstream readers get a machine-readable contract next to the data: each table's JSON Schema (derived from the
     pandera contract), and every published row validates against it; rows that break the contract do not."""
