@@ -219,6 +219,7 @@ def format_summary(r: dict[str, Any]) -> str:
         "  written:",
         *[f"    {name:<17}{path}" for name, path in r["outputs"].items()],
         f"    {'manifest':<17}{r['manifest']}",
+        *([f"  REPORT NOT RENDERED: {r['report_error']} (the tables are published; see the log)"] if r.get("report_error") else []),
         f"  MLflow run {r['mlflow_run_id']} in {r['mlflow_tracking_uri']}",
         "  open it with: make ui   (then http://127.0.0.1:5000)",
     ]

@@ -24,6 +24,7 @@ from configs.schema import BuffercastConfig
 from flows import publish as publisher
 from flows.sources import input_fingerprint
 from flows.tasks import (
+    REPORT_FAILED_FILE,
     REPORT_FILE,
     TrackingError,
     forecast,
@@ -103,7 +104,8 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
             logger.warning("the report could not be rendered (%s: %s); publishing the tables without it", type(exc).__name__, exc)
             pngs, report = {}, None
             manifest["report_error"] = f"{type(exc).__name__}: {exc}"
-        documents = {REPORT_FILE: report} if report is not None else {}
+        # A report that failed still replaces the as-of's reports folder: no stale report.html next to new tables.
+        documents = {REPORT_FILE: report} if report is not None else {REPORT_FAILED_FILE: f"{manifest['report_error']}\n"}
         paths = timed("publish", t.publish, publish)(cfg, as_of, run_id, tables, manifest, documents)
         logger.info("published %s", ", ".join(f"{k} -> {v}" for k, v in paths.items()))
         publish_prefect_artifacts(recs, summary, changes, as_of)
@@ -133,4 +135,5 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
         "mlflow_run_id": tracker.run_id,
         "mlflow_tracking_uri": tracker.uri,
         "prefect_flow_run_id": prefect_run_id,
+        "report_error": manifest.get("report_error"),
     }

@@ -34,6 +34,7 @@ from pipeline.stages import Profiled, forecast_stage, profile_sales, recommend_s
 from pipeline.tables import reasons_table, summary_metrics
 
 REPORT_FILE = "report.html"
+REPORT_FAILED_FILE = "report_failed.txt"  # in place of the report when it could not be rendered: why
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:

@@ -501,3 +501,27 @@ def test_second_run_publishes_what_changed_since_the_previous_as_of(small_catalo
     assert f"<title>buffercast weekly report — {second_cfg.name} — as of {AS_OF}</title>" in report
     assert f"<th>as of</th><td>{AS_OF}</td>" in report and f"<th>output schema version</th><td>{SCHEMA_VERSION}</td>" in report
     assert first["mlflow_run_id"] != second["mlflow_run_id"]
+
+
+def test_a_report_that_fails_replaces_the_stale_one_and_the_run_says_so(small_catalogue, make_config, monkeypatch):
+    """A rerun for the same as-of whose report cannot be drawn: the tables are published, the old report.html of that
+    as-of is gone (a report_failed.txt says why), and the manifest, the result and the CLI summary say so."""
+    import flows.plan
+    from flows.cli import format_summary
+
+    cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"])
+    flows.plan.plan_buffers(cfg)
+    reports = Path(cfg.output.folder) / "reports" / f"as_of={AS_OF}"
+    assert (reports / "report.html").is_file()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts on this machine")
+
+    monkeypatch.setattr(flows.plan, "planner_report", broken)
+    result = flows.plan.plan_buffers(cfg)
+    assert not (reports / "report.html").exists()
+    assert "no fonts on this machine" in (reports / "report_failed.txt").read_text()
+    assert read_manifest(cfg.output.folder, AS_OF)["report_error"] == "RuntimeError: no fonts on this machine"
+    assert result["report_error"] == "RuntimeError: no fonts on this machine"
+    assert "REPORT NOT RENDERED: RuntimeError: no fonts on this machine" in format_summary(result)
+    assert read_table(cfg.output.folder, "recommendations", AS_OF).height > 0
