@@ -21,8 +21,9 @@ def quiet_environment() -> None:
     """Project-local Prefect home, no analytics or telemetry calls (the machine may have no network)."""
     os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The temporary server's first start on a fresh clone (new database, cold bytecode) can exceed Prefect's 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # The temporary server's first start on a fresh clone (new database, cold bytecode) on a loaded machine can take
+    # minutes, far beyond Prefect's 20 s: generous by default, the environment variable sets another limit.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,10 @@ class Tracker:
 
     def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> None:
         """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run."""
-        dataset = mlflow.data.from_polars(frame, source=source, name=name)
+        with warnings.catch_warnings():
+            # MLflow registers its local-artifact source twice and says so on every local path: noise, not a problem.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_polars(frame, source=source, name=name)
         tags = [InputTag(key="mlflow.data.context", value=context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 

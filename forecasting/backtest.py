@@ -9,6 +9,7 @@ one sample per backtest window.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -327,7 +328,16 @@ class _Chunk:
     forecasts: pl.DataFrame  # the chosen model's future, long
 
 
-def _run_chunk(
+def _run_chunk(*args: object) -> _Chunk:
+    """`_chunk_results` (in a worker or in-process) without statsmodels' "invalid value encountered in divide" from
+    its autocorrelation of a constant series (statsforecast's seasonality test): every all-zero history raises it,
+    and the result (no season) is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"statsmodels\.tsa\.stattools")
+        return _chunk_results(*args)  # type: ignore[arg-type]
+
+
+def _chunk_results(
     panel: pl.DataFrame, members: pl.DataFrame, row: Mapping, models: Sequence[str], model_sets: Mapping[str, Sequence[str]],
     cfg: BuffercastConfig, spec: ModelSpec, keep_all_backtests: bool,
 ) -> _Chunk:  # fmt: skip
