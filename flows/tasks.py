@@ -108,7 +108,7 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
 
 @task(cache_policy=NO_CACHE)
 def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
-    return forecast_stage(cfg, p)
+    return forecast_stage(cfg, p, progress=get_run_logger().info)
 
 
 @task(cache_policy=NO_CACHE)

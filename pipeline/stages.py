@@ -8,7 +8,7 @@ setting and its default is stated once, in that schema.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -65,9 +65,9 @@ def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
     return {c: list(getattr(cfg.models, c)) for c in DEMAND_CLASSES}
 
 
-def forecast_stage(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
-    """Backtest, select and forecast every planned series."""
-    return backtest_and_forecast(p.panel, forecast_inputs(p.profiles, p.attrs, cfg), model_sets(cfg), cfg)
+def forecast_stage(cfg: BuffercastConfig, p: Profiled, progress: Callable[[str], None] | None = None) -> ForecastResult:
+    """Backtest, select and forecast every planned series; `progress` gets a line per chunk of SKUs."""
+    return backtest_and_forecast(p.panel, forecast_inputs(p.profiles, p.attrs, cfg), model_sets(cfg), cfg, progress=progress)
 
 
 def scenarios(cfg: BuffercastConfig) -> list[Scenario]:

@@ -90,7 +90,10 @@ def test_backtest_errors_and_lead_time_sigma_match_a_manual_computation():
     attrs = attrs_for(
         panel, {"smooth": "smooth", "sparse": "intermittent", "short": "insufficient_history"}, {"smooth": 3.0, "sparse": 6.5, "short": 4.0}
     )
-    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS, keep_all_backtests=True)
+    lines: list[str] = []
+    r = backtest_and_forecast(panel, attrs, MODEL_SETS, SETTINGS, keep_all_backtests=True, progress=lines.append)
+    # Progress: a line per chunk (here one per demand class), counting up to every SKU.
+    assert len(lines) == 3 and lines[-1].startswith("forecast 3/3 SKUs, ") and lines[-1].endswith(" s")
 
     # Metrics: MAE and RMSE per model recomputed from the published backtest rows.
     cv = r.cv.filter(pl.col("unique_id") == "smooth")
