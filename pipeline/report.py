@@ -281,6 +281,68 @@ def _changes_section(changes: pl.DataFrame | None) -> str:
     return "".join(parts)
 
 
+#: An evaluation cell is flagged in "Look here first" when it has at least this many windows and misses its target
+#: by more than this (the issue's bar: 2 points on 500+ windows; fewer windows are flagged on a wider miss).
+ATTENTION_MIN_WINDOWS = 100
+ATTENTION_MISS = 0.02
+ATTENTION_LIST = 10
+
+
+def attention_items(recommendations: pl.DataFrame | None, changes: pl.DataFrame | None, evaluation: pl.DataFrame | None) -> list[str]:
+    """What a planner should look at first, most decisive first: SKUs whose policy changed since the previous run,
+    buffers held down by the cover cap or sized at a capped calibration (the target may be missed), and classes whose
+    latest out-of-sample evaluation missed its target (the plan as configured, `ATTENTION_MIN_WINDOWS`+ windows, by
+    more than `ATTENTION_MISS`). Empty when nothing needs a look."""
+    items: list[str] = []
+
+    def skus(frame: pl.DataFrame) -> str:
+        names = frame["sku_id"].head(ATTENTION_LIST).to_list()
+        more = f" and {frame.height - ATTENTION_LIST:,} more" if frame.height > ATTENTION_LIST else ""
+        return ", ".join(str(n) for n in names) + more
+
+    if changes is not None and "change" in changes.columns:
+        moved = changes.filter(pl.col("change") == "policy")
+        if moved.height:
+            items.append(f"{moved.height:,} SKUs changed policy since the previous run: {skus(moved)} (the changes table says why)")
+    if recommendations is not None and not recommendations.is_empty():
+        ranked = recommendations.sort("safety_stock_value", descending=True, nulls_last=True)
+        if "flag_cover_capped" in ranked.columns:
+            capped = ranked.filter(pl.col("flag_cover_capped"))
+            if capped.height:
+                items.append(
+                    f"{capped.height:,} buffers are held down by the cover cap (buffers.max_cover_days) and state a lower expected "
+                    f"service: {skus(capped)}"
+                )
+        if "calibration_status" in ranked.columns:
+            short = ranked.filter(pl.col("calibration_status") == "capped")
+            if short.height:
+                items.append(f"{short.height:,} buffers are sized at a capped calibration (the target may be missed): {skus(short)}")
+    if evaluation is not None and not evaluation.is_empty():
+        misses = evaluation.filter(
+            pl.col("method") == "buffercast",
+            pl.col("slice").is_in(["all", "demand_class"]),
+            pl.col("windows") >= ATTENTION_MIN_WINDOWS,
+            (pl.col("achieved") - pl.col("target")).abs() > ATTENTION_MISS,
+        ).sort("slice", "value", "target")
+        for r in misses.iter_rows(named=True):
+            where = "all SKUs" if r["slice"] == "all" else f"{r['value']} SKUs"
+            way = "below the target" if r["achieved"] < r["target"] else "above the target (capital spent for nothing)"
+            items.append(
+                f"out of sample, {where} at the {r['target']:.1%} target achieved {r['achieved']:.1%} over {r['windows']:,} windows: {way}"
+            )
+    return items
+
+
+def _attention_section(items: list[str]) -> str:
+    parts = ['<section id="attention"><h2>Look here first</h2>']
+    if items:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>")
+    else:
+        parts.append(_note("nothing needs a look: no policy change, no capped buffer, no evaluation miss"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def top_buffers(recommendations: pl.DataFrame, n: int = TOP_N) -> pl.DataFrame:
     """The `n` SKUs with the largest safety-stock value: what the report and the Prefect artifact list."""
     return recommendations.sort("safety_stock_value", descending=True, nulls_last=True).head(n)
@@ -473,9 +535,11 @@ def render_report(
             f"<header><h1>{html.escape(title)}</h1>",
             f'<p class="sub">Buffer stock recommendations per SKU: just in time (JIT), hybrid or just in case (JIC). '
             f"Money in the currency of unit_cost; units are the unit of quantity; a period is {_esc(period)}.</p>",
-            '<nav><a href="#run">Run</a><a href="#summary">Summary</a><a href="#figures">Figures</a>'
+            '<nav><a href="#attention">Look here first</a><a href="#run">Run</a><a href="#summary">Summary</a>'
+            '<a href="#figures">Figures</a>'
             '<a href="#changes">Changes</a><a href="#top">Top SKUs</a><a href="#cover">Cover</a>'
             '<a href="#evaluation">Out of sample</a><a href="#quarantine">Quarantine</a></nav></header>',
+            _attention_section(attention_items(tables.get("recommendations"), changes, evaluation[1] if evaluation else None)),
             _run_section(manifest),
             _summary_section(summary),
             _figures_section(figures),

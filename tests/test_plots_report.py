@@ -27,6 +27,7 @@ from pipeline.plots import (
 )
 from pipeline.report import (
     FIGURE_FILES,
+    attention_items,
     evaluation_section,
     figure_png,
     quarantine_counts,
@@ -457,6 +458,35 @@ def test_the_report_shows_the_latest_evaluation_and_the_cover_of_the_buffers():
     assert "No evaluation published yet" in without and "<table" not in without
     own = render_evaluation_report(evaluation, None, {"config_name": "demo", "as_of": "2026-06-30", "origins": ["2026-06-01"]})
     assert own.startswith("<!DOCTYPE html>") and "buffercast evaluation — demo — last origin 2026-06-30" in own
+
+
+def test_look_here_first_lists_policy_changes_capped_buffers_and_evaluation_misses():
+    recs = make_recs().with_columns(
+        flag_cover_capped=pl.int_range(30) < 3,
+        calibration_status=pl.when(pl.int_range(30) == 5).then(pl.lit("capped")).otherwise(pl.lit("calibrated")),
+    )
+    changes = pl.DataFrame({"sku_id": ["SKU-001", "SKU-002", "SKU-003"], "change": ["policy", "policy", "demand_class"]})
+    evaluation = pl.DataFrame(
+        {
+            "method": ["buffercast", "buffercast", "buffercast", "buffercast_sweep", "buffercast"],
+            "slice": ["all", "demand_class", "demand_class", "all", "demand_class"],
+            "value": ["all", "lumpy", "smooth", "all", "erratic"],
+            "target": [0.95, 0.9, 0.8, 0.9, 0.9],
+            "windows": [1000, 400, 300, 1000, 40],
+            "achieved": [0.945, 0.84, 0.93, 0.5, 0.5],  # all within 2 points; lumpy below; smooth above; sweep and 40 windows ignored
+        }
+    )
+    items = attention_items(recs, changes, evaluation)
+    assert items[0] == "2 SKUs changed policy since the previous run: SKU-001, SKU-002 (the changes table says why)"
+    assert items[1].startswith("3 buffers are held down by the cover cap") and items[2].startswith("1 buffers are sized at a capped")
+    assert items[3:] == [
+        "out of sample, lumpy SKUs at the 90.0% target achieved 84.0% over 400 windows: below the target",
+        "out of sample, smooth SKUs at the 80.0% target achieved 93.0% over 300 windows: above the target (capital spent for nothing)",
+    ]
+    assert attention_items(make_recs(), None, None) == []
+    text = _render(recs, changes.with_columns(as_of=pl.lit(AS_OF)))
+    section = text.split('<section id="attention">')[1].split("</section>")[0]
+    assert section.count("<li>") == 3 and text.index('id="attention"') < text.index('id="run"')
 
 
 def test_render_report_closes_figures_on_error():
