@@ -115,6 +115,11 @@ def _pct(expr: pl.Expr) -> pl.Expr:
 def _method_reasons(cfg: BuffercastConfig) -> list[pl.Expr]:
     """How the buffer was sized, when it is not the plain normal formula, and what it risks."""
     return [
+        # A model can forecast nothing for a SKU that still sells (e.g. a naive forecast after a silent period): the
+        # reorder point is then the buffer alone; say so, it is the planner's to check.
+        pl.when((pl.col("life_cycle") == "active") & (pl.col("lead_time_demand") <= 0)).then(
+            pl.lit("the forecast is zero over the lead time although the SKU sells: the reorder point is the buffer alone; check the model")
+        ),
         pl.when(pl.col("safety_stock_method") == "bootstrap_quantile").then(
             pl.format(
                 "{} demand is not normal: buffer = the {} quantile of bootstrapped lead-time demand minus its mean",

@@ -249,3 +249,11 @@ def test_reasons_never_round_a_level_below_one_up_to_100_percent(share, text):
     from buffers.recommend import _pct
 
     assert pl.select(_pct(pl.lit(share))).item() == text
+
+
+def test_an_active_sku_with_a_zero_forecast_says_so():
+    """The seed's sku() is active; a model that forecasts nothing over the lead time leaves the buffer alone as the
+    reorder point, which the planner must hear about."""
+    rec = one(recommend(sku(lead_time_demand=0.0, mean_demand_per_period=0.0, review_lead_time_demand=0.0), SETTINGS))
+    assert "the forecast is zero over the lead time although the SKU sells" in rec["reasons"]
+    assert "forecast is zero" not in one(recommend(sku(), SETTINGS))["reasons"]
