@@ -121,9 +121,10 @@ def _json_rows(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())
 
 
-def test_every_table_reads_as_the_readme_shows_with_polars_and_pandas(default_run):
+def test_every_table_reads_as_the_readme_shows_with_polars_pandas_and_duckdb(default_run):
     """The README's one-liners: polars with hive partitioning, pandas with `partitioning=None` (the files carry `as_of`;
-    pandas' default partition discovery clashes with it)."""
+    pandas' default partition discovery clashes with it), DuckDB's read_parquet over the partitions."""
+    import duckdb
     import pandas as pd
 
     cfg, _ = default_run
@@ -133,6 +134,8 @@ def test_every_table_reads_as_the_readme_shows_with_polars_and_pandas(default_ru
         pandas_frame = pd.read_parquet(folder, partitioning=None)
         assert frame.height == len(pandas_frame), name
         assert list(pandas_frame.columns) == frame.columns, name
+        relation = duckdb.sql(f"select * from read_parquet('{folder}/*/*.parquet')")
+        assert relation.columns == frame.columns and len(relation.fetchall()) == frame.height, name
         assert frame["as_of"].null_count() == 0, name
 
 
