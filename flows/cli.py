@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -238,6 +239,9 @@ def serve(
     (schedules never fire on Prefect's temporary server).
     """
     quiet_environment()
+    # Ctrl-C must stop it even when started in the background of a script, where the shell leaves SIGINT ignored
+    # and Python would keep it so (SIGINT then did nothing; only SIGTERM stopped it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from configs.schema import ConfigError
     from flows.deploy import ServerError
     from flows.deploy import serve as serve_deployment

@@ -341,7 +341,8 @@ def test_prefect_deploy_registers_prefect_yaml(prefect_server, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_serve_without_an_api_url_brings_its_own_server(tmp_path):
-    """`make serve` on a machine with no Prefect server: one is started on 127.0.0.1 and stopped with the serve."""
+    """`make serve` on a machine with no Prefect server: one is started on 127.0.0.1 and stopped with the serve, by a
+    SIGINT even when the serve was started with SIGINT ignored (as `cmd &` in a script does)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.deploy import _is_healthy
@@ -359,6 +360,8 @@ def test_serve_without_an_api_url_brings_its_own_server(tmp_path):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # As a background job of a script starts it: SIGINT ignored (the serve must still stop on it).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     try:
         deadline = time.monotonic() + 120
