@@ -194,11 +194,15 @@ def replay_windows(
     # Right-aligned rows: a NaN prefix, the origin (no demand: the order is placed before the first period after it),
     # then the step + L periods of demand.
     demand = np.full((n, width), np.nan)
-    futures = rows["y"].to_list()
-    for i in np.flatnonzero(replayed).tolist():
-        h = int(horizon[i])
-        demand[i, width - h - 1] = 0.0
-        demand[i, width - h :] = futures[i][:h]
+    cells = (
+        rows.select(i=pl.int_range(pl.len()), h="horizon", y=pl.col("y").list.head(pl.col("horizon")), keep="replayed")
+        .filter("keep")
+        .explode("y")
+        .with_columns(column=width - pl.col("h") + pl.int_range(pl.len()).over("i"))
+    )
+    demand[cells["i"].to_numpy(), cells["column"].to_numpy()] = cells["y"].to_numpy()
+    starts = np.flatnonzero(replayed)
+    demand[starts, width - horizon[starts] - 1] = 0.0
     rop = rows["reorder_point"].fill_null(0.0).clip(0.0, None).to_numpy()
     result = simulate_order_up_to(
         demand,

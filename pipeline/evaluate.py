@@ -110,8 +110,10 @@ def plan_at_origin(
     plans = {}
     variants = [(("buffercast", None), cfg), *[(("buffercast_sweep", t), _at_target(cfg, t)) for t in targets]]
     variants += [((policy.lower(), None), cfg.updated({"policy": {"force": policy}})) for policy in ("JIT", "JIC")]
+    shares = None  # the bootstrap's coverage of the backtest windows: drawn once, the same for every variant
     for key, c in variants:
-        recs, _ = calibrated_recommendations(c, as_of, p, fc, replay=False)
+        recs, calibration = calibrated_recommendations(c, as_of, p, fc, replay=False, shares=shares)
+        shares = calibration.bootstrap_windows if calibration is not None else None
         plans[key] = recs.join(keys, on=["sku_id", "location_id"], how="left", nulls_equal=True)
     plans[("plan_parameters", None)] = time_phased_parameters(plans[("buffercast", None)], fc.extended, fc.extended_periods)
     if seconds is not None:

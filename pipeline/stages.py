@@ -83,10 +83,12 @@ def scenarios(cfg: BuffercastConfig) -> list[Scenario]:
 
 
 def calibrated_recommendations(
-    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult, replay: bool = True
+    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult, replay: bool = True, shares: pl.DataFrame | None = None
 ) -> tuple[pl.DataFrame, Calibration | None]:
-    """The calibration maps (`calibrate_buffers`) and the recommendations sized with them (`build_recommendations`)."""
-    calibration = calibrate_buffers(p.profiles, fc, cfg, p.panel)
+    """The calibration maps (`calibrate_buffers`) and the recommendations sized with them (`build_recommendations`).
+    `shares`: the bootstrap's coverage of the backtest windows from an earlier call on the same profile and forecast
+    (`Calibration.bootstrap_windows`; it does not depend on the targets or the policy), reused instead of redrawn."""
+    calibration = calibrate_buffers(p.profiles, fc, cfg, p.panel, shares)
     recs = build_recommendations(
         as_of=as_of, profiles=p.profiles, attrs=p.attrs, fc=fc, cfg=cfg, panel=p.panel, calibration=calibration, replay=replay
     )
@@ -207,11 +209,14 @@ def build_scenarios(
     return table.select(pl.lit(as_of).alias("as_of"), pl.all())
 
 
-def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, cfg: BuffercastConfig, panel: pl.DataFrame | None) -> Calibration | None:
+def calibrate_buffers(
+    profiles: pl.DataFrame, fc: ForecastResult, cfg: BuffercastConfig, panel: pl.DataFrame | None, shares: pl.DataFrame | None = None
+) -> Calibration | None:
     """The backtest's calibration maps per exposure, demand class and model family (`buffers.calibration`); None when
     off or without a backtest. `panel` (the demand the bootstrap buffers are drawn from): the intermittent and lumpy
     classes get maps of their bootstrap's coverage of each window (drawn from the history up to its cutoff); without
-    it every class is sized by the normal formula and calibrated as such."""
+    it every class is sized by the normal formula and calibrated as such. `shares`: the bootstrap's window coverage
+    of an earlier call on the same profiles, forecast, panel and bootstrap settings (the targets may differ), reused."""
     b = cfg.buffers
     if not b.calibrate or fc.cv.is_empty():
         return None
@@ -222,8 +227,9 @@ def calibrate_buffers(profiles: pl.DataFrame, fc: ForecastResult, cfg: Buffercas
         .select(ID, "demand_class", model_family=model_family(pl.col("model")))
     )
     bootstrap = profiles.filter(pl.col("demand_class").is_in(empirical)).select(ID, "demand_class")
-    shares = None
-    if panel is not None and not bootstrap.is_empty():
+    if panel is None or bootstrap.is_empty():
+        shares = None
+    elif shares is None:
         lead, review = pl.col("lead_time_periods"), pl.col("review_periods")
         windows = (
             window_demand(fc.cv.join(bootstrap, on=ID, how="semi"), fc.plan)

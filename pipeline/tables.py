@@ -45,9 +45,7 @@ def plan_parameters(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFra
     """The time-phased parameters (`buffers.time_phased`) per SKU and future period: sku_id, location_id, then its columns."""
     keys = ["sku_id", "location_id"]
     if fc.extended is None or fc.extended_periods == 0 or recs.is_empty():
-        return pl.DataFrame(schema={"sku_id": pl.String, "location_id": pl.String, **dict.fromkeys(PHASED_COLUMNS, pl.Float64)}).cast(
-            {"period": pl.Int64, "period_start": pl.Date}
-        )
+        return pl.DataFrame(schema={c: t for c, t in output_dtypes("plan_parameters").items() if c != "as_of"})
     with_ids = recs.join(key_cols, on=keys, how="inner", nulls_equal=True)
     phased = time_phased_parameters(with_ids, fc.extended, fc.extended_periods)
     return phased.join(key_cols, on="unique_id").select(*keys, *PHASED_COLUMNS).sort(*keys, "period")
