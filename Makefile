@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: help install sample-data run evaluate serve test lint format ui bench clean
+.PHONY: help install browser sample-data run evaluate serve test lint format ui bench clean
 
 ## Show this help
 help:
@@ -47,8 +47,18 @@ evaluate: install sample-data
 serve: install sample-data
 	$(BIN)/buffercast serve
 
+## Install Debian's chromium for the report's browser test if it is missing (as root with apt-get; else the test is skipped, saying why)
+browser:
+	@if [ -x "$${BUFFERCAST_CHROMIUM:-/usr/bin/chromium}" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (headless browser for tests/test_flow.py's report test)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+			|| echo "chromium could not be installed: the report's browser test will be skipped"; \
+	else echo "chromium is not installed and only root can apt-get it: the report's browser test will be skipped"; fi
+
 ## Set up and run the linter and the tests
-test: install lint
+test: install lint browser
 	$(BIN)/python -m pytest
 
 ## Lint with ruff

@@ -69,6 +69,13 @@ def health_url(url: str) -> str:
     return url.rstrip("/") + "/health"
 
 
+def startup_timeout() -> float:
+    """Seconds to wait for a Prefect server to start: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, else 300 (a
+    fresh clone's first start on a loaded machine can take minutes). The same limit for the temporary server of
+    `buffercast run` and for the server `buffercast serve` starts."""
+    return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 300)
+
+
 def wait_for_server(url: str, timeout: float = 90.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until the Prefect API at `url` answers its health check; raise if it does not within `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -115,7 +122,7 @@ def local_prefect_server(
     host: str = LOCAL_HOST,
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
-    timeout: float = 90.0,
+    timeout: float | None = None,
 ) -> Iterator[str]:
     """`prefect server start` on host:port while the block runs; yields its API URL once /api/health answers.
 
@@ -143,7 +150,7 @@ def local_prefect_server(
         )
     try:
         try:
-            wait_for_server(url, timeout=timeout, process=process)
+            wait_for_server(url, timeout=startup_timeout() if timeout is None else timeout, process=process)
         except (ServerError, TimeoutError) as exc:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise ServerError(f"{exc}; its log ({log_path}) ends with:\n{tail}") from None

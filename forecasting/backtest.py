@@ -45,6 +45,11 @@ NOT_BACKTESTED = "insufficient_history"
 #: fewer than twice this many SKUs runs in-process.
 MIN_SKUS_PER_WORKER_CHUNK = 50
 
+#: Future point forecasts below this many units per period are published as 0: an exponential smoother's forecast
+#: of a silent SKU decays to 1e-9 and the like, which is arithmetic, not demand (and would lift a reorder point
+#: rounded up to whole units from 0 to 1).
+NEGLIGIBLE_FORECAST = 1e-6
+
 
 @dataclass(frozen=True)
 class ForecastResult:
@@ -579,7 +584,7 @@ def backtest_and_forecast(
     every = (
         _concat([c.forecasts for c in chunks])
         .join(plan.select(ID, "horizon", "lead_time_periods", "review_periods"), on=ID)
-        .with_columns(pl.col("forecast").clip(0.0, None))
+        .with_columns(pl.when(pl.col("forecast") < NEGLIGIBLE_FORECAST).then(0.0).otherwise(pl.col("forecast")).alias("forecast"))
     )
     future = every.filter(pl.col("step") <= pl.col("horizon"))
     extended = every.filter(pl.col("step") <= pl.col("horizon") + extended_periods).select(ID, DS, "step", "forecast").sort(ID, "step")

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,10 +27,10 @@ from flows.deploy import (
     PREFECT_YAML,
     PROJECT_ROOT,
     deployment_parameters,
-    local_prefect_server,
     stop_process_group,
     weekly_schedule,
 )
+from tests.conftest import PATIENCE_S, free_port
 
 FULL_NAME = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
@@ -155,12 +154,6 @@ def test_default_yaml_spells_out_the_schedule():
 # ---------------------------------------------------------------- a real Prefect server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _quiet_env(prefect_home: Path, api_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {
@@ -177,20 +170,6 @@ def _quiet_env(prefect_home: Path, api_url: str | None) -> dict[str, str]:
 
 def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[str]:
-    """`prefect server start` on a free port; yields its API URL; stopped (whole process group) at the end."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    env = {
-        "PREFECT_HOME": str(root / "home"),
-        # Schedule runs within seconds of a deployment appearing (default: every 60 s).
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-    }
-    with local_prefect_server(_free_port(), log_path=root / "server.log", env=env, timeout=120) as url:
-        yield url
 
 
 def _read_deployment(name: str, timeout: float, process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> Any:
@@ -211,7 +190,7 @@ def _read_deployment(name: str, timeout: float, process: subprocess.Popen[bytes]
             time.sleep(0.5)
 
 
-def _wait_until_serving(serve: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+def _wait_until_serving(serve: subprocess.Popen[bytes], log: Path, timeout: float = PATIENCE_S) -> None:
     """The deployment is registered a moment before the runner polls: a Ctrl-C in between aborts the start."""
     deadline = time.monotonic() + timeout
     while "being served" not in log.read_text(errors="replace"):
@@ -223,7 +202,7 @@ def _wait_until_serving(serve: subprocess.Popen[bytes], log: Path, timeout: floa
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(3 * PATIENCE_S)
 def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
     """`buffercast serve --config` registers the weekly deployment with the config's cron and zone; a run of it completes."""
     from prefect.client.orchestration import get_client
@@ -263,7 +242,7 @@ def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
         )
     try:
         with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-            deployment = _read_deployment(FULL_NAME, timeout=120, process=serve, log=log)
+            deployment = _read_deployment(FULL_NAME, timeout=PATIENCE_S, process=serve, log=log)
             (schedule,) = deployment.schedules
             assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("30 5 * * 2", "America/New_York", True)
             assert deployment.entrypoint == "flows/plan.py:plan_buffers"
@@ -271,7 +250,7 @@ def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
             assert BuffercastConfig.model_validate(deployment.parameters["config"]) == load_config(config)
 
             # Trigger a run with the deployment's own parameters (the config file) and wait for its end.
-            flow_run = run_deployment(FULL_NAME, timeout=240, poll_interval=2)
+            flow_run = run_deployment(FULL_NAME, timeout=PATIENCE_S, poll_interval=2)
             assert flow_run.state is not None and flow_run.state.is_completed(), f"{flow_run.state}\n{_tail(log)}"
             assert flow_run.deployment_id == deployment.id
             recommendations = tmp_path / "outputs" / "recommendations" / f"as_of={AS_OF}"
@@ -279,7 +258,7 @@ def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
 
             # The server's scheduler has put the next runs on the calendar: Tuesdays 05:30 New York time.
             with get_client(sync_client=True) as client:
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + PATIENCE_S
                 while True:
                     scheduled = client.read_flow_runs(
                         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
@@ -296,7 +275,7 @@ def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
             # Ctrl-C stops serving cleanly: the schedule is paused, not left firing at nobody.
             _wait_until_serving(serve, log)
             os.kill(serve.pid, signal.SIGINT)
-            assert serve.wait(timeout=60) == 0, _tail(log)
+            assert serve.wait(timeout=PATIENCE_S) == 0, _tail(log)
             with get_client(sync_client=True) as client:
                 assert client.read_deployment(deployment.id).paused
     finally:
@@ -305,7 +284,7 @@ def test_served_deployment_runs_on_a_real_server(prefect_server, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(3 * PATIENCE_S)
 def test_prefect_deploy_registers_prefect_yaml(prefect_server, tmp_path):
     """`prefect deploy --all` takes prefect.yaml: the weekly cron in its zone, the process pool, the pull step."""
     from prefect.client.orchestration import get_client
@@ -321,7 +300,7 @@ def test_prefect_deploy_registers_prefect_yaml(prefect_server, tmp_path):
         [*prefect, "work-pool", "create", "buffercast-pool", "--type", "process", "--overwrite"],
         [*prefect, "deploy", "--all", "--prefect-file", str(spec)],
     ):
-        done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=PATIENCE_S)
         assert done.returncode == 0, f"{' '.join(command[1:])}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "Skipping" not in done.stdout, done.stdout  # Prefect skips a prefect.yaml it cannot parse
 
@@ -339,7 +318,7 @@ def test_prefect_deploy_registers_prefect_yaml(prefect_server, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(3 * PATIENCE_S)
 def test_serve_without_an_api_url_brings_its_own_server(tmp_path):
     """`make serve` on a machine with no Prefect server: one is started on 127.0.0.1 and stopped with the serve, by a
     SIGINT even when the serve was started with SIGINT ignored (as `cmd &` in a script does)."""
@@ -347,7 +326,7 @@ def test_serve_without_an_api_url_brings_its_own_server(tmp_path):
 
     from flows.deploy import _is_healthy
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = tmp_path / "serve.log"
     env = _quiet_env(tmp_path / "home", api_url=None)
@@ -364,20 +343,20 @@ def test_serve_without_an_api_url_brings_its_own_server(tmp_path):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + PATIENCE_S
         while not _is_healthy(url):
             assert serve.poll() is None, f"`buffercast serve` exited with {serve.returncode}:\n{_tail(log)}"
             assert time.monotonic() < deadline, f"no Prefect server on {url}:\n{_tail(log)}"
             time.sleep(0.5)
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            deployment = _read_deployment(FULL_NAME, timeout=90, process=serve, log=log)
+            deployment = _read_deployment(FULL_NAME, timeout=PATIENCE_S, process=serve, log=log)
         (schedule,) = deployment.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 6 * * 1", "Europe/Berlin")  # configs/default.yaml
         assert (tmp_path / "home" / "server.log").exists()  # the server's log sits in PREFECT_HOME
 
         _wait_until_serving(serve, log)
         os.kill(serve.pid, signal.SIGINT)  # what Ctrl-C sends
-        assert serve.wait(timeout=60) == 0, _tail(log)
+        assert serve.wait(timeout=PATIENCE_S) == 0, _tail(log)
         assert not _is_healthy(url), "the Prefect server outlived `buffercast serve`"
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger in TIME_WAIT

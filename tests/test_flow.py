@@ -45,6 +45,36 @@ def default_run(small_catalogue, tmp_path_factory):
     return cfg, plan_buffers(cfg)
 
 
+def test_the_published_report_in_headless_chromium(default_run, chromium):
+    """The planner opens report.html in a browser: the title and the run facts carry the config name, the as-of date
+    and the schema version, every figure decodes to an image, the nav links land on sections, no console error."""
+    from pipeline.report import FIGURE_FILES
+
+    cfg, _ = default_run
+    report = Path(cfg.output.folder) / "reports" / f"as_of={AS_OF}" / "report.html"
+    page = chromium.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report.as_uri(), wait_until="load")
+    assert page.title() == f"buffercast weekly report — {cfg.name} — as of {AS_OF}"
+    facts = page.eval_on_selector_all(
+        "#run table.facts tr",
+        "rows => Object.fromEntries(rows.map(r => [r.querySelector('th').innerText, r.querySelector('td').innerText]))",
+    )
+    assert facts["as of"] == str(AS_OF) and facts["output schema version"] == str(SCHEMA_VERSION), facts
+    images = page.eval_on_selector_all(
+        "img", "imgs => imgs.map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}))"
+    )
+    assert [i["alt"] for i in images] == list(FIGURE_FILES), images
+    assert all(i["complete"] and i["width"] > 100 and i["height"] > 100 for i in images), images
+    targets = page.eval_on_selector_all("nav a", "links => links.map(a => a.getAttribute('href').slice(1))")
+    assert targets[0] == "attention" and all(page.locator(f"section#{t}").count() == 1 for t in targets), targets
+    assert page.locator("#attention h2").inner_text() == "Look here first"
+    assert not errors, errors
+    page.close()
+
+
 def test_flow_publishes_the_contract(default_run, small_catalogue):
     cfg, result = default_run
     out = Path(cfg.output.folder)

@@ -296,3 +296,15 @@ def test_mase_and_rmsse_scales_equal_utilsforecasts_definition():
     ref_msse = pl.from_pandas(msse(cv.to_pandas(), ["M"], 7, train.to_pandas())).sort("unique_id", "cutoff")
     np.testing.assert_allclose(ours["mase"].to_numpy(), ref_mase["M"].to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(ours["msse"].to_numpy(), ref_msse["M"].to_numpy(), rtol=1e-12)
+
+
+def test_a_silent_skus_decayed_forecast_is_published_as_zero_not_arithmetic_dust():
+    """AutoETS's forecast of a SKU silent for 150 days decays to ~1e-9 units a day: published as 0, so the SKU's
+    mean demand reads 0 and a reorder point rounded up to whole units stays 0 (the issue saw 3.9e-10)."""
+    rng = np.random.default_rng(3)
+    panel = series("quiet", np.r_[rng.poisson(4, 400).astype(float), np.zeros(150)])
+    attrs = attrs_for(panel, {"quiet": "smooth"}, {"quiet": 5.0})
+    r = backtest_and_forecast(panel, attrs, {**MODEL_SETS, "smooth": ["AutoETS"]}, SETTINGS, keep_all_backtests=True)
+    forecasts = r.forecasts["forecast"]
+    assert ((forecasts == 0.0) | (forecasts >= 1e-6)).all(), forecasts.to_list()
+    assert r.selection.row(0, named=True)["lead_time_demand"] == 0.0
