@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from configs.secrets import literal_credential, redact
 from features.calendar import period_days
 from features.sbc import DEMAND_CLASSES
 
@@ -46,6 +47,24 @@ PeriodsPerFrequency = Annotated[dict[Frequency, Annotated[int, Field(ge=1)]], Af
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{value}' is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)") from None
+    return value
+
+
+def _no_literal_credential(value: str | None) -> str | None:
+    """A location may reference a credential (`${NAME}`, `${prefect-secret:NAME}`), never hold one (configs/secrets.py)."""
+    if literal_credential(value):
+        raise ValueError(
+            "holds a password or token written out: put it in an environment variable and write ${NAME} in its place "
+            "(e.g. https://user:${SALES_PASSWORD}@host/sales.csv), or use a Prefect Secret block: ${prefect-secret:NAME}"
+        )
+    return value
 
 
 class SalesColumns(_Strict):
@@ -90,6 +109,30 @@ class InputConfig(_Strict):
     max_quarantine_share: float = Field(
         0.05, ge=0.0, le=1.0, description="Fail the run when a larger share of sales (or SKU master) rows is quarantined."
     )
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone: timestamps with an offset or zone (e.g. 2026-03-01T23:30:00+01:00) are converted to it "
+        "before their date is taken; timestamps without one are taken as local time there.",
+    )
+    earliest_date: dt.date | None = Field(
+        dt.date(2000, 1, 1),
+        description="Sales dated before this are quarantined (date_too_early): a typo year such as 1900; null: no limit.",
+    )
+    max_quantity: float = Field(
+        1e9, gt=0.0, description="Sales quantities above this are quarantined (quantity_too_large): a unit or export error, not demand."
+    )
+    csv_separator: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files, e.g. ';'.")
+    decimal_comma: bool = Field(False, description="CSV numbers are written with a decimal comma (1,5 for 1.5).")
+
+    @field_validator("sales", "sku_master")
+    @classmethod
+    def _no_written_password(cls, value: str | None) -> str | None:
+        return _no_literal_credential(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _known_timezone(value)
 
 
 class SbcConfig(_Strict):
@@ -376,6 +419,12 @@ class OutputConfig(_Strict):
     """Where the tables, the report and the manifest are published."""
 
     folder: str = Field("outputs", description="Folder the outputs are written to.")
+    min_free_mb: float = Field(
+        100.0, ge=0.0, description="Free space the output folder's disk must have before a run starts computing (MB)."
+    )
+    lock_wait_seconds: float = Field(
+        0.0, ge=0.0, description="A run finding another run publishing into the same folder waits this long for it, then fails."
+    )
 
 
 class TrackingConfig(_Strict):
@@ -385,6 +434,12 @@ class TrackingConfig(_Strict):
         "sqlite:///mlflow.db", description="MLflow tracking URI: a sqlite file, a folder or an `mlflow server` (http://host:5000)."
     )
     experiment: str | None = Field(None, description="MLflow experiment; null: one per config, 'buffercast-<name>'.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_written_password(cls, value: str) -> str:
+        return _no_literal_credential(value)
+
     artifact_location: str | None = Field("mlruns", description="Artifact root for a new experiment on a local store.")
     retries: int = Field(
         2, ge=0, description="Retries of each tracking step (start, log) when MLflow fails; the outputs are published even if all fail."
@@ -508,11 +563,7 @@ class ScheduleConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"'{v}' is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)") from None
-        return v
+        return _known_timezone(v)
 
 
 class BuffercastConfig(_Strict):
@@ -631,10 +682,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line and column of the problem (1-based) and PyYAML's own words for it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    what = f"{problem} ({' '.join(str(context).split())})" if context and getattr(exc, "problem", None) else problem
+    return f"config file {path}{where} is not valid YAML: {what}. Fix the YAML there (indentation, a ':' after each key, quotes)."
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -644,7 +705,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
         else:
-            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+            parts.append(f"'{key}': {err['msg']} (got {redact(repr(err.get('input')))})")
     return f"invalid config ({source}): " + "; ".join(parts)
 
 

@@ -270,4 +270,5 @@ def stress_test(
                     "order_up_to_value": float(np.nansum(levels[column] * unit_cost)),
                 }
             )
-    return pl.DataFrame(out)
+    # Typed even when every value is null (no SKU had held-out demand: one day of history, say).
+    return pl.DataFrame(out, schema_overrides={"simulated_cycle_service_level": pl.Float64, "simulated_fill_rate": pl.Float64})

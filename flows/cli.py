@@ -39,13 +39,14 @@ class _NoTracebackForBadInput(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from prefect.task_engine import TaskRunTimeoutError
 
+        from flows.publish import PublishError
         from flows.tasks import StageTimeout, StageWorkerDied
         from forecasting.workers import WorkerDied
         from pipeline.contracts import InputError
 
         # A stage's time-out (Prefect's TaskRunTimeoutError in the task, StageTimeout in the flow); a dead worker has
         # no Python traceback to show, the parent's adds nothing to the one line.
-        quiet = InputError | TaskRunTimeoutError | StageTimeout | WorkerDied | StageWorkerDied
+        quiet = InputError | PublishError | TaskRunTimeoutError | StageTimeout | WorkerDied | StageWorkerDied
         if record.exc_info and isinstance(record.exc_info[1], quiet):
             record.exc_info, record.exc_text = None, None
         return True
@@ -54,13 +55,18 @@ class _NoTracebackForBadInput(logging.Filter):
 def _quiet_bad_input_tracebacks() -> None:
     import prefect.logging.handlers  # noqa: F401  (Prefect configures its handlers on import)
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+    from configs.secrets import PREFECT_LOGGERS, redact_logs
+
+    for name in PREFECT_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(_NoTracebackForBadInput())
+    redact_logs(*PREFECT_LOGGERS)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.secho(f"buffercast: error: {message}", fg=typer.colors.RED, err=True)
+    from configs.secrets import redact
+
+    typer.secho(f"buffercast: error: {redact(message)}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
 
 
@@ -82,6 +88,13 @@ def _overrides(
     """The config keys the common command-line flags set. `--sales` without `--sku-master` runs without a SKU master
     (every SKU gets the config's defaults, and says so in its reasons) unless the user's own config names one: the
     default config's master belongs to the sample data, not to the user's sales."""
+    from configs.secrets import to_reference
+
+    # A password typed into a URL on the command line is moved into an environment variable of this process and the
+    # URL references it: the config (the flow's parameters, which Prefect stores) never holds it (configs/secrets.py).
+    sales = sales and to_reference(sales, "BUFFERCAST_SALES_PASSWORD")
+    sku_master = sku_master and to_reference(sku_master, "BUFFERCAST_SKU_MASTER_PASSWORD")
+    tracking_uri = tracking_uri and to_reference(tracking_uri, "BUFFERCAST_TRACKING_PASSWORD")
     overrides: dict[str, Any] = {}
     if sales:
         overrides.setdefault("input", {})["sales"] = sales
@@ -102,13 +115,14 @@ def _run_flow(flow_name: str, config: Path | None, overrides: dict[str, Any], wh
     failure 1 (the flow already logged the traceback). `flow_name`: "module:function" of the flow, imported only once
     the inputs passed their look (importing it loads Prefect)."""
     from configs.schema import ConfigError, load_config
+    from flows.publish import PublishError
     from flows.sources import preflight
     from pipeline.contracts import InputError
 
     try:
         cfg = load_config(config, overrides)
-        preflight(cfg)  # bad input fails here, before Prefect is even imported
-    except (ConfigError, InputError) as exc:
+        preflight(cfg)  # bad input or an unusable output folder fails here, before Prefect is even imported
+    except (ConfigError, InputError, PublishError) as exc:
         raise _fail(str(exc), 2) from None
     import importlib
 
@@ -119,7 +133,7 @@ def _run_flow(flow_name: str, config: Path | None, overrides: dict[str, Any], wh
     _quiet_bad_input_tracebacks()
     try:
         return flow(cfg)
-    except InputError as exc:
+    except (InputError, PublishError) as exc:
         raise _fail(str(exc), 2) from None
     except (StageTimeout, StageWorkerDied) as exc:
         raise _fail(str(exc), 1) from None
@@ -252,6 +266,30 @@ def serve(
         raise _fail(str(exc), 2) from None
     except ServerError as exc:
         raise _fail(str(exc), 1) from None
+
+
+@app.command()
+def recover(
+    config: Annotated[Path | None, typer.Option(help="YAML config, deep-merged over configs/default.yaml.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (overrides output.folder).")] = None,
+) -> None:
+    """Repair an output folder after a run was killed (kill -9, a lost machine): finish or undo its interrupted swap
+    from the journal and clear the staging litter, under the folder's lock. Every run does this first by itself."""
+    from configs.schema import ConfigError, load_config
+    from flows.publish import EVALUATIONS, PublishError, output_lock
+
+    try:
+        cfg = load_config(config, {"output": {"folder": out}} if out else None)
+        for root in (Path(cfg.output.folder), Path(cfg.output.folder) / EVALUATIONS):
+            if not root.is_dir():
+                continue
+            with output_lock(root, cfg.output.lock_wait_seconds) as done:
+                for line in done:
+                    typer.echo(f"{root.resolve()}: {line}")
+                if not done:
+                    typer.echo(f"{root.resolve()}: consistent, nothing to recover")
+    except (ConfigError, PublishError) as exc:
+        raise _fail(str(exc), 2) from None
 
 
 @app.command("config")

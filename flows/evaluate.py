@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import BuffercastConfig
+from configs.secrets import PREFECT_LOGGERS, redact_logs
 from flows import publish as publisher
 from flows.publish import EVALUATIONS
 from flows.sources import input_fingerprint
@@ -43,8 +44,18 @@ def evaluate(cfg: BuffercastConfig, sales: Any, master: Any) -> RollingEvaluatio
 
 @flow(name="evaluate-plans", log_prints=True)
 def evaluate_plans(config: BuffercastConfig) -> dict[str, Any]:
-    """Sales history -> validated -> a plan per rolling origin -> judged out of sample -> published + tracked."""
+    """Sales history -> validated -> a plan per rolling origin -> judged out of sample -> published + tracked (under
+    <output folder>/evaluations/, checked and locked as `plan_buffers` does with its folder)."""
     cfg = config
+    redact_logs(*PREFECT_LOGGERS)
+    root = publisher.check_output_folder(Path(cfg.output.folder) / EVALUATIONS, cfg.output.min_free_mb)
+    with publisher.output_lock(root, cfg.output.lock_wait_seconds) as recovered:
+        for line in recovered:
+            get_run_logger().warning("output folder %s: %s", root, line)
+        return _evaluate(cfg, root)
+
+
+def _evaluate(cfg: BuffercastConfig, root: Path) -> dict[str, Any]:
     t = cfg.timeouts
     raw_sales, raw_master = timed("pull", t.pull, pull)(cfg, input_fingerprint(cfg.input.sales, cfg.input.sku_master))
     inputs = timed("validation", t.validation, validate)(cfg, raw_sales, raw_master)
@@ -61,7 +72,6 @@ def evaluate_plans(config: BuffercastConfig) -> dict[str, Any]:
     table = evaluation_table(result, as_of)
     png = figure_png(tradeoff_figure(result.summary))
     run_id = uuid.uuid4().hex
-    root = Path(cfg.output.folder) / EVALUATIONS
     manifest = {
         "run_id": run_id,
         "config_name": cfg.name,

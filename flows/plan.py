@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from buffers.drift import change_counts
 from configs.schema import BuffercastConfig
+from configs.secrets import PREFECT_LOGGERS, redact, redact_logs
 from flows import publish as publisher
 from flows.sources import input_fingerprint
 from flows.tasks import (
@@ -49,9 +50,22 @@ from pipeline.tables import input_rows, published_tables, run_manifest, run_summ
 
 @flow(name="plan-buffers", log_prints=True)
 def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
-    """Sales history -> validated -> profiled -> backtested and forecast -> buffer recommendations -> published + tracked."""
+    """Sales history -> validated -> profiled -> backtested and forecast -> buffer recommendations -> published + tracked.
+
+    The output folder is checked (writable, `output.min_free_mb` free) before anything is computed, and held under its
+    lock for the whole run: a second run into it waits or fails (`flows.publish.output_lock`); what a killed run left
+    there is recovered first."""
     cfg = config
+    redact_logs(*PREFECT_LOGGERS)  # a library's error may quote a URL with its credential: never logged as is
     logger = get_run_logger()
+    publisher.check_output_folder(cfg.output.folder, cfg.output.min_free_mb)
+    with publisher.output_lock(cfg.output.folder, cfg.output.lock_wait_seconds) as recovered:
+        for line in recovered:
+            logger.warning("output folder %s: %s", cfg.output.folder, line)
+        return _plan(cfg, logger)
+
+
+def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
     t = cfg.timeouts
     fingerprint = input_fingerprint(cfg.input.sales, cfg.input.sku_master)
     raw_sales, raw_master = timed("pull", t.pull, pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(cfg, fingerprint)
@@ -77,7 +91,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
     try:
         tracker = start_tracking.with_options(**tracking_retries(cfg))(cfg, as_of, run_id, prefect_run_id)
     except Exception as exc:
-        tracking_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        tracking_error = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     tracking = {
         "mlflow_run_id": tracker.run_id if tracker else None,
         "mlflow_tracking_uri": resolve_tracking_uri(cfg.tracking.uri),
@@ -124,7 +138,7 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
         tracker.finish(ok=True)
     except Exception as exc:
         tracker.finish_quietly(ok=False)
-        raise TrackingError(f"MLflow tracking failed at {cfg.tracking.uri} ({type(exc).__name__}: {exc}); {where}") from exc
+        raise TrackingError(redact(f"MLflow tracking failed at {cfg.tracking.uri} ({type(exc).__name__}: {exc}); {where}")) from exc
 
     return {
         **summary,

@@ -6,19 +6,34 @@ Layout under the output folder:
     reports/as_of=YYYY-MM-DD/report.html         the planner's weekly report
     manifests/as_of=YYYY-MM-DD/manifest.json     what the run read, wrote and where it is tracked
 
-A run stages every partition in `_staging/<run_id>/` (outside every table's dataset root, so readers
-never see it), then swaps each into place with a rename and writes the manifest last. A crash before the
-swap leaves the previous outputs untouched; a rerun for the same as-of date replaces its partitions.
+Publishing is all or nothing, even when the process is killed (kill -9, power to the container) at any instant:
+
+1. every partition and the manifest are written to `_staging/<run_id>/new/` (outside every table's dataset root, so
+   readers never see them); a kill here leaves only that folder, which the next run removes;
+2. a journal (`_staging/<run_id>/journal.json`, fsynced) records that the staging is complete and what it swaps;
+3. the as-of's manifest is taken away first, then each staged partition replaces its predecessor (renames, parked in
+   `_staging/<run_id>/old/`), and the new manifest is put in place last. A reader who follows the manifest finds
+   either the complete old as-of or, once the manifest is back, the complete new one, never a mix;
+4. a kill after the journal is rolled forward by the next run into that folder (or `buffercast recover`): the swap
+   is finished from the staged copies, the parked ones are removed. `recover` runs under the output folder's lock.
+
+One run at a time publishes into an output folder: `output_lock` (an advisory lock on `<folder>/.buffercast.lock`,
+released by the kernel if the holder dies) makes a second run wait `output.lock_wait_seconds`, then fail, naming
+the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +47,12 @@ MANIFESTS = "manifests"
 REPORTS = "reports"
 EVALUATIONS = "evaluations"  # `buffercast evaluate` publishes under <output folder>/evaluations/, its own dataset root
 SCHEMAS = "schemas"
+JOURNAL = "journal.json"
+LOCK_FILE = ".buffercast.lock"
+
+
+class PublishError(RuntimeError):
+    """The output folder cannot take the outputs (not writable, full, locked by another run): one line, what to do."""
 
 
 @contextlib.contextmanager
@@ -82,7 +103,8 @@ def publish_tables(
     `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`; the JSON Schema of each
     contract table (`pipeline.contracts.json_schema`) to `schemas/as_of=YYYY-MM-DD/<table>.schema.json`, so every
     partition comes with the contract it was written under. The manifest gets `tables` (path and row count
-    per table), `schemas` (the JSON Schema file per table) and `schema_version` added.
+    per table), `schemas` (the JSON Schema file per table) and `schema_version` added. A disk that fills up
+    raises PublishError naming the file; the previous outputs are untouched.
     """
     root = Path(root).resolve()
     stage = root / STAGING / run_id
@@ -90,67 +112,248 @@ def publish_tables(
         shutil.rmtree(stage)
     written: dict[str, str] = {}
     try:
-        for name, frame in tables.items():
-            part = stage / "new" / name / f"as_of={as_of.isoformat()}"
-            _mkdir_public(part)
-            frame.write_parquet(part / "part-0.parquet", statistics=True)
-            written[name] = str(partition_dir(root, name, as_of))
-        if documents:
-            part = stage / "new" / REPORTS / f"as_of={as_of.isoformat()}"
-            _mkdir_public(part)
-            for file_name, text in documents.items():
-                (part / file_name).write_text(text, encoding="utf-8")
-                written[file_name] = str(partition_dir(root, REPORTS, as_of) / file_name)
-        contracts = [name for name in tables if name in CONTRACTS]
-        schema_files = {name: partition_dir(root, SCHEMAS, as_of) / f"{name}.schema.json" for name in contracts}
-        if contracts:
-            part = stage / "new" / SCHEMAS / f"as_of={as_of.isoformat()}"
-            _mkdir_public(part)
-            for name in contracts:
-                (part / schema_files[name].name).write_text(json.dumps(json_schema(name), indent=2) + "\n", encoding="utf-8")
-            written[SCHEMAS] = str(partition_dir(root, SCHEMAS, as_of))
-        full_manifest = {
-            **manifest,
-            "schema_version": SCHEMA_VERSION,
-            "as_of": as_of.isoformat(),
-            "tables": {name: {"path": written[name], "rows": tables[name].height} for name in tables},
-            "schemas": {name: str(path) for name, path in schema_files.items()},
-        }
-        (stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
-        # Swap: every staged partition replaces its predecessor with a rename (atomic on one filesystem).
-        _swap_into_place(root, as_of, [*tables, *([REPORTS] if documents else []), *([SCHEMAS] if contracts else [])], stage)
+        with _naming_the_file() as writing:
+            for name, frame in tables.items():
+                part = stage / "new" / name / f"as_of={as_of.isoformat()}"
+                _mkdir_public(part)
+                frame.write_parquet(writing(part / "part-0.parquet"), statistics=True)
+                written[name] = str(partition_dir(root, name, as_of))
+                pause_point(f"staged:{name}")
+            if documents:
+                part = stage / "new" / REPORTS / f"as_of={as_of.isoformat()}"
+                _mkdir_public(part)
+                for file_name, text in documents.items():
+                    writing(part / file_name).write_text(text, encoding="utf-8")
+                    written[file_name] = str(partition_dir(root, REPORTS, as_of) / file_name)
+            contracts = [name for name in tables if name in CONTRACTS]
+            schema_files = {name: partition_dir(root, SCHEMAS, as_of) / f"{name}.schema.json" for name in contracts}
+            if contracts:
+                part = stage / "new" / SCHEMAS / f"as_of={as_of.isoformat()}"
+                _mkdir_public(part)
+                for name in contracts:
+                    text = json.dumps(json_schema(name), indent=2) + "\n"
+                    writing(part / schema_files[name].name).write_text(text, encoding="utf-8")
+                written[SCHEMAS] = str(partition_dir(root, SCHEMAS, as_of))
+            full_manifest = {
+                **manifest,
+                "schema_version": SCHEMA_VERSION,
+                "as_of": as_of.isoformat(),
+                "tables": {name: {"path": written[name], "rows": tables[name].height} for name in tables},
+                "schemas": {name: str(path) for name, path in schema_files.items()},
+            }
+            writing(stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
+            names = [*tables, *([REPORTS] if documents else []), *([SCHEMAS] if contracts else [])]
+            _write_journal(stage, {"run_id": run_id, "as_of": as_of.isoformat(), "names": names, "state": "swapping"})
+        pause_point("journal")
+        try:
+            _roll_forward(root, stage)
+        except BaseException:
+            _write_journal(stage, {**_read_journal(stage), "state": "rolling_back"})
+            _roll_back(root, stage)
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        staging_root = root / STAGING
-        if staging_root.exists() and not any(staging_root.iterdir()):
-            staging_root.rmdir()
+        _remove_if_empty(root / STAGING)
     return written
 
 
-def _swap_into_place(root: Path, as_of: dt.date, names: list[str], stage: Path) -> None:
-    """Rename every staged partition into place, then the manifest; on any failure, put the old ones back."""
-    (stage / "old").mkdir()
-    swapped: list[tuple[Path, Path | None]] = []  # (target, where its predecessor was parked)
+def _write_journal(stage: Path, journal: Mapping[str, Any]) -> None:
+    """The journal, atomically and durably: once it exists, the staging is complete and the swap may be finished."""
+    tmp = stage / f".{JOURNAL}.tmp"
+    with tmp.open("w") as handle:
+        json.dump(journal, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, stage / JOURNAL)
+    _fsync_dir(stage)
+
+
+def _read_journal(stage: Path) -> dict[str, Any]:
+    return json.loads((stage / JOURNAL).read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        for name in names:
-            target = partition_dir(root, name, as_of)
-            _mkdir_public(target.parent)
-            parked = None
-            if target.exists():
-                parked = stage / "old" / name
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _roll_forward(root: Path, stage: Path) -> None:
+    """Finish the swap of the journal in `stage` from wherever it stopped (idempotent: a kill inside it is finished by
+    the next call): the as-of's manifest away first, each staged partition into place (its predecessor parked in
+    `old/`), the new manifest last."""
+    journal = _read_journal(stage)
+    as_of = dt.date.fromisoformat(journal["as_of"])
+    old = stage / "old"
+    old.mkdir(exist_ok=True)
+    final_manifest = manifest_path(root, as_of)
+    if (stage / "manifest.json").exists() and final_manifest.exists():
+        os.replace(final_manifest, old / "manifest.json")  # from here until the end, the as-of has no manifest
+    pause_point("swap:manifest-removed")
+    for name in journal["names"]:
+        target = partition_dir(root, name, as_of)
+        staged = stage / "new" / name / target.name
+        if not staged.exists():
+            continue  # already swapped
+        _mkdir_public(target.parent)
+        if target.exists():
+            parked = old / name
+            if parked.exists():
+                shutil.rmtree(target)
+            else:
                 target.rename(parked)
-            swapped.append((target, parked))
-            (stage / "new" / name / target.name).rename(target)
-        final_manifest = manifest_path(root, as_of)
+        pause_point(f"swap:{name}:parked")
+        staged.rename(target)
+        pause_point(f"swap:{name}")
+    if (stage / "manifest.json").exists():
         _mkdir_public(final_manifest.parent)
         os.replace(stage / "manifest.json", final_manifest)
-    except BaseException:
-        for target, parked in reversed(swapped):
+
+
+def _roll_back(root: Path, stage: Path) -> None:
+    """Undo a swap that failed with an exception (not a kill): each parked partition and the old manifest back."""
+    journal = _read_journal(stage)
+    as_of = dt.date.fromisoformat(journal["as_of"])
+    old = stage / "old"
+    for name in reversed(journal["names"]):
+        target, parked = partition_dir(root, name, as_of), old / name
+        if parked.exists():
             if target.exists():
                 shutil.rmtree(target)
-            if parked is not None:
-                parked.rename(target)
-        raise
+            parked.rename(target)
+    if (old / "manifest.json").exists():
+        _mkdir_public(manifest_path(root, as_of).parent)
+        os.replace(old / "manifest.json", manifest_path(root, as_of))
+
+
+def recover(root: str | Path) -> list[str]:
+    """Bring the output folder back to a consistent state after runs that were killed; what was done, one line each.
+
+    A staging folder without a journal was cut short before anything was published: removed. One with a journal
+    was killed during its swap: rolled forward to the new outputs (or back, if it was already rolling back), then
+    removed. Call with the folder's lock held (`output_lock`), so no live run's staging is touched.
+    """
+    root = Path(root).resolve()
+    staging = root / STAGING
+    done: list[str] = []
+    if not staging.is_dir():
+        return done
+    for stage in sorted(p for p in staging.iterdir() if p.is_dir()):
+        if not (stage / JOURNAL).exists():
+            shutil.rmtree(stage)
+            done.append(f"removed the staging of run {stage.name}, interrupted before it published anything")
+            continue
+        journal = _read_journal(stage)
+        if journal.get("state") == "rolling_back":
+            _roll_back(root, stage)
+            done.append(f"rolled back run {stage.name} (as of {journal['as_of']}): its previous outputs are restored")
+        else:
+            _roll_forward(root, stage)
+            done.append(f"finished publishing run {stage.name} (as of {journal['as_of']}), interrupted during its swap")
+        shutil.rmtree(stage)
+    _remove_if_empty(staging)
+    return done
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+#: errno values that mean the disk (or the user's quota or file-size limit) is full.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _naming_the_file() -> Iterator[Any]:
+    """`writing(path)` marks the file being written; an OSError (a full disk, a quota) becomes a PublishError that
+    names it."""
+    current: list[Path] = []
+
+    def writing(path: Path) -> Path:
+        current[:] = [path]
+        return path
+
+    try:
+        yield writing
+    except (OSError, pl.exceptions.ComputeError) as exc:  # polars reports its own writes' OS errors as a ComputeError
+        if isinstance(exc, pl.exceptions.ComputeError) and "os error" not in str(exc):
+            raise
+        where = current[0] if current else "the staging folder"
+        code = getattr(exc, "errno", None)
+        full = code in _FULL or any(f"(os error {c})" in str(exc) for c in _FULL)
+        what = "no space left on the device" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0])
+        raise PublishError(
+            f"could not write {where}: {what}; nothing was published, the previous outputs are untouched"
+            + (". Free some space on that disk (or set output.folder elsewhere) and run again" if full else "")
+        ) from None
+
+
+def pause_point(name: str) -> None:
+    """Tests only: when BUFFERCAST_PAUSE_AT names this point, write it to BUFFERCAST_PAUSE_FILE and wait to be killed
+    (the kill -9 tests of tests/test_faults.py stop a run exactly here). Does nothing otherwise."""
+    if os.environ.get("BUFFERCAST_PAUSE_AT") != name:
+        return
+    Path(os.environ["BUFFERCAST_PAUSE_FILE"]).write_text(f"{os.getpid()} {name}\n")
+    while True:
+        time.sleep(60)
+
+
+def check_output_folder(root: str | Path, min_free_mb: float) -> Path:
+    """Before any compute: the output folder exists (created if need be), is writable and its disk has `min_free_mb`
+    free; else PublishError saying what to do."""
+    root = Path(root).resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PublishError(
+            f"output folder '{root}' is not writable ({exc.strerror or exc}): choose another output.folder (--out) or fix its permissions"
+        ) from None
+    free_mb = shutil.disk_usage(root).free / 1e6
+    if free_mb < min_free_mb:
+        raise PublishError(
+            f"output folder '{root}' has {free_mb:,.0f} MB free, less than output.min_free_mb ({min_free_mb:,.0f} MB): "
+            "free some space or choose another output.folder (--out)"
+        )
+    return root
+
+
+@contextlib.contextmanager
+def output_lock(root: str | Path, wait_seconds: float = 0.0) -> Iterator[list[str]]:
+    """Hold the output folder's lock for the block (one run at a time publishes into a folder); yields what `recover`
+    did on entry. Waits up to `wait_seconds` for another holder, then raises PublishError naming it. The lock is a
+    kernel advisory lock: a holder killed with -9 releases it."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise PublishError(
+                        f"output folder '{root}' is in use by another buffercast run ({holder}): wait for it to finish, "
+                        "or set output.lock_wait_seconds to wait, or use another output.folder (--out)"
+                    ) from None
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        yield recover(root)
+    finally:
+        handle.close()  # releases the lock
 
 
 def read_table(root: str | Path, table: str, as_of: dt.date | None = None) -> pl.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,10 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 from configs.schema import BuffercastConfig, InputConfig
-from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError, validate_sales, validate_sku_master
+from configs.secrets import SecretError, redact, resolve
+from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
+from flows.publish import check_output_folder
+from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError, validate_inputs
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
@@ -25,7 +29,7 @@ _CONFIG_KEYS = {"sales": "input.sales", "SKU master": "input.sku_master"}
 
 def read_sales(cfg: InputConfig) -> pl.DataFrame:
     """The raw sales history named by `input.sales`."""
-    return read_table(cfg.sales, what="sales")
+    return read_table(cfg.sales, what="sales", separator=cfg.csv_separator)
 
 
 def read_sku_master(cfg: InputConfig) -> pl.DataFrame | None:
@@ -38,42 +42,48 @@ PREFLIGHT_ROWS = 200
 
 
 def preflight(cfg: BuffercastConfig) -> None:
-    """Check the inputs before any server or stage starts: each exists, has a known format, and its first rows have
-    the configured columns with usable types (`pipeline.contracts.validate_sales` / `validate_sku_master` on the
-    first `PREFLIGHT_ROWS` rows of the first file, no quarantine limit). A bad input fails here in a second or two,
-    with the same one-line InputError the run would give; a store that does not answer (OSError) is left to the pull
-    task, which retries it."""
+    """Check the inputs and the output folder before any server or stage starts: each input exists, has a known
+    format, and its first rows have the configured columns with usable types (`pipeline.contracts.validate_inputs` on
+    the first `PREFLIGHT_ROWS` rows of the first file, no quarantine limit); the output folder is writable with
+    `output.min_free_mb` free (`flows.publish.check_output_folder`); a credential the tracking URI references is set.
+    A bad input fails here in a second or two, with the same one-line InputError the run would give; a store that
+    does not answer (OSError) is left to the pull task, which retries it."""
     try:  # in the run's order: both inputs read (pull), then validated
-        sales = read_table(cfg.input.sales, what="sales", n_rows=PREFLIGHT_ROWS)
+        sales = read_table(cfg.input.sales, what="sales", n_rows=PREFLIGHT_ROWS, separator=cfg.input.csv_separator)
         master = None if cfg.input.sku_master is None else read_table(cfg.input.sku_master, what="SKU master", n_rows=PREFLIGHT_ROWS)
-        validate_sales(sales, cfg.input.sales_columns, today=dt.date.max, date_format=cfg.input.date_format)
-        if master is not None:
-            validate_sku_master(master, cfg.input.sku_master_columns)
+        validate_inputs(cfg, sales, master, today=dt.date.max, limit_quarantine=False)
     except OSError:
-        return
+        pass
+    check_output_folder(cfg.output.folder, cfg.output.min_free_mb)
+    resolve(cfg.tracking.uri, key="tracking.uri")  # a credential it references must be there (SecretError)
 
 
-def read_table(location: str, *, what: str, n_rows: int | None = None) -> pl.DataFrame:
+def read_table(location: str, *, what: str, n_rows: int | None = None, separator: str = ",") -> pl.DataFrame:
     """Read a Parquet or CSV file, or every such file in a folder, from a path or fsspec URL.
 
     CSV columns are all read as String so that unparseable values reach validation; Parquet
     keeps its types. Adds `_source_file` and `_row_number` (1-based, header excluded).
     Files in a folder are read in name order; hidden files and folders are skipped. `n_rows`: only the first rows of
-    the first file (a look at the input, `preflight`).
+    the first file (a look at the input, `preflight`). `separator`: of CSV fields (`input.csv_separator`).
     """
+    key = _CONFIG_KEYS.get(what, what)
     try:
-        fs, root = url_to_fs(location)
+        fs, root = url_to_fs(resolve(location, key=key))  # `location` may reference a credential: never shown resolved
         is_dir = fs.isdir(root)
         exists = is_dir or fs.exists(root)
+    except SecretError as exc:
+        raise InputError(str(exc)) from None
     except (ValueError, ImportError) as exc:  # an unknown protocol or a missing fsspec driver; OSError is retried
         raise InputError(f"{what} location '{location}' cannot be opened: {_short(exc)}") from None
+    except OSError as exc:  # a store that does not answer: retried by the pull task, its message without secrets
+        raise OSError(f"{what} location '{location}': {_short(exc)}") from None
     if not exists:
         raise InputError(f"{what} file '{location}' not found{_config_hint(what)}")
     if not is_dir:
         fmt = _format(root)
         if fmt is None:
             raise InputError(f"{what} file '{location}' has an unknown extension: use {', '.join(_FORMATS)}")
-        return _read_file(fs, root, location, fmt, what, n_rows)
+        return _read_file(fs, root, location, fmt, what, n_rows, separator)
 
     files = _folder_files(fs, root)
     if not files:
@@ -83,10 +93,12 @@ def read_table(location: str, *, what: str, n_rows: int | None = None) -> pl.Dat
         raise InputError(f"{what} folder '{location}' mixes Parquet and CSV files: keep one format per folder")
     fmt = formats.pop()
     base = location.rstrip("/")
-    tables = {}
-    for path in files[:1] if n_rows is not None else files:
-        label = f"{base}/{path[len(root) :].lstrip('/')}"
-        tables[label] = _read_file(fs, path, label, fmt, what, n_rows)
+    labels = {path: f"{base}/{path[len(root) :].lstrip('/')}" for path in files}
+    if n_rows is not None:  # a look: every file's header (columns and types must agree), the first file's first rows
+        _concat({labels[path]: _read_file(fs, path, labels[path], fmt, what, 0, separator) for path in files}, location, what)
+        first = files[0]
+        return _read_file(fs, first, labels[first], fmt, what, n_rows, separator)
+    tables = {labels[path]: _read_file(fs, path, labels[path], fmt, what, None, separator) for path in files}
     return _concat(tables, location, what)
 
 
@@ -103,7 +115,7 @@ def input_fingerprint(*locations: str | None) -> str | None:
             described.append(None)
             continue
         try:
-            fs, root = url_to_fs(location)
+            fs, root = url_to_fs(resolve(location))
             files = _folder_files(fs, root) if fs.isdir(root) else [root]
             infos = [fs.info(path) for path in files]
         except (OSError, ValueError, ImportError):
@@ -112,23 +124,71 @@ def input_fingerprint(*locations: str | None) -> str | None:
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
-def _read_file(fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str, n_rows: int | None = None) -> pl.DataFrame:
+def _read_file(
+    fs: AbstractFileSystem, path: str, label: str, fmt: str, what: str, n_rows: int | None = None, separator: str = ","
+) -> pl.DataFrame:
     """One file with its provenance columns; `label` is how messages and `_source_file` name it; `n_rows`: its first
     rows only."""
     try:
         with fs.open(path, "rb") as handle:
             if fmt == "csv":
-                table = pl.read_csv(handle, infer_schema=False, row_index_name=ROW_NUMBER, row_index_offset=1, n_rows=n_rows)
+                table = pl.read_csv(
+                    handle, infer_schema=False, separator=separator, row_index_name=ROW_NUMBER, row_index_offset=1, n_rows=n_rows
+                )
             else:
                 table = pl.read_parquet(handle, n_rows=n_rows).with_row_index(ROW_NUMBER, offset=1)
+    except pl.exceptions.NoDataError:
+        raise InputError(f"{what} file '{label}' is empty: export it again with a header row and the data{_config_hint(what)}") from None
     except (pl.exceptions.PolarsError, ValueError) as exc:
         # Content that does not parse is bad input; an OSError (a flaky mount or store) propagates, to be retried.
-        raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}") from None
+        if fmt == "csv":
+            _check_first_line(fs, path, label, what, separator)
+            hint = " Save it as UTF-8." if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else ""
+        else:
+            hint = " Is the file complete? Copy or export it again."
+        raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}.{hint}") from None
+    if fmt == "csv":
+        _check_header(table, label, what)
+        if len(table.columns) == 2:  # one column besides the row number: maybe another separator
+            _check_first_line(fs, path, label, what, separator)
+    if table.height == 0 and n_rows != 0:
+        raise InputError(f"{what} file '{label}' has a header but no rows: export it again with the data{_config_hint(what)}")
     return table.select(
         pl.exclude(ROW_NUMBER),
         pl.lit(label, dtype=pl.String).alias(SOURCE_FILE),
         pl.col(ROW_NUMBER).cast(pl.Int64),
     )
+
+
+#: polars' name for the second of two columns with the same header: `<name>_duplicated_<k>`.
+_DUPLICATED = re.compile(r"^(?P<name>.*)_duplicated_\d+$")
+_OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def _check_header(table: pl.DataFrame, label: str, what: str) -> None:
+    """A header that names a column twice, or that is not text, is an error."""
+    columns = [c for c in table.columns if c != ROW_NUMBER]
+    if any(ch == "\ufffd" or (ord(ch) < 32 and ch != "\t") for c in columns for ch in c):
+        raise InputError(f"{what} file '{label}' is not a CSV text file (its first bytes are binary): point the config at the data file")
+    repeated = sorted({m["name"] for c in columns if (m := _DUPLICATED.match(c)) and m["name"] in columns})
+    if repeated:
+        names = ", ".join(f"'{name}'" for name in repeated)
+        raise InputError(f"{what} file '{label}' has the column {names} more than once in its header: remove or rename the copies")
+
+
+def _check_first_line(fs: AbstractFileSystem, path: str, label: str, what: str, separator: str) -> None:
+    """InputError when the header line has no `separator` but another one (`;`, tab, `|`): the config's is wrong."""
+    with fs.open(path, "rb") as handle:
+        header = handle.readline(65536).decode("utf-8", errors="replace")
+    if separator in header:
+        return
+    used = next((s for s in _OTHER_SEPARATORS if s in header), None)
+    if used is not None:
+        shown = "\\t" if used == "\t" else used
+        raise InputError(
+            f"{what} file '{label}' has no '{separator}' in its header line but '{shown}': its fields look separated by "
+            f"'{shown}'. Set input.csv_separator: '{shown}' in your config."
+        )
 
 
 def _folder_files(fs: AbstractFileSystem, root: str) -> list[str]:
@@ -167,6 +227,6 @@ def _config_hint(what: str) -> str:
 
 def _short(exc: BaseException) -> str:
     """The first line of an exception message, at most 200 characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip() for line in redact(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."

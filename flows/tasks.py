@@ -28,7 +28,7 @@ from flows.sources import read_sales, read_sku_master
 from flows.tracking import Tracker
 from forecasting.backtest import ForecastResult
 from forecasting.workers import WorkerDied
-from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, quarantine_summary, validate_sales, validate_sku_master
+from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, quarantine_summary, validate_inputs
 from pipeline.report import plan_summary_markdown, top_buffers_rows
 from pipeline.stages import Profiled, forecast_stage, profile_sales, recommend_stage
 from pipeline.tables import reasons_table, summary_metrics
@@ -74,23 +74,12 @@ def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, 
 
 @task(cache_policy=NO_CACHE)
 def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None) -> Inputs:
-    sales = validate_sales(
-        raw_sales,
-        cfg.input.sales_columns,
-        today=dt.date.today(),
-        date_format=cfg.input.date_format,
-        max_quarantine_share=cfg.input.max_quarantine_share,
-    )
-    master = (
-        validate_sku_master(raw_master, cfg.input.sku_master_columns, max_quarantine_share=cfg.input.max_quarantine_share)
-        if raw_master is not None
-        else None
-    )
+    inputs = validate_inputs(cfg, raw_sales, raw_master, today=dt.date.today())
     logger = get_run_logger()
-    logger.info("sales: %d rows read, %s", sales.rows_in, quarantine_summary(sales.quarantine))
-    if master is not None:
-        logger.info("SKU master: %d rows read, %s", master.rows_in, quarantine_summary(master.quarantine))
-    return Inputs(sales, master)
+    logger.info("sales: %d rows read, %s", inputs.sales.rows_in, quarantine_summary(inputs.sales.quarantine))
+    if inputs.master is not None:
+        logger.info("SKU master: %d rows read, %s", inputs.master.rows_in, quarantine_summary(inputs.master.quarantine))
+    return inputs
 
 
 @task(cache_policy=NO_CACHE)
@@ -146,11 +135,13 @@ def timed(stage: str, seconds: float, stage_task: Task, **options: Any) -> Calla
 
     def call(*args: Any) -> Any:
         try:
-            return bounded(*args)
+            result = bounded(*args)
         except TaskRunTimeoutError:
             raise StageTimeout(stage, seconds) from None
         except WorkerDied as exc:
             raise StageWorkerDied(stage, exc) from None
+        publisher.pause_point(f"after:{stage}")  # tests only: a kill -9 at this stage boundary
+        return result
 
     return call
 

@@ -7,6 +7,7 @@ the run early (its id goes into the manifest) and finish it after publishing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -18,6 +19,9 @@ import mlflow
 import polars as pl
 from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
+
+from configs.secrets import has_reference, resolve
+from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
 
 MAX_PARAM_LENGTH = 6000
 
@@ -50,8 +54,10 @@ class Tracker:
         # whole tracking steps itself, so each call here fails fast. Read by mlflow at request time.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(http_timeout_s)
-        self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.uri = resolve_tracking_uri(uri)  # as written: a credential stays a reference (configs/secrets.py)
+        if has_reference(self.uri):  # MLflow prints "View run at <url>" with the resolved URL: its credential with it
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        self.client = MlflowClient(tracking_uri=resolve(self.uri, key="tracking.uri"))
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             exp.experiment_id
@@ -77,12 +83,14 @@ class Tracker:
 
     def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> None:
         """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run."""
-        with warnings.catch_warnings():
-            # MLflow registers its local-artifact source twice and says so on every local path: noise, not a problem.
+        root = logging.getLogger()
+        with warnings.catch_warnings(), _dropping(root, "will be mapped to DataType.datetime"):
+            # MLflow registers its local-artifact source twice and says so on every local path, and logs (on the root
+            # logger) that a Date column is recorded as a datetime in the dataset's schema: noise, not a problem.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-            dataset = mlflow.data.from_polars(frame, source=source, name=name)
+            entity = mlflow.data.from_polars(frame, source=source, name=name)._to_mlflow_entity()  # the schema is inferred here
         tags = [InputTag(key="mlflow.data.context", value=context)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=tags)])
 
     def log_viewable_table(self, frame: pl.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI shows in its artifact viewer (JSON, via `log_table`)."""
@@ -114,3 +122,17 @@ class Tracker:
     def finish(self, ok: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def _dropping(logger: logging.Logger, text: str):
+    """Drop `logger`'s own records whose message contains `text` while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

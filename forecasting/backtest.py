@@ -608,7 +608,8 @@ def backtest_and_forecast(
         .with_columns(
             *[
                 pl.lit(None, pl.Float64).alias(c)
-                for c in ("one_step_rmse", "lead_time_rmse", "review_lead_time_rmse")
+                # Absent when no SKU of the run could be backtested (one day of history, say).
+                for c in ("one_step_rmse", "lead_time_rmse", "review_lead_time_rmse", "mase", "rmse", "mae", "bias")
                 if c not in selection.columns
             ]
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 
 from buffers.drift import CHANGE_KINDS
 from buffers.policy import FLAG_COLUMNS, POLICIES, RISK_FLAGS, SAFETY_STOCK_METHODS
-from configs.schema import SalesColumns, SkuMasterColumns
+from configs.schema import BuffercastConfig, SalesColumns, SkuMasterColumns
 from features.lifecycle import LIFE_CYCLES
 from features.sbc import DEMAND_CLASSES
 from features.xyz import VOLATILITY_CLASSES
@@ -35,6 +36,11 @@ ROW_NUMBER = "_row_number"
 class InputError(ValueError):
     """Bad input: a one-line message naming the file, column, counts, and what to do."""
 
+
+#: ISO timestamps read as dates (after `T` -> space and a space before the offset dropped): with an offset or Z, and
+#: without one; seconds and fractions optional.
+_AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z")
+_NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M")
 
 _POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
 _TRUE = ("true", "1", "yes", "y")
@@ -75,6 +81,20 @@ def _finite(name: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite()), error=name)
 
 
+def _bounded(name: str, *, ge: float | None = None, le: float | None = None) -> pa.Check:
+    """ge <= value <= le for finite values; inf and NaN are left to `_finite`, so a row gets one reason, not two."""
+    def check(data: PolarsData) -> pl.LazyFrame:
+        x = pl.col(data.key)
+        ok = pl.lit(True)
+        if ge is not None:
+            ok = ok & (x >= ge)
+        if le is not None:
+            ok = ok & (x <= le)
+        return data.lazyframe.select(ok | ~x.is_finite())
+
+    return pa.Check(check, error=name)
+
+
 def _first_occurrence(name: str) -> pa.Check:
     """Repeats of a value fail, its first occurrence passes (pandera's `unique` flags all of them on polars)."""
 
@@ -89,18 +109,20 @@ def _provenance() -> dict[str, pa.Column]:
     return {SOURCE_FILE: pa.Column(pl.String, nullable=True), ROW_NUMBER: pa.Column(pl.Int64, nullable=False)}
 
 
-def sales_schema(today: dt.date) -> pa.DataFrameSchema:
+def sales_schema(today: dt.date, earliest: dt.date | None = None, max_quantity: float = math.inf) -> pa.DataFrameSchema:
     """Parsed sales rows; `line_id` is only used to find duplicate lines and is dropped afterwards."""
+    dates = [pa.Check.le(today, error="date_not_in_future")]
+    if earliest is not None:
+        dates.append(pa.Check.ge(earliest, error="date_too_early"))
+    quantities = [_finite("quantity_finite"), _bounded("quantity_non_negative", ge=0.0)]
+    if math.isfinite(max_quantity):
+        quantities.append(_bounded("quantity_too_large", le=max_quantity))
     return pa.DataFrameSchema(
         {
             "sku_id": pa.Column(pl.String, nullable=False),
             "location_id": pa.Column(pl.String, nullable=True),
-            "date": pa.Column(pl.Date, nullable=False, checks=pa.Check.le(today, error="date_not_in_future")),
-            "quantity": pa.Column(
-                pl.Float64,
-                nullable=False,
-                checks=[_finite("quantity_finite"), pa.Check.ge(0.0, error="quantity_non_negative")],
-            ),
+            "date": pa.Column(pl.Date, nullable=False, checks=dates),
+            "quantity": pa.Column(pl.Float64, nullable=False, checks=quantities),
             "line_id": pa.Column(pl.String, nullable=True, checks=_first_occurrence("duplicate_line_id")),
             **_provenance(),
         },
@@ -146,26 +168,54 @@ def validate_sales(
     *,
     today: dt.date,
     date_format: str | None = None,
+    timezone: str = "UTC",
+    earliest: dt.date | None = None,
+    max_quantity: float = math.inf,
+    decimal_comma: bool = False,
     max_quarantine_share: float = 1.0,
     source: str = "sales",
 ) -> Validated:
     """Canonical sales rows (sku_id, location_id, date, quantity, _source_file, _row_number) and quarantine.
 
     Several rows for one SKU and date are order lines and are all kept; a repeated `line_id`
-    is a duplicate. Raises InputError for a missing column, or when the quarantined share of
-    rows exceeds `max_quarantine_share`.
+    is a duplicate. Timestamps are read as the date they fall on in `timezone` (`_RawTable.date`). Rows dated before
+    `earliest` (date_too_early) or with a quantity above `max_quantity` (quantity_too_large) are quarantined.
+    Raises InputError for a missing column, or when the quarantined share of rows exceeds `max_quarantine_share`.
     """
     table = _RawTable.of(raw, cols, required=("sku_id", "date", "quantity"), key="input.sales_columns", source=source)
     parsed = raw.select(
         table.text("sku_id"),
         table.text("location_id"),
-        table.date("date", date_format or "%Y-%m-%d"),
-        table.number("quantity"),
+        table.date("date", date_format, timezone),
+        table.number("quantity", decimal_comma=decimal_comma),
         table.text("line_id"),
         *table.provenance(),
     )
-    result = _split(table, parsed, sales_schema(today), _unparseable(table, parsed, ("date", "quantity")))
+    schema = sales_schema(today, earliest, max_quantity)
+    result = _split(table, parsed, schema, _unparseable(table, parsed, ("date", "quantity")))
     return _within_share(Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in), max_quarantine_share, source)
+
+
+def validate_inputs(
+    cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None, *, today: dt.date, limit_quarantine: bool = True
+) -> Inputs:
+    """The raw inputs checked against their contracts with the config's column names and input rules (dates in
+    `input.timezone`, `input.earliest_date`, `input.max_quantity`, `input.decimal_comma`). `limit_quarantine=False`
+    lifts `input.max_quarantine_share` (the pre-flight look at a few rows)."""
+    share = cfg.input.max_quarantine_share if limit_quarantine else 1.0
+    sales = validate_sales(
+        raw_sales,
+        cfg.input.sales_columns,
+        today=today,
+        date_format=cfg.input.date_format,
+        timezone=cfg.input.timezone,
+        earliest=cfg.input.earliest_date,
+        max_quantity=cfg.input.max_quantity,
+        decimal_comma=cfg.input.decimal_comma,
+        max_quarantine_share=share,
+    )
+    master = None if raw_master is None else validate_sku_master(raw_master, cfg.input.sku_master_columns, max_quarantine_share=share)
+    return Inputs(sales, master)
 
 
 def _within_share(result: Validated, max_share: float, source: str) -> Validated:
@@ -246,23 +296,36 @@ class _RawTable:
         value = pl.col(self.names[name]).cast(pl.String).str.strip_chars()
         return pl.when(value != "").then(value).alias(name)
 
-    def number(self, name: str) -> pl.Expr:
-        """Float64; text that is not a number -> null."""
+    def number(self, name: str, *, decimal_comma: bool = False) -> pl.Expr:
+        """Float64; text that is not a number -> null. `decimal_comma`: text reads 1,5 as 1.5."""
         if name not in self.names:
             return pl.lit(None, dtype=pl.Float64).alias(name)
         dtype = self.raw.schema[self.names[name]]
         column = self._typed_column(name, "numbers", dtype.is_numeric() or dtype in (pl.String, pl.Null))
         if dtype == pl.String:
             column = column.str.strip_chars()
+            if decimal_comma:
+                column = column.str.replace(",", ".", literal=True)
         return column.cast(pl.Float64, strict=False).alias(name)
 
-    def date(self, name: str, date_format: str) -> pl.Expr:
-        """pl.Date; text is parsed with `date_format` (unparseable -> null), datetimes are truncated."""
+    def date(self, name: str, date_format: str | None, timezone: str = "UTC") -> pl.Expr:
+        """pl.Date. Text: `date_format`, else ISO dates (YYYY-MM-DD); then ISO timestamps (`T` or a space, seconds and
+        fractions optional): one with an offset or `Z` is converted to `timezone` before its date is taken, one without
+        is taken as local time there (its own date). Datetime columns likewise (zone-aware ones converted). Anything
+        else -> null (quarantined as date_unparseable)."""
         dtype = self.raw.schema[self.names[name]]
         column = self._typed_column(name, "dates", dtype in (pl.String, pl.Date, pl.Null) or isinstance(dtype, pl.Datetime))
-        if dtype == pl.String:
-            return column.str.strip_chars().str.to_date(date_format, strict=False).alias(name)
-        return (column.dt.date() if isinstance(dtype, pl.Datetime) else column.cast(pl.Date)).alias(name)
+        if isinstance(dtype, pl.Datetime):
+            return (column.dt.convert_time_zone(timezone) if dtype.time_zone else column).dt.date().alias(name)
+        if dtype != pl.String:
+            return column.cast(pl.Date).alias(name)
+        text = column.str.strip_chars()
+        stamp = text.str.replace("T", " ", literal=True).str.replace(r"\s+([+-]\d\d:?\d\d|Z)$", "$1")
+        aware = [stamp.str.to_datetime(f, strict=False, time_zone="UTC").dt.convert_time_zone(timezone) for f in _AWARE_FORMATS]
+        naive = [stamp.str.to_datetime(f, strict=False) for f in _NAIVE_FORMATS]
+        return pl.coalesce(
+            text.str.to_date(date_format or "%Y-%m-%d", strict=False), *[t.dt.date() for t in aware], *[t.dt.date() for t in naive]
+        ).alias(name)
 
     def boolean(self, name: str) -> pl.Expr:
         """Boolean; text true/false/1/0/yes/no/y/n in any case; anything else -> null."""

@@ -27,7 +27,7 @@ from features.sbc import DEMAND_CLASSES
 from features.xyz import sku_volatility
 from forecasting.backtest import ForecastResult, backtest_and_forecast
 from forecasting.inputs import forecast_inputs
-from pipeline.contracts import output_columns
+from pipeline.contracts import InputError, output_columns
 
 ID = "unique_id"
 
@@ -53,6 +53,13 @@ def profile_sales(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFra
     all_keys = series_keys(sales)
     keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
     left_out = all_keys.join(keys, on="unique_id", how="anti")
+    if keys.is_empty():
+        n = all_keys.height
+        raise InputError(
+            f"sales: none of the {n:,} series (SKU x location) has a positive sale up to the last complete period before"
+            f" the as-of date {as_of}, so there is nothing to plan. Check that input.sales_columns.quantity names the"
+            " quantity column, and the as-of date (--as-of)."
+        )
     attrs = sku_attributes(keys, master, cfg.defaults)
     profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, cfg=cfg)
     outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")

@@ -66,8 +66,31 @@ def prefect_harness(prefect_server: str) -> Iterator[str]:
             # As Prefect's own harness does: threads started without a copy of this context see the server too.
             with _temporary_global_settings_context(get_settings_context()):
                 yield prefect_server
+                _drain_prefect_workers()  # before the server stops: no "Unable to connect" noise at the end
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events this process still holds to the server, as Prefect's own test harness does."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +121,48 @@ def make_config(tmp_path):
         return load_config(None, base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """One `mlflow server` for the session: a SQLite backend in a temp folder, on a free loopback port; its whole
+    process group ends after. Start-up is waited for up to PATIENCE_S."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}: see {root / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mlflow server on port {port} not healthy after {PATIENCE_S:.0f} s") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 #: Debian's Chromium, installed by `make browser` (part of `make test`) where the user may apt-get it.

@@ -149,7 +149,7 @@ def test_unreadable_csv_and_unknown_extension(tmp_path: Path) -> None:
     assert _error(str(ragged)).startswith(f"sales file '{ragged}' could not be read as CSV: ")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    assert "could not be read as CSV" in _error(str(empty))
+    assert "is empty: export it again" in _error(str(empty))
     sheet = tmp_path / "sales.xlsx"
     sheet.write_bytes(b"PK")
     assert "unknown extension" in _error(str(sheet))
