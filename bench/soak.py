@@ -84,10 +84,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="buffercast-soak-"))
     data, out = work / "data", work / "outputs"
-    start = dt.date(2026, 1, 1)
+    # The last run's history ends yesterday: sales dated after today are quarantined (date_not_in_future).
+    first_end = dt.date.today() - dt.timedelta(days=args.runs)
 
     def write_inputs(k: int) -> dt.date:
-        end = start + dt.timedelta(days=args.days + k)
+        end = first_end + dt.timedelta(days=k)
         write_sample_data(data, n_skus=args.skus + k // 5, seed=3, n_days=args.days + k, end_date=end)
         return end
 

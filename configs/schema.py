@@ -122,6 +122,20 @@ class InputConfig(_Strict):
         1e9, gt=0.0, description="Sales quantities above this are quarantined (quantity_too_large): a unit or export error, not demand."
     )
     csv_separator: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files, e.g. ';'.")
+    sales_table: str = Field(
+        "sales", description="With a postgresql:// input.sales: the table (or schema.table) read, unless sales_query is set."
+    )
+    sales_query: str | None = Field(
+        None,
+        description="With a postgresql:// input.sales: the SQL that returns the sales rows; $1, if used, is bound to the as-of date "
+        "(config as_of, else today). Null: every row of sales_table.",
+    )
+    sku_master_table: str = Field(
+        "sku_master", description="With a postgresql:// input.sku_master: the table read, unless sku_master_query is set."
+    )
+    sku_master_query: str | None = Field(
+        None, description="With a postgresql:// input.sku_master: the SQL that returns its rows ($1 as above)."
+    )
     decimal_comma: bool = Field(False, description="CSV numbers are written with a decimal comma (1,5 for 1.5).")
 
     @field_validator("sales", "sku_master")
@@ -133,6 +147,13 @@ class InputConfig(_Strict):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return _known_timezone(value)
+
+    @field_validator("sales_table", "sku_master_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", value):
+            raise ValueError(f"'{value}' is not a table name (letters, digits, _; schema.table allowed): write a query instead")
+        return value
 
 
 class SbcConfig(_Strict):

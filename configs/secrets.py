@@ -92,7 +92,7 @@ def to_reference(location: str, variable: str) -> str:
     """A URL with a written-out password rewritten to reference the environment variable `variable`, which is set to
     the password in this process (the CLI's way of keeping a password given on its command line out of the config)."""
     parts = urlsplit(location)
-    if parts.password is None:
+    if parts.password is None or _REFERENCE.fullmatch(parts.password):  # none, or already a reference
         return location
     os.environ[variable] = parts.password
     _RESOLVED.add(parts.password)

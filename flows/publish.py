@@ -48,6 +48,7 @@ REPORTS = "reports"
 EVALUATIONS = "evaluations"  # `buffercast evaluate` publishes under <output folder>/evaluations/, its own dataset root
 SCHEMAS = "schemas"
 JOURNAL = "journal.json"
+LATEST = "latest.json"  # manifests/latest.json: the newest complete as-of, for readers who do not list folders
 LOCK_FILE = ".buffercast.lock"
 
 
@@ -210,6 +211,26 @@ def _roll_forward(root: Path, stage: Path) -> None:
     if (stage / "manifest.json").exists():
         _mkdir_public(final_manifest.parent)
         os.replace(stage / "manifest.json", final_manifest)
+    _point_latest(root, as_of)
+
+
+def _point_latest(root: Path, as_of: dt.date) -> None:
+    """`manifests/latest.json` names the newest as-of whose manifest is in place (a rerun of an older as-of leaves it);
+    written atomically after that manifest, so what it names is always complete."""
+    current = latest_as_of(root)
+    if current is not None and current > as_of:
+        return
+    with atomic_path(root / MANIFESTS / LATEST) as tmp:
+        pointer = {"as_of": as_of.isoformat(), "manifest": str(manifest_path(root, as_of)), "schema_version": SCHEMA_VERSION}
+        tmp.write_text(json.dumps(pointer, indent=2) + "\n")
+
+
+def latest_as_of(root: str | Path) -> dt.date | None:
+    """The newest complete as-of of an output folder, from `manifests/latest.json` (None before the first run)."""
+    try:
+        return dt.date.fromisoformat(json.loads((Path(root) / MANIFESTS / LATEST).read_text())["as_of"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _roll_back(root: Path, stage: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from fsspec import AbstractFileSystem
@@ -27,14 +28,84 @@ _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
 _CONFIG_KEYS = {"sales": "input.sales", "SKU master": "input.sku_master"}
 
 
-def read_sales(cfg: InputConfig) -> pl.DataFrame:
-    """The raw sales history named by `input.sales`."""
-    return read_table(cfg.sales, what="sales", separator=cfg.csv_separator)
+def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame:
+    """The raw sales history named by `input.sales`: a file, folder or URL, or a PostgreSQL database (`as_of` is bound
+    to the query's $1)."""
+    if is_database(cfg.sales):
+        return read_database(cfg.sales, _query(cfg.sales_query, cfg.sales_table), what="sales", as_of=as_of, n_rows=n_rows)
+    return read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=n_rows)
 
 
-def read_sku_master(cfg: InputConfig) -> pl.DataFrame | None:
-    """The raw SKU master named by `input.sku_master`, or None when there is none."""
-    return None if cfg.sku_master is None else read_table(cfg.sku_master, what="SKU master")
+def read_sku_master(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame | None:
+    """The raw SKU master named by `input.sku_master` (a file, folder, URL or database), or None when there is none."""
+    if cfg.sku_master is None:
+        return None
+    if is_database(cfg.sku_master):
+        query = _query(cfg.sku_master_query, cfg.sku_master_table)
+        return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows)
+    return read_table(cfg.sku_master, what="SKU master", n_rows=n_rows)
+
+
+#: Locations read from a database (ADBC's PostgreSQL driver) rather than as files.
+_DATABASES = ("postgresql://", "postgres://")
+_QUERY_KEYS = {"sales": "input.sales_query / input.sales_table", "SKU master": "input.sku_master_query / input.sku_master_table"}
+
+
+def is_database(location: str | None) -> bool:
+    return bool(location) and location.startswith(_DATABASES)
+
+
+def _query(query: str | None, table: str) -> str:
+    """The configured query, or every row of the table (its name quoted, schema.table allowed)."""
+    return query if query else "SELECT * FROM " + ".".join(f'"{part}"' for part in table.split("."))
+
+
+def read_database(location: str, query: str, *, what: str, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame:
+    """The rows `query` returns from the PostgreSQL database at `location`, with `_source_file` (the location as written,
+    a credential left as its reference) and `_row_number` (1-based, in the query's order).
+
+    ADBC's PostgreSQL driver (libpq, Arrow-native: no row-by-row Python) runs the query; `$1`, if the query uses it, is
+    bound to `as_of` (or today), never formatted into the SQL. `n_rows`: the first rows only (a LIMIT around the
+    query: the pre-flight look). A connection that fails (host down, refused, timed out) raises OSError, which the
+    pull task retries; a refused login, a missing table or bad SQL raise InputError (retrying cannot help).
+    `timestamp with time zone` arrives as UTC timestamps (validation converts them to `input.timezone`); `numeric` as
+    its decimal text, parsed by validation."""
+    import adbc_driver_manager
+    from adbc_driver_postgresql import dbapi
+
+    key = _CONFIG_KEYS[what]
+    sql = query if n_rows is None else f"SELECT * FROM ({query}) AS preflight LIMIT {int(n_rows)}"
+    parameters = (as_of or dt.date.today(),) if "$1" in query else None
+    try:
+        uri = resolve(location, key=key)
+    except SecretError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        with dbapi.connect(uri) as connection, connection.cursor() as cursor:
+            cursor.execute(sql, parameters=parameters)
+            table = cursor.fetch_arrow_table()
+    except adbc_driver_manager.OperationalError as exc:
+        message = _short(exc).removeprefix("IO: ").removeprefix("[libpq] ")
+        if any(s in message for s in ("authentication failed", "does not exist", "no password supplied", "permission denied")):
+            raise InputError(f"{what} database '{location}': {message}. Check the user, password and database in {key}") from None
+        raise OSError(f"{what} database '{location}' could not be reached: {message}") from None
+    except adbc_driver_manager.Error as exc:
+        message = _short(exc).removeprefix("NOT_FOUND: ").removeprefix("INVALID_ARGUMENT: ")
+        raise InputError(f"{what} query on '{location}' failed: {message}. Fix {_QUERY_KEYS[what]} in your config") from None
+    frame = pl.from_arrow(_plain_columns(table))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_row_index(ROW_NUMBER, offset=1).select(
+        pl.exclude(ROW_NUMBER), pl.lit(location, dtype=pl.String).alias(SOURCE_FILE), pl.col(ROW_NUMBER).cast(pl.Int64)
+    )
+
+
+def _plain_columns(table: Any) -> Any:
+    """Arrow extension columns (PostgreSQL `numeric` comes as an opaque extension over its decimal text) as their
+    storage, so validation parses them like any text."""
+    import pyarrow as pa
+
+    columns = [c.cast(c.type.storage_type) if isinstance(c.type, pa.BaseExtensionType) else c for c in table.columns]
+    return pa.table(columns, names=table.column_names)
 
 
 #: Rows the pre-flight check reads from the first file of each input.
@@ -49,8 +120,8 @@ def preflight(cfg: BuffercastConfig) -> None:
     A bad input fails here in a second or two, with the same one-line InputError the run would give; a store that
     does not answer (OSError) is left to the pull task, which retries it."""
     try:  # in the run's order: both inputs read (pull), then validated
-        sales = read_table(cfg.input.sales, what="sales", n_rows=PREFLIGHT_ROWS, separator=cfg.input.csv_separator)
-        master = None if cfg.input.sku_master is None else read_table(cfg.input.sku_master, what="SKU master", n_rows=PREFLIGHT_ROWS)
+        sales = read_sales(cfg.input, cfg.as_of, n_rows=PREFLIGHT_ROWS)
+        master = read_sku_master(cfg.input, cfg.as_of, n_rows=PREFLIGHT_ROWS)
         validate_inputs(cfg, sales, master, today=dt.date.max, limit_quarantine=False)
     except OSError:
         pass
@@ -114,6 +185,8 @@ def input_fingerprint(*locations: str | None) -> str | None:
         if location is None:
             described.append(None)
             continue
+        if is_database(location):
+            return None  # a query's rows can change with no file to look at: read every time
         try:
             fs, root = url_to_fs(resolve(location))
             files = _folder_files(fs, root) if fs.isdir(root) else [root]

@@ -69,7 +69,7 @@ def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, 
 
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
     """
-    return read_sales(cfg.input), read_sku_master(cfg.input)
+    return read_sales(cfg.input, cfg.as_of), read_sku_master(cfg.input, cfg.as_of)
 
 
 @task(cache_policy=NO_CACHE)

@@ -165,6 +165,54 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
+#: PostgreSQL 15's server programs (Debian's postgresql-15); BUFFERCAST_PG_BIN points elsewhere.
+PG_BIN = Path(os.environ.get("BUFFERCAST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL 15 for the session: initdb + pg_ctl on a free port of 127.0.0.1 (its socket in a temp
+    folder), password login. initdb refuses to run as root: as root, the server runs as the `postgres` user. Yields
+    `url` (the password as the reference ${BUFFERCAST_TEST_PGPASSWORD}, set in this process), `password`, `port`."""
+    import secrets
+    import shutil
+    import subprocess
+
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL's pg_ctl not found in {PG_BIN} (install Debian's postgresql-15, or set BUFFERCAST_PG_BIN)")
+    # Not under pytest's temp folder: as root, the server runs as `postgres`, which cannot enter root's 0700 folders.
+    root = Path(tempfile.mkdtemp(prefix="buffercast-postgres-"))
+    password = secrets.token_urlsafe(16)
+    (root / "pw").write_text(password + "\n")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: PostgreSQL cannot be started")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(root, 0o755)
+        shutil.chown(root, "postgres")
+        shutil.chown(root / "pw", "postgres")
+    user = "buffercast"
+    port = free_port()
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=PATIENCE_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
+
+    data = root / "data"
+    run(str(PG_BIN / "initdb"), "-D", str(data), "-U", user, "--auth=scram-sha-256", f"--pwfile={root / 'pw'}", "-E", "UTF8")
+    options = f"-h 127.0.0.1 -p {port} -k {root} -c timezone=UTC -c fsync=off"
+    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", str(int(PATIENCE_S)), "-o", options, "start")
+    os.environ["BUFFERCAST_TEST_PGPASSWORD"] = password
+    try:
+        url = f"postgresql://{user}:${{BUFFERCAST_TEST_PGPASSWORD}}@127.0.0.1:{port}/postgres"
+        yield {"url": url, "password": password, "port": str(port)}
+    finally:
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 #: Debian's Chromium, installed by `make browser` (part of `make test`) where the user may apt-get it.
 CHROMIUM = os.environ.get("BUFFERCAST_CHROMIUM", "/usr/bin/chromium")
 #: As the machine's own probe starts it: no sandbox (root in a container), no calls to Google's hosts (no network).

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import stat
 
 import polars as pl
 import pytest
 
-from flows.publish import manifest_path, publish_tables, read_manifest, read_table
+from flows.publish import LATEST, MANIFESTS, latest_as_of, manifest_path, publish_tables, read_manifest, read_table
 
 D1, D2 = dt.date(2026, 1, 4), dt.date(2026, 1, 11)
 
@@ -81,3 +82,13 @@ def test_a_fault_during_the_swap_rolls_every_table_back(tmp_path, blocked):
         (tmp_path / "manifests").unlink()
         (tmp_path / "manifests-saved").rename(tmp_path / "manifests")
     assert manifest_path(tmp_path, D1).read_text() == manifest_before
+
+
+def test_latest_names_the_newest_complete_as_of(tmp_path):
+    assert latest_as_of(tmp_path) is None
+    publish_tables(tmp_path, D2, "r1", tables(D2, 1), {"run_id": "r1"})
+    assert latest_as_of(tmp_path) == D2
+    publish_tables(tmp_path, D1, "r2", tables(D1, 1), {"run_id": "r2"})  # a rerun of an older as-of
+    assert latest_as_of(tmp_path) == D2
+    pointer = json.loads((tmp_path / MANIFESTS / LATEST).read_text())
+    assert pointer["manifest"] == str(manifest_path(tmp_path, D2)) and read_manifest(tmp_path, D2)["run_id"] == "r1"
