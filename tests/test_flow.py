@@ -304,6 +304,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(default_run):
     assert artifacts == {f"tables/{t}.parquet" for t in tables} | {f"plots/{p}.png" for p in plots}
     local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
     assert pl.read_parquet(local).height == result["skus"]
+    # The JSON Schema of every table, as written next to the outputs.
+    schemas = {a.path for a in client.list_artifacts(run.info.run_id, "schemas")}
+    assert schemas == {f"schemas/{t}.schema.json" for t in tables}
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "schemas/recommendations.schema.json")).read_text())
+    assert logged == json.loads((Path(cfg.output.folder) / "schemas" / f"as_of={AS_OF}" / "recommendations.schema.json").read_text())
 
 
 def test_rerun_is_deterministic_and_replaces_its_partition(default_run):
