@@ -32,7 +32,9 @@ def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | Non
     """The raw sales history named by `input.sales`: a file, folder or URL, or a PostgreSQL database (`as_of` is bound
     to the query's $1)."""
     if is_database(cfg.sales):
-        return read_database(cfg.sales, _query(cfg.sales_query, cfg.sales_table), what="sales", as_of=as_of, n_rows=n_rows)
+        query = _query(cfg.sales_query, cfg.sales_table)
+        roles = _roles(cfg.sales_columns.model_dump(), _SALES_SQL_TYPES, "input.sales_columns")
+        return read_database(cfg.sales, query, what="sales", as_of=as_of, n_rows=n_rows, sql_types=roles)
     return read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=n_rows)
 
 
@@ -42,13 +44,43 @@ def read_sku_master(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int 
         return None
     if is_database(cfg.sku_master):
         query = _query(cfg.sku_master_query, cfg.sku_master_table)
-        return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows)
+        roles = _roles(cfg.sku_master_columns.model_dump(), _MASTER_SQL_TYPES, "input.sku_master_columns")
+        return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows, sql_types=roles)
     return read_table(cfg.sku_master, what="SKU master", n_rows=n_rows)
 
 
 #: Locations read from a database (ADBC's PostgreSQL driver) rather than as files.
 _DATABASES = ("postgresql://", "postgres://")
 _QUERY_KEYS = {"sales": "input.sales_query / input.sales_table", "SKU master": "input.sku_master_query / input.sku_master_table"}
+
+
+#: PostgreSQL types (pg_type.typname) each input column may have: what validation can read without losing meaning.
+_TEXT = ("text", "varchar", "bpchar", "name")
+_NUMBER = ("numeric", "int2", "int4", "int8", "float4", "float8", *_TEXT)
+_SALES_SQL_TYPES = {
+    "sku_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
+    "location_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
+    "date": ("a date or timestamp", ("date", "timestamp", "timestamptz", *_TEXT)),
+    "quantity": ("a number", _NUMBER),
+    "line_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
+}
+_MASTER_SQL_TYPES = {
+    "sku_id": _SALES_SQL_TYPES["sku_id"],
+    "unit_cost": ("a number", _NUMBER),
+    "lead_time_days": ("a number", _NUMBER),
+    "lead_time_std_days": ("a number", _NUMBER),
+    "critical": ("a boolean", ("bool", "int2", "int4", "int8", *_TEXT)),
+    "pack_size": ("a number", _NUMBER),
+    "supplier_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
+}
+
+
+_CASTS = {"text or integer": "text", "a date or timestamp": "date", "a number": "numeric", "a boolean": "boolean"}
+
+
+def _roles(columns: dict[str, str | None], types: dict[str, tuple[str, tuple[str, ...]]], key: str) -> dict[str, tuple]:
+    """Input column -> (config key, what it must be, the PostgreSQL types that are that)."""
+    return {column: (f"{key}.{role}", *types[role]) for role, column in columns.items() if column is not None and role in types}
 
 
 def is_database(location: str | None) -> bool:
@@ -60,7 +92,15 @@ def _query(query: str | None, table: str) -> str:
     return query if query else "SELECT * FROM " + ".".join(f'"{part}"' for part in table.split("."))
 
 
-def read_database(location: str, query: str, *, what: str, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame:
+def read_database(
+    location: str,
+    query: str,
+    *,
+    what: str,
+    as_of: dt.date | None = None,
+    n_rows: int | None = None,
+    sql_types: dict[str, tuple] | None = None,
+) -> pl.DataFrame:
     """The rows `query` returns from the PostgreSQL database at `location`, with `_source_file` (the location as written,
     a credential left as its reference) and `_row_number` (1-based, in the query's order).
 
@@ -69,7 +109,8 @@ def read_database(location: str, query: str, *, what: str, as_of: dt.date | None
     query: the pre-flight look). A connection that fails (host down, refused, timed out) raises OSError, which the
     pull task retries; a refused login, a missing table or bad SQL raise InputError (retrying cannot help).
     `timestamp with time zone` arrives as UTC timestamps (validation converts them to `input.timezone`); `numeric` as
-    its decimal text, parsed by validation."""
+    its decimal text, parsed by validation. `sql_types` (column -> (config key, what, allowed PostgreSQL types)): a
+    column of another SQL type is an InputError naming the column and its type."""
     import adbc_driver_manager
     from adbc_driver_postgresql import dbapi
 
@@ -92,6 +133,15 @@ def read_database(location: str, query: str, *, what: str, as_of: dt.date | None
     except adbc_driver_manager.Error as exc:
         message = _short(exc).removeprefix("NOT_FOUND: ").removeprefix("INVALID_ARGUMENT: ")
         raise InputError(f"{what} query on '{location}' failed: {message}. Fix {_QUERY_KEYS[what]} in your config") from None
+    for field in table.schema:
+        found = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
+        if field.name in (sql_types or {}) and found and found not in sql_types[field.name][2]:
+            config_key, meaning, _ = sql_types[field.name]
+            raise InputError(
+                f"{what} query on '{location}': column '{field.name}' ({config_key}) is of SQL type {found}, not {meaning}. "
+                f"Cast it in {_QUERY_KEYS[what].split(' / ')[0]} (e.g. {field.name}::{_CASTS[meaning]}) "
+                f"or point {config_key} at the right column"
+            )
     frame = pl.from_arrow(_plain_columns(table))
     assert isinstance(frame, pl.DataFrame)
     return frame.with_row_index(ROW_NUMBER, offset=1).select(

@@ -105,6 +105,7 @@ def test_the_as_of_date_is_a_bound_parameter(loaded, tmp_path):
     [
         ("wrong password", ("sales database", "authentication failed", "input.sales")),
         ("missing table", ("sales query on", 'relation "no_such_table" does not exist', "input.sales_query / input.sales_table")),
+        ("a column of the wrong SQL type", ("column 'date' (input.sales_columns.date) is of SQL type bool", "date::date")),
     ],
 )
 def test_configuration_errors_are_one_line_exit_2_without_the_password(loaded, tmp_path, monkeypatch, case, expect):
@@ -112,7 +113,10 @@ def test_configuration_errors_are_one_line_exit_2_without_the_password(loaded, t
     if case == "wrong password":
         monkeypatch.setenv("BUFFERCAST_TEST_PGPASSWORD", "not-the-password")
     else:
-        (tmp_path / "c.yaml").write_text("input:\n  sales_table: no_such_table\n")
+        query = (
+            "sales_table: no_such_table" if case == "missing table" else 'sales_query: "SELECT sku_id, true AS date, quantity FROM sales"'
+        )
+        (tmp_path / "c.yaml").write_text(f"input:\n  {query}\n")
         extra = ["--config", str(tmp_path / "c.yaml")]
     result = CliRunner().invoke(app, _args(tmp_path, url, None, *extra))
     assert result.exit_code == 2, result.output
