@@ -117,7 +117,7 @@ def _run_flow(flow_name: str, config: Path | None, overrides: dict[str, Any], wh
     from configs.schema import ConfigError, load_config
     from flows.publish import PublishError
     from flows.sources import preflight
-    from pipeline.contracts import InputError
+    from pipeline.raw import InputError
 
     try:
         cfg = load_config(config, overrides)

@@ -40,8 +40,6 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema
-
 STAGING = "_staging"
 MANIFESTS = "manifests"
 REPORTS = "reports"
@@ -107,6 +105,8 @@ def publish_tables(
     per table), `schemas` (the JSON Schema file per table) and `schema_version` added. A disk that fills up
     raises PublishError naming the file; the previous outputs are untouched.
     """
+    from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema  # pandera: not for the CLI's pre-flight look
+
     root = Path(root).resolve()
     stage = root / STAGING / run_id
     if stage.exists():
@@ -217,6 +217,8 @@ def _roll_forward(root: Path, stage: Path) -> None:
 def _point_latest(root: Path, as_of: dt.date) -> None:
     """`manifests/latest.json` names the newest as-of whose manifest is in place (a rerun of an older as-of leaves it);
     written atomically after that manifest, so what it names is always complete."""
+    from pipeline.contracts import SCHEMA_VERSION
+
     current = latest_as_of(root)
     if current is not None and current > as_of:
         return

@@ -21,7 +21,7 @@ from configs.schema import BuffercastConfig, InputConfig
 from configs.secrets import SecretError, redact, resolve
 from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
 from flows.publish import check_output_folder
-from pipeline.contracts import ROW_NUMBER, SOURCE_FILE, InputError, validate_inputs
+from pipeline.raw import ROW_NUMBER, SOURCE_FILE, InputError, check_columns
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
@@ -164,15 +164,15 @@ PREFLIGHT_ROWS = 200
 
 def preflight(cfg: BuffercastConfig) -> None:
     """Check the inputs and the output folder before any server or stage starts: each input exists, has a known
-    format, and its first rows have the configured columns with usable types (`pipeline.contracts.validate_inputs` on
-    the first `PREFLIGHT_ROWS` rows of the first file, no quarantine limit); the output folder is writable with
+    format, and its first rows have the configured columns with usable types (`pipeline.raw.check_columns`: the
+    column and type checks the rows' validation starts with, without pandera and its 2 s import); the output folder is writable with
     `output.min_free_mb` free (`flows.publish.check_output_folder`); a credential the tracking URI references is set.
     A bad input fails here in a second or two, with the same one-line InputError the run would give; a store that
     does not answer (OSError) is left to the pull task, which retries it."""
     try:  # in the run's order: both inputs read (pull), then validated
         sales = read_sales(cfg.input, cfg.as_of, n_rows=PREFLIGHT_ROWS)
         master = read_sku_master(cfg.input, cfg.as_of, n_rows=PREFLIGHT_ROWS)
-        validate_inputs(cfg, sales, master, today=dt.date.max, limit_quarantine=False)
+        check_columns(cfg, sales, master)
     except OSError:
         pass
     check_output_folder(cfg.output.folder, cfg.output.min_free_mb)

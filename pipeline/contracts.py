@@ -19,7 +19,6 @@ import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 from pandera.errors import SchemaErrors
-from pydantic import BaseModel
 
 from buffers.drift import CHANGE_KINDS
 from buffers.policy import FLAG_COLUMNS, POLICIES, RISK_FLAGS, SAFETY_STOCK_METHODS
@@ -27,25 +26,9 @@ from configs.schema import BuffercastConfig, SalesColumns, SkuMasterColumns
 from features.lifecycle import LIFE_CYCLES
 from features.sbc import DEMAND_CLASSES
 from features.xyz import VOLATILITY_CLASSES
-
-#: Lineage columns the readers (flows/sources.py) add to every raw row, so that validation can name the exact file and row.
-SOURCE_FILE = "_source_file"
-ROW_NUMBER = "_row_number"
-
-
-class InputError(ValueError):
-    """Bad input: a one-line message naming the file, column, counts, and what to do."""
-
-
-#: ISO timestamps read as dates (after `T` -> space and a space before the offset dropped): with an offset or Z, and
-#: without one; seconds and fractions optional.
-_AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z")
-_NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M")
+from pipeline.raw import MASTER_REQUIRED, ROW_NUMBER, SALES_REQUIRED, SOURCE_FILE, InputError, _files_label, _RawTable
 
 _POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
-_TRUE = ("true", "1", "yes", "y")
-_FALSE = ("false", "0", "no", "n")
-
 QUARANTINE_COLUMNS = {
     "source_file": pl.String,
     "row_number": pl.Int64,
@@ -83,6 +66,7 @@ def _finite(name: str) -> pa.Check:
 
 def _bounded(name: str, *, ge: float | None = None, le: float | None = None) -> pa.Check:
     """ge <= value <= le for finite values; inf and NaN are left to `_finite`, so a row gets one reason, not two."""
+
     def check(data: PolarsData) -> pl.LazyFrame:
         x = pl.col(data.key)
         ok = pl.lit(True)
@@ -182,7 +166,7 @@ def validate_sales(
     `earliest` (date_too_early) or with a quantity above `max_quantity` (quantity_too_large) are quarantined.
     Raises InputError for a missing column, or when the quarantined share of rows exceeds `max_quarantine_share`.
     """
-    table = _RawTable.of(raw, cols, required=("sku_id", "date", "quantity"), key="input.sales_columns", source=source)
+    table = _RawTable.of(raw, cols, required=SALES_REQUIRED, key="input.sales_columns", source=source)
     parsed = raw.select(
         table.text("sku_id"),
         table.text("location_id"),
@@ -232,7 +216,7 @@ def validate_sku_master(
 
     Raises InputError for a missing column, or when the quarantined share passes `max_quarantine_share`.
     """
-    table = _RawTable.of(raw, cols, required=("sku_id", "unit_cost", "lead_time_days"), key="input.sku_master_columns", source=source)
+    table = _RawTable.of(raw, cols, required=MASTER_REQUIRED, key="input.sku_master_columns", source=source)
     parsed = raw.select(
         table.text("sku_id"),
         table.number("unit_cost"),
@@ -252,99 +236,6 @@ def quarantine_summary(q: pl.DataFrame) -> str:
     """E.g. `3 rows quarantined: quantity_non_negative 1, duplicate_line_id 1, date_unparseable 1`."""
     rows = "row" if q.height == 1 else "rows"
     return f"{q.height} {rows} quarantined" + (f": {_check_counts(q)}" if q.height else "")
-
-
-@dataclass(frozen=True)
-class _RawTable:
-    """A raw input with its configured column names, parsing expressions and error wording."""
-
-    raw: pl.DataFrame
-    names: dict[str, str]  # canonical name -> input column, for the configured columns present
-    key: str  # config key of the column names, e.g. input.sales_columns
-    label: str  # e.g. "sales file 'a.csv'"
-
-    @classmethod
-    def of(cls, raw: pl.DataFrame, cols: BaseModel, *, required: tuple[str, ...], key: str, source: str) -> _RawTable:
-        """Check the required columns are there; optional configured columns may be absent."""
-        label = _files_label(raw, source)
-        configured = {name: column for name, column in cols.model_dump().items() if column is not None}
-        missing = [name for name in required if configured[name] not in raw.columns]
-        if missing:
-            found = ", ".join(c for c in raw.columns if c not in (SOURCE_FILE, ROW_NUMBER)) or "none"
-            what = ", ".join(f"'{configured[name]}' ({key}.{name})" for name in missing)
-            keys = ", ".join(f"{key}.{name}" for name in missing)
-            plural = "s" if len(missing) > 1 else ""
-            raise InputError(
-                f"{label}: missing column{plural} {what}; found columns: {found}. Rename the column{plural} or set {keys} in your config."
-            )
-        return cls(raw, {name: column for name, column in configured.items() if column in raw.columns}, key, label)
-
-    def _typed_column(self, name: str, kinds: str, accepts: bool) -> pl.Expr:
-        """The input column for `name`; InputError if its dtype is not one of `kinds`."""
-        column = self.names[name]
-        if not accepts:
-            raise InputError(
-                f"{self.label}: column '{column}' ({self.key}.{name}) holds {self.raw.schema[column]} values, not {kinds}."
-                f" Convert the column or point {self.key}.{name} at the right one."
-            )
-        return pl.col(column)
-
-    def text(self, name: str) -> pl.Expr:
-        """Stripped text; empty -> null; null when the column is absent."""
-        if name not in self.names:
-            return pl.lit(None, dtype=pl.String).alias(name)
-        value = pl.col(self.names[name]).cast(pl.String).str.strip_chars()
-        return pl.when(value != "").then(value).alias(name)
-
-    def number(self, name: str, *, decimal_comma: bool = False) -> pl.Expr:
-        """Float64; text that is not a number -> null. `decimal_comma`: text reads 1,5 as 1.5."""
-        if name not in self.names:
-            return pl.lit(None, dtype=pl.Float64).alias(name)
-        dtype = self.raw.schema[self.names[name]]
-        column = self._typed_column(name, "numbers", dtype.is_numeric() or dtype in (pl.String, pl.Null))
-        if dtype == pl.String:
-            column = column.str.strip_chars()
-            if decimal_comma:
-                column = column.str.replace(",", ".", literal=True)
-        return column.cast(pl.Float64, strict=False).alias(name)
-
-    def date(self, name: str, date_format: str | None, timezone: str = "UTC") -> pl.Expr:
-        """pl.Date. Text: `date_format`, else ISO dates (YYYY-MM-DD); then ISO timestamps (`T` or a space, seconds and
-        fractions optional): one with an offset or `Z` is converted to `timezone` before its date is taken, one without
-        is taken as local time there (its own date). Datetime columns likewise (zone-aware ones converted). Anything
-        else -> null (quarantined as date_unparseable)."""
-        dtype = self.raw.schema[self.names[name]]
-        column = self._typed_column(name, "dates", dtype in (pl.String, pl.Date, pl.Null) or isinstance(dtype, pl.Datetime))
-        if isinstance(dtype, pl.Datetime):
-            return (column.dt.convert_time_zone(timezone) if dtype.time_zone else column).dt.date().alias(name)
-        if dtype != pl.String:
-            return column.cast(pl.Date).alias(name)
-        text = column.str.strip_chars()
-        stamp = text.str.replace("T", " ", literal=True).str.replace(r"\s+([+-]\d\d:?\d\d|Z)$", "$1")
-        aware = [stamp.str.to_datetime(f, strict=False, time_zone="UTC").dt.convert_time_zone(timezone) for f in _AWARE_FORMATS]
-        naive = [stamp.str.to_datetime(f, strict=False) for f in _NAIVE_FORMATS]
-        return pl.coalesce(
-            text.str.to_date(date_format or "%Y-%m-%d", strict=False), *[t.dt.date() for t in aware], *[t.dt.date() for t in naive]
-        ).alias(name)
-
-    def boolean(self, name: str) -> pl.Expr:
-        """Boolean; text true/false/1/0/yes/no/y/n in any case; anything else -> null."""
-        if name not in self.names:
-            return pl.lit(None, dtype=pl.Boolean).alias(name)
-        dtype = self.raw.schema[self.names[name]]
-        column = self._typed_column(name, "true/false values", dtype in (pl.Boolean, pl.String, pl.Null) or dtype.is_integer())
-        if dtype in (pl.Boolean, pl.Null):
-            return column.cast(pl.Boolean).alias(name)
-        text = column.cast(pl.String).str.strip_chars().str.to_lowercase()
-        mapping = dict.fromkeys(_TRUE, True) | dict.fromkeys(_FALSE, False)
-        return text.replace_strict(mapping, default=None, return_dtype=pl.Boolean).alias(name)
-
-    def provenance(self) -> list[pl.Expr]:
-        """`_source_file` and `_row_number` (null and the 1-based position for an in-memory frame)."""
-        has = set(self.raw.columns)
-        source_file = pl.col(SOURCE_FILE).cast(pl.String) if SOURCE_FILE in has else pl.lit(None, dtype=pl.String)
-        row_number = pl.col(ROW_NUMBER).cast(pl.Int64) if ROW_NUMBER in has else pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
-        return [source_file.alias(SOURCE_FILE), row_number.alias(ROW_NUMBER)]
 
 
 def _unparseable(table: _RawTable, parsed: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -414,16 +305,6 @@ def _split(table: _RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, u
 
 
 # ---- messages --------------------------------------------------------------------------
-
-
-def _files_label(frame: pl.DataFrame, source: str, column: str = SOURCE_FILE) -> str:
-    """`sales file 'a.csv'`, `sales files 'a.csv', 'b.csv' and 3 more`, or just `sales` for an in-memory frame."""
-    files = frame[column].drop_nulls().unique(maintain_order=True).to_list() if column in frame.columns else []
-    if not files:
-        return source
-    shown = ", ".join(f"'{f}'" for f in files[:3])
-    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
-    return f"{source} file{'s' if len(files) > 1 else ''} {shown}{more}"
 
 
 def _check_counts(q: pl.DataFrame) -> str:
