@@ -85,6 +85,8 @@ bench: install
 	$(BIN)/python bench/evaluate_intermittent.py
 	bash bench/fetch_data.sh
 	$(BIN)/python bench/evaluate_walmart.py
+	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/postgres_read.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)
 clean:
