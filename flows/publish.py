@@ -105,7 +105,7 @@ def publish_tables(
     per table), `schemas` (the JSON Schema file per table) and `schema_version` added. A disk that fills up
     raises PublishError naming the file; the previous outputs are untouched.
     """
-    from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema  # pandera: not for the CLI's pre-flight look
+    from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, json_schema_text  # pandera: not for the CLI's pre-flight look
 
     root = Path(root).resolve()
     stage = root / STAGING / run_id
@@ -132,8 +132,7 @@ def publish_tables(
                 part = stage / "new" / SCHEMAS / f"as_of={as_of.isoformat()}"
                 _mkdir_public(part)
                 for name in contracts:
-                    text = json.dumps(json_schema(name), indent=2) + "\n"
-                    writing(part / schema_files[name].name).write_text(text, encoding="utf-8")
+                    writing(part / schema_files[name].name).write_text(json_schema_text(name), encoding="utf-8")
                 written[SCHEMAS] = str(partition_dir(root, SCHEMAS, as_of))
             full_manifest = {
                 **manifest,

@@ -21,7 +21,7 @@ from configs.schema import BuffercastConfig, InputConfig
 from configs.secrets import SecretError, redact, resolve
 from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
 from flows.publish import check_output_folder
-from pipeline.raw import ROW_NUMBER, SOURCE_FILE, InputError, check_columns
+from pipeline.raw import MASTER_KINDS, ROW_NUMBER, SALES_KINDS, SOURCE_FILE, InputError, check_columns
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".txt": "csv"}
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
@@ -33,7 +33,7 @@ def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | Non
     to the query's $1)."""
     if is_database(cfg.sales):
         query = _query(cfg.sales_query, cfg.sales_table)
-        roles = _roles(cfg.sales_columns.model_dump(), _SALES_SQL_TYPES, "input.sales_columns")
+        roles = _roles(cfg.sales_columns.model_dump(), SALES_KINDS, "input.sales_columns")
         return read_database(cfg.sales, query, what="sales", as_of=as_of, n_rows=n_rows, sql_types=roles)
     return read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=n_rows)
 
@@ -44,7 +44,7 @@ def read_sku_master(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int 
         return None
     if is_database(cfg.sku_master):
         query = _query(cfg.sku_master_query, cfg.sku_master_table)
-        roles = _roles(cfg.sku_master_columns.model_dump(), _MASTER_SQL_TYPES, "input.sku_master_columns")
+        roles = _roles(cfg.sku_master_columns.model_dump(), MASTER_KINDS, "input.sku_master_columns")
         return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows, sql_types=roles)
     return read_table(cfg.sku_master, what="SKU master", n_rows=n_rows)
 
@@ -54,33 +54,20 @@ _DATABASES = ("postgresql://", "postgres://")
 _QUERY_KEYS = {"sales": "input.sales_query / input.sales_table", "SKU master": "input.sku_master_query / input.sku_master_table"}
 
 
-#: PostgreSQL types (pg_type.typname) each input column may have: what validation can read without losing meaning.
+#: Per kind of input column (`pipeline.raw.SALES_KINDS`, `MASTER_KINDS`): what it must be, the PostgreSQL types
+#: (pg_type.typname) validation reads without losing meaning, and the cast an error message suggests.
 _TEXT = ("text", "varchar", "bpchar", "name")
-_NUMBER = ("numeric", "int2", "int4", "int8", "float4", "float8", *_TEXT)
-_SALES_SQL_TYPES = {
-    "sku_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
-    "location_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
-    "date": ("a date or timestamp", ("date", "timestamp", "timestamptz", *_TEXT)),
-    "quantity": ("a number", _NUMBER),
-    "line_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
-}
-_MASTER_SQL_TYPES = {
-    "sku_id": _SALES_SQL_TYPES["sku_id"],
-    "unit_cost": ("a number", _NUMBER),
-    "lead_time_days": ("a number", _NUMBER),
-    "lead_time_std_days": ("a number", _NUMBER),
-    "critical": ("a boolean", ("bool", "int2", "int4", "int8", *_TEXT)),
-    "pack_size": ("a number", _NUMBER),
-    "supplier_id": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid")),
+_SQL_TYPES = {
+    "text": ("text or integer", (*_TEXT, "int2", "int4", "int8", "uuid"), "text"),
+    "number": ("a number", ("numeric", "int2", "int4", "int8", "float4", "float8", *_TEXT), "numeric"),
+    "date": ("a date or timestamp", ("date", "timestamp", "timestamptz", *_TEXT), "date"),
+    "boolean": ("a boolean", ("bool", "int2", "int4", "int8", *_TEXT), "boolean"),
 }
 
 
-_CASTS = {"text or integer": "text", "a date or timestamp": "date", "a number": "numeric", "a boolean": "boolean"}
-
-
-def _roles(columns: dict[str, str | None], types: dict[str, tuple[str, tuple[str, ...]]], key: str) -> dict[str, tuple]:
-    """Input column -> (config key, what it must be, the PostgreSQL types that are that)."""
-    return {column: (f"{key}.{role}", *types[role]) for role, column in columns.items() if column is not None and role in types}
+def _roles(columns: dict[str, str | None], kinds: dict[str, str], key: str) -> dict[str, tuple]:
+    """Input column -> (config key, what it must be, the PostgreSQL types that are that, the cast to suggest)."""
+    return {column: (f"{key}.{role}", *_SQL_TYPES[kinds[role]]) for role, column in columns.items() if column is not None and role in kinds}
 
 
 def is_database(location: str | None) -> bool:
@@ -109,7 +96,7 @@ def read_database(
     query: the pre-flight look). A connection that fails (host down, refused, timed out) raises OSError, which the
     pull task retries; a refused login, a missing table or bad SQL raise InputError (retrying cannot help).
     `timestamp with time zone` arrives as UTC timestamps (validation converts them to `input.timezone`); `numeric` as
-    its decimal text, parsed by validation. `sql_types` (column -> (config key, what, allowed PostgreSQL types)): a
+    its decimal text, parsed by validation. `sql_types` (column -> (config key, what, allowed PostgreSQL types, cast)): a
     column of another SQL type is an InputError naming the column and its type."""
     import adbc_driver_manager
     from adbc_driver_postgresql import dbapi
@@ -136,10 +123,10 @@ def read_database(
     for field in table.schema:
         found = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
         if field.name in (sql_types or {}) and found and found not in sql_types[field.name][2]:
-            config_key, meaning, _ = sql_types[field.name]
+            config_key, meaning, _, cast = sql_types[field.name]
             raise InputError(
                 f"{what} query on '{location}': column '{field.name}' ({config_key}) is of SQL type {found}, not {meaning}. "
-                f"Cast it in {_QUERY_KEYS[what].split(' / ')[0]} (e.g. {field.name}::{_CASTS[meaning]}) "
+                f"Cast it in {_QUERY_KEYS[what].split(' / ')[0]} (e.g. {field.name}::{cast}) "
                 f"or point {config_key} at the right column"
             )
     frame = pl.from_arrow(_plain_columns(table))

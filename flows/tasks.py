@@ -7,7 +7,6 @@ run with one line naming the stage.
 """
 
 import datetime as dt
-import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from flows.sources import read_sales, read_sku_master
 from flows.tracking import Tracker
 from forecasting.backtest import ForecastResult
 from forecasting.workers import WorkerDied
-from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, InputError, Inputs, json_schema, quarantine_summary, validate_inputs
+from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, InputError, Inputs, json_schema_text, quarantine_summary, validate_inputs
 from pipeline.report import plan_summary_markdown, top_buffers_rows
 from pipeline.stages import Profiled, forecast_stage, profile_sales, recommend_stage
 from pipeline.tables import reasons_table, summary_metrics
@@ -204,7 +203,7 @@ def log_run(
     for name, frame in tables.items():
         tracker.log_table(name, frame)
         if name in CONTRACTS:  # the contract each table was written under, as downstream systems get it
-            tracker.log_text(json.dumps(json_schema(name), indent=2) + "\n", f"schemas/{name}.schema.json")
+            tracker.log_text(json_schema_text(name), f"schemas/{name}.schema.json")
     tracker.log_viewable_table(reasons_table(tables["recommendations"]), "reasons.json")
     for file_name, png in pngs.items():
         tracker.log_bytes(png, file_name)

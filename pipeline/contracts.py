@@ -26,7 +26,17 @@ from configs.schema import BuffercastConfig, SalesColumns, SkuMasterColumns
 from features.lifecycle import LIFE_CYCLES
 from features.sbc import DEMAND_CLASSES
 from features.xyz import VOLATILITY_CLASSES
-from pipeline.raw import MASTER_REQUIRED, ROW_NUMBER, SALES_REQUIRED, SOURCE_FILE, InputError, _files_label, _RawTable
+from pipeline.raw import (
+    MASTER_KINDS,
+    MASTER_REQUIRED,
+    ROW_NUMBER,
+    SALES_KINDS,
+    SALES_REQUIRED,
+    SOURCE_FILE,
+    InputError,
+    RawTable,
+    files_label,
+)
 
 _POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
 QUARANTINE_COLUMNS = {
@@ -162,21 +172,16 @@ def validate_sales(
     """Canonical sales rows (sku_id, location_id, date, quantity, _source_file, _row_number) and quarantine.
 
     Several rows for one SKU and date are order lines and are all kept; a repeated `line_id`
-    is a duplicate. Timestamps are read as the date they fall on in `timezone` (`_RawTable.date`). Rows dated before
+    is a duplicate. Timestamps are read as the date they fall on in `timezone` (`RawTable.date`). Rows dated before
     `earliest` (date_too_early) or with a quantity above `max_quantity` (quantity_too_large) are quarantined.
     Raises InputError for a missing column, or when the quarantined share of rows exceeds `max_quarantine_share`.
     """
-    table = _RawTable.of(raw, cols, required=SALES_REQUIRED, key="input.sales_columns", source=source)
+    table = RawTable.of(raw, cols, required=SALES_REQUIRED, key="input.sales_columns", source=source)
     parsed = raw.select(
-        table.text("sku_id"),
-        table.text("location_id"),
-        table.date("date", date_format, timezone),
-        table.number("quantity", decimal_comma=decimal_comma),
-        table.text("line_id"),
-        *table.provenance(),
+        *table.parsed(SALES_KINDS, date_format=date_format, timezone=timezone, decimal_comma=decimal_comma), *table.provenance()
     )
     schema = sales_schema(today, earliest, max_quantity)
-    result = _split(table, parsed, schema, _unparseable(table, parsed, ("date", "quantity")))
+    result = _split(table, parsed, schema, _unparseable(table, parsed, _parsed_columns(SALES_KINDS)))
     return _within_share(Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in), max_quarantine_share, source)
 
 
@@ -198,7 +203,13 @@ def validate_inputs(
         decimal_comma=cfg.input.decimal_comma,
         max_quarantine_share=share,
     )
-    master = None if raw_master is None else validate_sku_master(raw_master, cfg.input.sku_master_columns, max_quarantine_share=share)
+    master = (
+        None
+        if raw_master is None
+        else validate_sku_master(
+            raw_master, cfg.input.sku_master_columns, decimal_comma=cfg.input.decimal_comma, max_quarantine_share=share
+        )
+    )
     return Inputs(sales, master)
 
 
@@ -210,24 +221,16 @@ def _within_share(result: Validated, max_share: float, source: str) -> Validated
 
 
 def validate_sku_master(
-    raw: pl.DataFrame, cols: SkuMasterColumns, *, max_quarantine_share: float = 1.0, source: str = "SKU master"
+    raw: pl.DataFrame, cols: SkuMasterColumns, *, decimal_comma: bool = False, max_quarantine_share: float = 1.0, source: str = "SKU master"
 ) -> Validated:
     """Canonical SKU master rows and quarantine; absent optional columns become nulls (`critical`: False).
+    `decimal_comma`: text numbers read 1,5 as 1.5 (`input.decimal_comma`, as for the sales).
 
     Raises InputError for a missing column, or when the quarantined share passes `max_quarantine_share`.
     """
-    table = _RawTable.of(raw, cols, required=MASTER_REQUIRED, key="input.sku_master_columns", source=source)
-    parsed = raw.select(
-        table.text("sku_id"),
-        table.number("unit_cost"),
-        table.number("lead_time_days"),
-        table.number("lead_time_std_days"),
-        table.boolean("critical"),
-        table.number("pack_size"),
-        table.text("supplier_id"),
-        *table.provenance(),
-    )
-    unparseable = _unparseable(table, parsed, ("unit_cost", "lead_time_days", "lead_time_std_days", "critical", "pack_size"))
+    table = RawTable.of(raw, cols, required=MASTER_REQUIRED, key="input.sku_master_columns", source=source)
+    parsed = raw.select(*table.parsed(MASTER_KINDS, decimal_comma=decimal_comma), *table.provenance())
+    unparseable = _unparseable(table, parsed, _parsed_columns(MASTER_KINDS))
     result = _split(table, parsed.with_columns(pl.col("critical").fill_null(False)), SKU_MASTER_SCHEMA, unparseable)
     return _within_share(result, max_quarantine_share, source)
 
@@ -238,7 +241,12 @@ def quarantine_summary(q: pl.DataFrame) -> str:
     return f"{q.height} {rows} quarantined" + (f": {_check_counts(q)}" if q.height else "")
 
 
-def _unparseable(table: _RawTable, parsed: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+def _parsed_columns(kinds: dict[str, str]) -> tuple[str, ...]:
+    """The columns whose text is parsed (not taken as it is): a value given that does not parse is `<column>_unparseable`."""
+    return tuple(name for name, kind in kinds.items() if kind != "text")
+
+
+def _unparseable(table: RawTable, parsed: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
     """(position, column, check) for values that were given (not blank) but did not parse."""
     present = [name for name in columns if name in table.names]
     given = table.raw.select(
@@ -253,7 +261,7 @@ def _unparseable(table: _RawTable, parsed: pl.DataFrame, columns: tuple[str, ...
     )
 
 
-def _split(table: _RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, unparseable: pl.DataFrame) -> Validated:
+def _split(table: RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, unparseable: pl.DataFrame) -> Validated:
     """Validate `parsed` lazily, quarantine failing rows (by position) with the parse failures, re-validate the rest."""
     try:
         schema.validate(parsed, lazy=True)
@@ -328,7 +336,7 @@ def _too_many_message(result: Validated, max_share: float, source: str) -> str:
         where = f"'{row['source_file']}' row" if several_files else "row"
         examples.append(f"{where} {row['row_number']} ({shown})")
     return (
-        f"{_files_label(q, source, 'source_file')}: {q.height} of {result.rows_in} rows ({q.height / result.rows_in:.1%})"
+        f"{files_label(q, source, 'source_file')}: {q.height} of {result.rows_in} rows ({q.height / result.rows_in:.1%})"
         f" failed validation, more than input.max_quarantine_share={max_share:g} allows ({_check_counts(q)});"
         f" e.g. {'; '.join(examples)}. Fix the file or raise input.max_quarantine_share in your config."
     )
@@ -728,6 +736,11 @@ def _json_column(column: pa.Column) -> dict[str, Any]:
         else:
             raise ValueError(f"no JSON Schema for check {check.name!r}: teach pipeline/contracts.py:_json_column")
     return prop
+
+
+def json_schema_text(name: str) -> str:
+    """`json_schema(name)` as the file published next to the outputs (`schemas/`) and logged to MLflow."""
+    return json.dumps(json_schema(name), indent=2) + "\n"
 
 
 def json_schema(name: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ _FALSE = ("false", "0", "no", "n")
 
 
 @dataclass(frozen=True)
-class _RawTable:
+class RawTable:
     """A raw input with its configured column names, parsing expressions and error wording."""
 
     raw: pl.DataFrame
@@ -43,9 +43,9 @@ class _RawTable:
     label: str  # e.g. "sales file 'a.csv'"
 
     @classmethod
-    def of(cls, raw: pl.DataFrame, cols: BaseModel, *, required: tuple[str, ...], key: str, source: str) -> _RawTable:
+    def of(cls, raw: pl.DataFrame, cols: BaseModel, *, required: tuple[str, ...], key: str, source: str) -> RawTable:
         """Check the required columns are there; optional configured columns may be absent."""
-        label = _files_label(raw, source)
+        label = files_label(raw, source)
         configured = {name: column for name, column in cols.model_dump().items() if column is not None}
         missing = [name for name in required if configured[name] not in raw.columns]
         if missing:
@@ -118,6 +118,18 @@ class _RawTable:
         mapping = dict.fromkeys(_TRUE, True) | dict.fromkeys(_FALSE, False)
         return text.replace_strict(mapping, default=None, return_dtype=pl.Boolean).alias(name)
 
+    def parsed(
+        self, kinds: dict[str, str], *, date_format: str | None = None, timezone: str = "UTC", decimal_comma: bool = False
+    ) -> list[pl.Expr]:
+        """Every column of `kinds` (canonical name -> text, number, date or boolean) parsed, in that order."""
+        parse = {
+            "text": self.text,
+            "number": lambda name: self.number(name, decimal_comma=decimal_comma),
+            "date": lambda name: self.date(name, date_format, timezone),
+            "boolean": self.boolean,
+        }
+        return [parse[kind](name) for name, kind in kinds.items()]
+
     def provenance(self) -> list[pl.Expr]:
         """`_source_file` and `_row_number` (null and the 1-based position for an in-memory frame)."""
         has = set(self.raw.columns)
@@ -126,7 +138,7 @@ class _RawTable:
         return [source_file.alias(SOURCE_FILE), row_number.alias(ROW_NUMBER)]
 
 
-def _files_label(frame: pl.DataFrame, source: str, column: str = SOURCE_FILE) -> str:
+def files_label(frame: pl.DataFrame, source: str, column: str = SOURCE_FILE) -> str:
     """`sales file 'a.csv'`, `sales files 'a.csv', 'b.csv' and 3 more`, or just `sales` for an in-memory frame."""
     files = frame[column].drop_nulls().unique(maintain_order=True).to_list() if column in frame.columns else []
     if not files:
@@ -139,17 +151,23 @@ def _files_label(frame: pl.DataFrame, source: str, column: str = SOURCE_FILE) ->
 def check_columns(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None) -> None:
     """InputError for a missing configured column or one of an unusable type, in the sales or the SKU master: what the
     rows' validation would say first, without validating them."""
-    sales = _RawTable.of(raw_sales, cfg.input.sales_columns, required=SALES_REQUIRED, key="input.sales_columns", source="sales")
-    raw_sales.head(0).select(sales.text("sku_id"), sales.date("date", cfg.input.date_format, cfg.input.timezone), sales.number("quantity"))
+    i = cfg.input
+    sales = RawTable.of(raw_sales, i.sales_columns, required=SALES_REQUIRED, key="input.sales_columns", source="sales")
+    raw_sales.head(0).select(sales.parsed(SALES_KINDS, date_format=i.date_format, timezone=i.timezone, decimal_comma=i.decimal_comma))
     if raw_master is not None:
-        master = _RawTable.of(
-            raw_master, cfg.input.sku_master_columns, required=MASTER_REQUIRED, key="input.sku_master_columns", source="SKU master"
+        master = RawTable.of(
+            raw_master, i.sku_master_columns, required=MASTER_REQUIRED, key="input.sku_master_columns", source="SKU master"
         )
-        raw_master.head(0).select(
-            master.number("unit_cost"), master.number("lead_time_days"), master.number("lead_time_std_days"),
-            master.boolean("critical"), master.number("pack_size"),
-        )  # fmt: skip
+        raw_master.head(0).select(master.parsed(MASTER_KINDS, decimal_comma=i.decimal_comma))
 
 
+#: What each canonical input column is read as (`RawTable.parsed`), in the order of the validated frame: one list for
+#: the validation (`pipeline.contracts`), the pre-flight look (`check_columns`) and the database types allowed
+#: (`flows.sources`).
+SALES_KINDS = {"sku_id": "text", "location_id": "text", "date": "date", "quantity": "number", "line_id": "text"}
+MASTER_KINDS = {
+    "sku_id": "text", "unit_cost": "number", "lead_time_days": "number", "lead_time_std_days": "number",
+    "critical": "boolean", "pack_size": "number", "supplier_id": "text",
+}  # fmt: skip
 SALES_REQUIRED = ("sku_id", "date", "quantity")
 MASTER_REQUIRED = ("sku_id", "unit_cost", "lead_time_days")
