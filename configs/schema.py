@@ -128,7 +128,8 @@ class InputConfig(_Strict):
     sales_query: str | None = Field(
         None,
         description="With a postgresql:// input.sales: the SQL that returns the sales rows; $1, if used, is bound to the as-of date "
-        "(config as_of, else today). Null: every row of sales_table.",
+        "(config as_of, else today); with input.cache_folder it must keep the rows dated on or after $2 (the first date "
+        "fetched), e.g. WHERE date >= $2. Null: every row of sales_table.",
     )
     sku_master_table: str = Field(
         "sku_master", description="With a postgresql:// input.sku_master: the table read, unless sku_master_query is set."
@@ -137,6 +138,21 @@ class InputConfig(_Strict):
         None, description="With a postgresql:// input.sku_master: the SQL that returns its rows ($1 as above)."
     )
     decimal_comma: bool = Field(False, description="CSV numbers are written with a decimal comma (1,5 for 1.5).")
+    cache_folder: str | None = Field(
+        None,
+        description="With a postgresql:// input.sales: a local folder keeping the sales history pulled so far (Parquet, one "
+        "folder per month) and its watermark (the latest date in it); a run then fetches only the rows dated from the "
+        "watermark minus correction_days on. Null: every run fetches the whole history.",
+    )
+    correction_days: int = Field(
+        28,
+        ge=0,
+        description="With input.cache_folder: the rows of this many days before the watermark are fetched again and replace "
+        "the cached ones (late-arriving, corrected and deleted rows).",
+    )
+    full_refresh: bool = Field(
+        False, description="With input.cache_folder: fetch the whole history and rebuild the cache (buffercast run --full-refresh)."
+    )
 
     @field_validator("sales", "sku_master")
     @classmethod
@@ -147,6 +163,22 @@ class InputConfig(_Strict):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return _known_timezone(value)
+
+    @model_validator(mode="after")
+    def _cache_of_a_database(self) -> InputConfig:
+        if self.cache_folder is None:
+            return self
+        if not self.sales.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "input.cache_folder keeps what is pulled from a database (input.sales: postgresql://...); "
+                f"'{redact(self.sales)}' is read whole each run: remove input.cache_folder"
+            )
+        if self.sales_query is not None and "$2" not in self.sales_query:
+            raise ValueError(
+                "with input.cache_folder, input.sales_query must keep the rows dated on or after $2 (the first date to fetch, "
+                "bound by the run), e.g. ... WHERE date >= $2"
+            )
+        return self
 
     @field_validator("sales_table", "sku_master_table")
     @classmethod
@@ -290,6 +322,11 @@ class BacktestConfig(_Strict):
     )
     n_jobs: int = Field(-1, description="Worker processes of the forecasting stage (-1: all cores); statsforecast runs single in each.")
     chunk_size: int = Field(2000, ge=1, description="SKUs per statsforecast call; bounds the memory of the backtest.")
+    dask_scheduler: str | None = Field(
+        None,
+        description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786): the forecasting stage's chunks run on its "
+        "workers (buffercast installed there) instead of local processes, with the same results; null: local (n_jobs).",
+    )
     combination_k: int = Field(2, ge=0, description="The mean of each SKU's best k models competes as 'Combination' (0 or 1: off).")
 
     @field_validator("horizon_buckets")

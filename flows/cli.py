@@ -151,6 +151,9 @@ def run(
     as_of: Annotated[str | None, typer.Option(help="Run as of this date, YYYY-MM-DD; later history is left out.")] = None,
     freq: Annotated[str | None, typer.Option(help="Bucket: D, W or M.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking.uri).")] = None,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Fetch the whole sales history and rebuild input.cache_folder.")
+    ] = False,
 ) -> None:
     """Run the whole pipeline: pull, validate, profile, backtest, forecast, recommend, publish, track."""
     quiet_environment()  # before prefect is imported
@@ -161,6 +164,8 @@ def run(
     )
     if as_of:
         overrides["as_of"] = as_of
+    if full_refresh:
+        overrides.setdefault("input", {})["full_refresh"] = True
     result = _run_flow("flows.plan:plan_buffers", config, overrides, "the run")
     typer.echo(format_summary(result))
 
@@ -218,7 +223,8 @@ def format_summary(r: dict[str, Any]) -> str:
         "",
         f"buffercast: {r['skus']} SKUs planned as of {r['as_of']}",
         f"  sales rows         {rows['sales_in']} read, {rows['sales_used']} used, {rows['sales_quarantined']} quarantined, "
-        f"{rows['sales_after_as_of']} after the as-of date",
+        f"{rows['sales_after_as_of']} after the as-of date"
+        + (f" ({rows['sales_fetched']} fetched, {rows['sales_cached']} from the cache)" if rows.get("sales_cached") else ""),
         *(
             [
                 f"  not planned        {r['series_not_planned']} series without a positive sale up to the last complete period "

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
@@ -355,20 +355,13 @@ def output_lock(root: str | Path, wait_seconds: float = 0.0) -> Iterator[list[st
     path = root / LOCK_FILE
     handle = path.open("a+")
     try:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process"
-                    raise PublishError(
-                        f"output folder '{root}' is in use by another buffercast run ({holder}): wait for it to finish, "
-                        "or set output.lock_wait_seconds to wait, or use another output.folder (--out)"
-                    ) from None
-                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        if not lock_within(handle, wait_seconds):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PublishError(
+                f"output folder '{root}' is in use by another buffercast run ({holder}): wait for it to finish, "
+                "or set output.lock_wait_seconds to wait, or use another output.folder (--out)"
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}\n")
@@ -376,6 +369,20 @@ def output_lock(root: str | Path, wait_seconds: float = 0.0) -> Iterator[list[st
         yield recover(root)
     finally:
         handle.close()  # releases the lock
+
+
+def lock_within(handle: IO[str], wait_seconds: float) -> bool:
+    """Take the kernel's exclusive advisory lock on an open file, waiting up to `wait_seconds`; False if another
+    process still holds it then (the kernel releases a lock whose holder died, even by kill -9)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
 
 def read_table(root: str | Path, table: str, as_of: dt.date | None = None) -> pl.DataFrame:

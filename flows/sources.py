@@ -28,13 +28,18 @@ _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV"}
 _CONFIG_KEYS = {"sales": "input.sales", "SKU master": "input.sku_master"}
 
 
-def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame:
+def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | None = None, since: dt.date | None = None) -> pl.DataFrame:
     """The raw sales history named by `input.sales`: a file, folder or URL, or a PostgreSQL database (`as_of` is bound
-    to the query's $1)."""
+    to the query's $1). `since` (a database only: the incremental pull of `flows.sales_cache`): only the rows dated on
+    or after it, bound to the query's $2 (`sales_table`: a WHERE on the date column is added)."""
     if is_database(cfg.sales):
         query = _query(cfg.sales_query, cfg.sales_table)
+        if since is not None and cfg.sales_query is None:
+            query += f' WHERE "{cfg.sales_columns.date}" >= $2'
         roles = _roles(cfg.sales_columns.model_dump(), SALES_KINDS, "input.sales_columns")
-        return read_database(cfg.sales, query, what="sales", as_of=as_of, n_rows=n_rows, sql_types=roles)
+        return read_database(
+            cfg.sales, query, what="sales", as_of=as_of, since=since, n_rows=n_rows, sql_types=roles, timezone=cfg.timezone
+        )
     return read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=n_rows)
 
 
@@ -45,7 +50,7 @@ def read_sku_master(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int 
     if is_database(cfg.sku_master):
         query = _query(cfg.sku_master_query, cfg.sku_master_table)
         roles = _roles(cfg.sku_master_columns.model_dump(), MASTER_KINDS, "input.sku_master_columns")
-        return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows, sql_types=roles)
+        return read_database(cfg.sku_master, query, what="SKU master", as_of=as_of, n_rows=n_rows, sql_types=roles, timezone=cfg.timezone)
     return read_table(cfg.sku_master, what="SKU master", n_rows=n_rows)
 
 
@@ -85,14 +90,18 @@ def read_database(
     *,
     what: str,
     as_of: dt.date | None = None,
+    since: dt.date | None = None,
     n_rows: int | None = None,
     sql_types: dict[str, tuple] | None = None,
+    timezone: str = "UTC",
 ) -> pl.DataFrame:
     """The rows `query` returns from the PostgreSQL database at `location`, with `_source_file` (the location as written,
     a credential left as its reference) and `_row_number` (1-based, in the query's order).
 
-    ADBC's PostgreSQL driver (libpq, Arrow-native: no row-by-row Python) runs the query; `$1`, if the query uses it, is
-    bound to `as_of` (or today), never formatted into the SQL. `n_rows`: the first rows only (a LIMIT around the
+    ADBC's PostgreSQL driver (libpq, Arrow-native: no row-by-row Python) runs the query in a session whose time zone is
+    `timezone` (so `date >= $2` on a `timestamp with time zone` column compares with local midnight there); `$1`, if the
+    query uses it, is bound to `as_of` (or today), `$2` to `since` (the first date to fetch; none: 0001-01-01), never
+    formatted into the SQL. `n_rows`: the first rows only (a LIMIT around the
     query: the pre-flight look). A connection that fails (host down, refused, timed out) raises OSError, which the
     pull task retries; a refused login, a missing table or bad SQL raise InputError (retrying cannot help).
     `timestamp with time zone` arrives as UTC timestamps (validation converts them to `input.timezone`); `numeric` as
@@ -103,13 +112,16 @@ def read_database(
 
     key = _CONFIG_KEYS[what]
     sql = query if n_rows is None else f"SELECT * FROM ({query}) AS preflight LIMIT {int(n_rows)}"
-    parameters = (as_of or dt.date.today(),) if "$1" in query else None
+    as_of = as_of or dt.date.today()
+    parameters = (as_of, since or dt.date(1, 1, 1)) if "$2" in query else (as_of,) if "$1" in query else None
     try:
         uri = resolve(location, key=key)
     except SecretError as exc:
         raise InputError(str(exc)) from None
     try:
         with dbapi.connect(uri) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('TimeZone', $1, false)", parameters=(timezone,))
+            cursor.fetchall()
             cursor.execute(sql, parameters=parameters)
             table = cursor.fetch_arrow_table()
     except adbc_driver_manager.OperationalError as exc:

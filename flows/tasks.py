@@ -24,7 +24,9 @@ from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import compare_runs
 from configs.schema import BuffercastConfig
 from flows import publish as publisher
-from flows.sources import read_sales, read_sku_master
+from flows.cluster import dask_pool
+from flows.sales_cache import pull_sales
+from flows.sources import read_sku_master
 from flows.tracking import Tracker
 from forecasting.backtest import ForecastResult
 from forecasting.workers import WorkerDied
@@ -54,7 +56,7 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     cfg: BuffercastConfig = parameters["cfg"]
     if cfg.input.cache_hours <= 0 or parameters["fingerprint"] is None:
         return None
-    return f"buffercast-pull-{parameters['fingerprint']}"
+    return f"buffercast-pull-v2-{parameters['fingerprint']}"
 
 
 @task(
@@ -64,12 +66,16 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     cache_key_fn=_pull_cache_key,
     persist_result=True,
 )
-def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Read the sales history and the SKU master (retried: files may sit on a flaky mount or object store).
+def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
+    """Read the sales history (whole, or incrementally through `input.cache_folder`: `flows.sales_cache`) and the SKU
+    master (retried: files may sit on a flaky mount or object store, a database may be unreachable for a moment).
+    Returns both raw tables and the sales rows fetched and taken from the cache.
 
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
     """
-    return read_sales(cfg.input, cfg.as_of), read_sku_master(cfg.input, cfg.as_of)
+    sales = pull_sales(cfg.input, cfg.as_of)
+    get_run_logger().info(sales.note)
+    return sales.raw, read_sku_master(cfg.input, cfg.as_of), {"sales_fetched": sales.fetched, "sales_cached": sales.cached}
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,7 +103,12 @@ def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | N
 
 @task(cache_policy=NO_CACHE)
 def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
-    return forecast_stage(cfg, p, progress=get_run_logger().info)
+    logger = get_run_logger()
+    if cfg.backtest.dask_scheduler is None:
+        return forecast_stage(cfg, p, progress=logger.info)
+    with dask_pool(cfg.backtest.dask_scheduler) as (pool, workers):
+        logger.info("forecasting on the Dask cluster at %s (%d worker threads)", cfg.backtest.dask_scheduler, workers)
+        return forecast_stage(cfg, p, progress=logger.info, pool=pool, workers=workers)
 
 
 @task(cache_policy=NO_CACHE)

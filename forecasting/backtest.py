@@ -551,6 +551,7 @@ def backtest_and_forecast(
     *,
     keep_all_backtests: bool = False,
     progress: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> ForecastResult:
     """Backtest every SKU with its class's model set, pick a model per SKU and forecast its horizon.
 
@@ -560,13 +561,15 @@ def backtest_and_forecast(
     chosen model and that model's backtest and future before its result comes back, so memory stays bounded.
     The chunks run on `pool` (an Executor: `forecasting.workers.worker_pool`, or a Dask client), else on a pool of
     `cfg.backtest.n_jobs` workers opened for this call (none for one process, or for fewer than 100 SKUs); results are gathered
-    in chunk order. `progress`, if given, receives a line after each chunk ("forecast 6,000/10,000 SKUs, 42 s").
+    in chunk order. `workers`: how many chunks `pool` runs at once (default: `cfg.backtest.n_jobs`'s count; a Dask
+    cluster's threads). `progress`, if given, receives a line after each chunk ("forecast 6,000/10,000 SKUs, 42 s").
+    Neither the pool nor the number of workers changes a number: every SKU is forecast on its own.
     """
     if pool is None and worker_count(cfg.backtest.n_jobs) > 1 and attrs.height >= 2 * MIN_SKUS_PER_WORKER_CHUNK:
         with worker_pool(cfg.backtest.n_jobs) as own:  # fewer SKUs: starting the workers would cost more than they save
             return backtest_and_forecast(panel, attrs, model_sets, cfg, own, keep_all_backtests=keep_all_backtests, progress=progress)
     plan = plan_horizons(attrs, cfg)
-    workers = 1 if pool is None else worker_count(cfg.backtest.n_jobs)
+    workers = 1 if pool is None else workers or worker_count(cfg.backtest.n_jobs)
     chunks: list[_Chunk] = []
     start, done = time.perf_counter(), 0
     for chunk in map_in_order(

@@ -57,6 +57,8 @@ COUNT_GROUPS = {
 }
 INPUT_ROWS = {
     "sales_in": "sales rows read",
+    "sales_fetched": "sales rows fetched from the source this run",
+    "sales_cached": "sales rows from the local cache (input.cache_folder)",
     "sales_used": "sales rows used",
     "sales_quarantined": "sales rows quarantined",
     "sales_after_as_of": "sales rows after the as-of date (not used)",

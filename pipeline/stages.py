@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -72,9 +73,17 @@ def model_sets(cfg: BuffercastConfig) -> dict[str, list[str]]:
     return {c: list(getattr(cfg.models, c)) for c in DEMAND_CLASSES}
 
 
-def forecast_stage(cfg: BuffercastConfig, p: Profiled, progress: Callable[[str], None] | None = None) -> ForecastResult:
-    """Backtest, select and forecast every planned series; `progress` gets a line per chunk of SKUs."""
-    return backtest_and_forecast(p.panel, forecast_inputs(p.profiles, p.attrs, cfg), model_sets(cfg), cfg, progress=progress)
+def forecast_stage(
+    cfg: BuffercastConfig,
+    p: Profiled,
+    progress: Callable[[str], None] | None = None,
+    pool: Executor | None = None,
+    workers: int | None = None,
+) -> ForecastResult:
+    """Backtest, select and forecast every planned series; `progress` gets a line per chunk of SKUs. `pool`, `workers`:
+    where the chunks run (`forecasting.backtest.backtest_and_forecast`; by default local worker processes)."""
+    attrs = forecast_inputs(p.profiles, p.attrs, cfg)
+    return backtest_and_forecast(p.panel, attrs, model_sets(cfg), cfg, pool, progress=progress, workers=workers)
 
 
 def scenarios(cfg: BuffercastConfig) -> list[Scenario]:

@@ -260,10 +260,13 @@ def published_tables(
     }
 
 
-def input_rows(inputs: Inputs, sales_used: int, sales_after_as_of: int) -> dict[str, int]:
-    """Rows in = rows used + rows quarantined (+ rows after the as-of date), per input: the manifest's `input_rows`."""
+def input_rows(inputs: Inputs, sales_used: int, sales_after_as_of: int, pulled: dict[str, int]) -> dict[str, int]:
+    """Rows in = rows used + rows quarantined (+ rows after the as-of date), per input, and sales rows in = rows fetched
+    + rows cached (`flows.sales_cache`; `pulled`): the manifest's `input_rows`."""
     return {
         "sales_in": inputs.sales.rows_in,
+        "sales_fetched": pulled["sales_fetched"],
+        "sales_cached": pulled["sales_cached"],
         "sales_used": sales_used,
         "sales_quarantined": inputs.sales.quarantine.height,
         "sales_after_as_of": sales_after_as_of,

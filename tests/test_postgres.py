@@ -6,10 +6,15 @@
 - A wrong password and a missing table: one line, exit 2, the password never shown; an unreachable host: retried by
   the pull task, then one line naming the source.
 - `recommendations` loaded into PostgreSQL (as an ERP staging table receives it) reads back equal.
+- Incremental pulls through `input.cache_folder` (flows/sales_cache.py), the history arriving a week at a time with
+  late, corrected and deleted rows: each pull fetches the new rows plus the correction window only, and the pulled
+  table, the cache files and the published tables equal a full refresh's; a pull cut short is repeated, a changed
+  column type or time zone rebuilds the cache, a query that ignores the window is refused.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -157,3 +162,148 @@ def test_recommendations_load_into_postgresql_and_read_back_equal(loaded, small_
             back = pl.from_arrow(cursor.fetch_arrow_table())
     assert back.columns == recs.columns
     assert back.equals(recs.sort("sku_id")), "the table read back from PostgreSQL differs"
+
+
+# Incremental pulls (flows/sales_cache.py): the catalogue arrives a week at a time, with late, corrected and deleted rows.
+
+WEEK_ENDS = [END - dt.timedelta(days=14), END - dt.timedelta(days=7), END]
+
+
+def _arrive(url: str, table: str, week: int) -> None:
+    """The database as it is at the end of week `week` (0, 1, 2): week 0 creates the table with the history up to
+    WEEK_ENDS[0]; each later week adds its own days and late, corrected and deleted rows within the correction window."""
+    end = WEEK_ENDS[week]
+    if week == 0:
+        _execute(
+            url, f"DROP TABLE IF EXISTS {table}", f"CREATE TABLE {table} AS SELECT * FROM sales WHERE date < '{end + dt.timedelta(days=1)}'"
+        )
+        return
+    start, back = WEEK_ENDS[week - 1] + dt.timedelta(days=1), WEEK_ENDS[week - 1] - dt.timedelta(days=4)
+    _execute(
+        url,
+        f"INSERT INTO {table} SELECT * FROM sales WHERE date >= '{start}' AND date < '{end + dt.timedelta(days=1)}'",
+        # a late order line, dated in the last week, arriving only now
+        f"INSERT INTO {table} SELECT sku_id, date, 7.5 FROM sales WHERE date = '{back}' ORDER BY sku_id LIMIT 2",
+        # a corrected quantity and a deleted row, both within the window
+        f"UPDATE {table} SET quantity = quantity + 3 WHERE date = '{back - dt.timedelta(days=1)}' AND sku_id IN "
+        f"(SELECT sku_id FROM {table} ORDER BY sku_id LIMIT 1)",
+        f"DELETE FROM {table} WHERE date = '{back - dt.timedelta(days=2)}' AND sku_id IN "
+        f"(SELECT sku_id FROM {table} ORDER BY sku_id DESC LIMIT 1)",
+    )
+
+
+def _count(url: str, sql: str) -> int:
+    with _connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute(sql)
+        return int(cursor.fetchone()[0])
+
+
+def _cache_files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.parquet"))}
+
+
+def _input_config(url: str, table: str, cache: Path, **extra):
+    from configs.schema import load_config
+
+    given = {"sales": url, "sku_master": None, "sales_table": table, "cache_folder": str(cache), "correction_days": 7, **extra}
+    return load_config(None, {"input": given}).input
+
+
+def test_incremental_pulls_fetch_the_window_only_and_equal_a_full_refresh(loaded, tmp_path):
+    from flows.sales_cache import pull_sales, read_state
+
+    url, table, cache = loaded["url"], "sales_pulled", tmp_path / "cache"
+    _arrive(url, table, 0)
+    first = pull_sales(_input_config(url, table, cache), WEEK_ENDS[0])
+    assert (first.fetched, first.cached) == (_count(url, f"SELECT count(*) FROM {table}"), 0)
+    assert "rebuilt (no cache yet)" in first.note
+    assert read_state(cache)["watermark"] == WEEK_ENDS[0].isoformat()
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir())[-1] == f"month={WEEK_ENDS[0]:%Y-%m}"
+    for week in (1, 2):
+        _arrive(url, table, week)
+        since = WEEK_ENDS[week - 1] - dt.timedelta(days=7)
+        pulled = pull_sales(_input_config(url, table, cache), WEEK_ENDS[week])
+        total = _count(url, f"SELECT count(*) FROM {table}")
+        assert pulled.fetched == _count(url, f"SELECT count(*) FROM {table} WHERE date >= '{since}'")  # new + the window
+        assert pulled.fetched + pulled.cached == total == pulled.raw.height
+        assert f"dated {since} or later" in pulled.note
+        full = pull_sales(_input_config(url, table, tmp_path / f"full{week}", full_refresh=True), WEEK_ENDS[week])
+        assert (full.fetched, full.cached) == (total, 0)
+        assert pulled.raw.equals(full.raw), f"week {week}: the incremental pull differs from a full refresh"
+        assert _cache_files(cache) == _cache_files(tmp_path / f"full{week}")
+
+
+def test_a_pull_cut_short_is_repeated_and_a_changed_column_type_rebuilds_the_cache(loaded, tmp_path, monkeypatch):
+    import flows.sales_cache as sales_cache
+
+    url, table, cache = loaded["url"], "sales_cut_short", tmp_path / "cache"
+    _arrive(url, table, 0)
+    sales_cache.pull_sales(_input_config(url, table, cache), WEEK_ENDS[0])
+    _arrive(url, table, 1)
+    with monkeypatch.context() as patch:  # killed after the months were written, before the state: the old watermark stays
+        patch.setattr(sales_cache, "_write_state", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+        with pytest.raises(KeyboardInterrupt):
+            sales_cache.pull_sales(_input_config(url, table, cache), WEEK_ENDS[1])
+    assert sales_cache.read_state(cache)["watermark"] == WEEK_ENDS[0].isoformat()
+    again = sales_cache.pull_sales(_input_config(url, table, cache), WEEK_ENDS[1])
+    full = sales_cache.pull_sales(_input_config(url, table, tmp_path / "full", full_refresh=True), WEEK_ENDS[1])
+    assert again.raw.equals(full.raw) and again.cached > 0
+
+    _execute(url, f"ALTER TABLE {table} ALTER COLUMN quantity TYPE double precision")
+    changed = sales_cache.pull_sales(_input_config(url, table, cache), WEEK_ENDS[1])
+    assert "rebuilt (the columns' SQL types changed)" in changed.note and changed.cached == 0
+    assert changed.fetched == _count(url, f"SELECT count(*) FROM {table}")
+    moved = sales_cache.pull_sales(_input_config(url, table, cache, timezone="Asia/Tokyo"), WEEK_ENDS[1])
+    assert "rebuilt (pulled with another timezone)" in moved.note
+
+
+def test_a_query_that_ignores_the_window_is_refused(loaded, tmp_path):
+    from configs.schema import ConfigError, load_config
+    from flows.sales_cache import pull_sales
+    from pipeline.raw import InputError
+
+    url, cache = loaded["url"], tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"must keep the rows dated on or after \$2"):
+        load_config(None, {"input": {"sales": url, "sku_master": None, "cache_folder": str(cache), "sales_query": "SELECT * FROM sales"}})
+    with pytest.raises(ConfigError, match=r"input\.cache_folder keeps what is pulled from a database"):
+        load_config(None, {"input": {"cache_folder": str(cache)}})
+    sloppy = "SELECT * FROM sales WHERE $2::date IS NOT NULL"  # binds $2 but returns the whole history
+    pull_sales(_input_config(url, "sales", cache, sales_query=sloppy), END)  # the first pull fetches everything anyway
+    with pytest.raises(InputError, match=r"rows dated before .* or undated, when asked for the rows dated on or after \$2"):
+        pull_sales(_input_config(url, "sales", cache, sales_query=sloppy), END)
+
+
+def test_three_weekly_runs_from_a_cache_publish_what_full_refreshes_do(loaded, tmp_path):
+    """`buffercast run` a week apart against a database that grows, with late, corrected and deleted rows: the
+    manifests count the rows fetched (new + the correction window) and cached; after the third week the tables and the
+    cache equal those of a run that fetched everything (--full-refresh). (Each week's pull against a full refresh:
+    the test above.)"""
+    import json
+
+    url, table = loaded["url"], "sales_weekly"
+    config = tmp_path / "weekly.yaml"
+    config.write_text(f"input:\n  sales_table: {table}\n  cache_folder: {tmp_path / 'cache'}\n  correction_days: 7\n")
+    for week, end in enumerate(WEEK_ENDS):
+        _arrive(url, table, week)
+        runs = {}
+        kinds = (("incremental", []), ("full", ["--full-refresh"])) if week == 2 else (("incremental", []),)
+        for kind, extra in kinds:
+            folder = tmp_path / f"{kind}{week}"
+            folder.mkdir()
+            cfg = config if kind == "incremental" else folder / "full.yaml"
+            if kind == "full":
+                cfg.write_text(f"input:\n  sales_table: {table}\n  cache_folder: {folder / 'cache'}\n")
+            result = CliRunner().invoke(app, [*_args(folder, url, None, "--config", str(cfg), "--as-of", str(end)), *extra])
+            assert result.exit_code == 0, result.output
+            runs[kind] = json.loads(next((folder / "out").rglob("manifest.json")).read_text())["input_rows"]
+            assert loaded["password"] not in result.output
+            assert not any(loaded["password"] in f.read_bytes().decode("latin-1") for f in folder.rglob("*") if f.is_file())
+        total = _count(url, f"SELECT count(*) FROM {table}")
+        since = WEEK_ENDS[week - 1] - dt.timedelta(days=7)
+        fetched = total if week == 0 else _count(url, f"SELECT count(*) FROM {table} WHERE date >= '{since}'")
+        assert runs["incremental"]["sales_fetched"] == fetched < (total if week else total + 1)
+        assert runs["incremental"]["sales_cached"] == total - fetched == runs["incremental"]["sales_in"] - fetched
+    assert _tables(tmp_path / "incremental2" / "out") == _tables(tmp_path / "full2" / "out")
+    assert _cache_files(tmp_path / "cache") == _cache_files(tmp_path / "full2" / "cache")
+    assert runs["full"]["sales_fetched"] == runs["full"]["sales_in"] == runs["incremental"]["sales_in"]
+    assert runs["full"]["sales_cached"] == 0

@@ -1,0 +1,241 @@
+"""Scale: buffercast end to end at growing catalogues, against the statsforecast calls it makes and a statsmodels loop.
+
+Run: `.venv/bin/python bench/scale.py` (default 1,000 and 10,000 SKUs x 730 days; `--skus 1000 10000 30000 100000`
+for the whole ladder, hours). For each size, in this one run:
+
+- **end to end**: `buffercast run` on the generated catalogue (`buffercast sample-data`: seed 7, 730 days), against
+  a long-lived Prefect server the script starts once (`PREFECT_API_URL`, as a scheduled deployment runs), MLflow in a
+  SQLite file. Wall seconds; CPU seconds of the run's whole process tree (RUSAGE_CHILDREN: the run, its worker
+  processes; not the Prefect server, which is shared); peak PSS of the run's process tree, sampled every second
+  (psutil: shared pages counted once across the tree); SKUs per second.
+- **bare statsforecast** (`bench/forecast_speed.py` part b): the same statsforecast calls the stage makes (same groups,
+  models, windows, step, levels) called directly, on the same panel: the floor of the forecasting work.
+- **statsmodels loop** (`bench/forecast_speed.py` part d): a pandas groupby loop with statsmodels
+  `ExponentialSmoothing` refit at every backtest cutoff, on a seeded subset of `--subset-loop` SKUs, CPU seconds
+  extrapolated linearly to the catalogue.
+- **Dask scaling** (`--dask-skus`, default 2,000): the forecasting stage alone (`forecasting.backtest
+  .backtest_and_forecast`) on a `distributed.LocalCluster` of 1 and then 2 single-threaded worker processes on
+  127.0.0.1, wall seconds, on the profiled panel of that size.
+
+Writes `bench/results/scale.json` (and prints one table). Nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from profile_m5 import machine  # noqa: E402
+from ten_runs import free_port  # noqa: E402
+
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def children_cpu_s() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+class PeakPss:
+    """Samples the PSS summed over a process and its descendants every `every` seconds; `.peak_mb` the largest."""
+
+    def __init__(self, pid: int, every: float = 1.0) -> None:
+        self.pid, self.every, self.peak_mb = pid, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                total = 0
+                for proc in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                        total += proc.memory_full_info().pss
+                self.peak_mb = max(self.peak_mb, total / 2**20)
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(self.every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
+def start_prefect_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A Prefect server for the whole bench, in its own home; waits (up to 10 minutes) until it answers."""
+    import urllib.request
+
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = (folder / "prefect-server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"the Prefect server did not answer within 600 s; see {folder / 'prefect-server.log'}")
+
+
+def end_to_end(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
+    data = folder / f"data-{skus}"
+    subprocess.run(
+        [str(BIN / "buffercast"), "sample-data", "--out", str(data), "--skus", str(skus), "--seed", "7"], check=True, capture_output=True
+    )
+    cmd = [
+        str(BIN / "buffercast"), "run", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
+        "--out", str(folder / f"out-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-{skus}.db'}",
+    ]  # fmt: skip
+    env = os.environ | {"PREFECT_API_URL": api_url}
+    log = folder / f"run-{skus}.log"
+    t0, cpu0 = time.perf_counter(), children_cpu_s()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        sampler = PeakPss(proc.pid)
+        code = proc.wait()
+        peak = sampler.stop()
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    if code != 0:
+        raise RuntimeError(f"buffercast run at {skus} SKUs failed ({code}): {log.read_text()[-2000:]}")
+    manifest = next((folder / f"out-{skus}").rglob("manifest.json"))
+    planned = json.loads(manifest.read_text())["tables"]["recommendations"]["rows"]
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak), "skus_planned": planned,
+            "skus_per_s": round(skus / wall, 1)}  # fmt: skip
+
+
+def statsforecast_parts(skus: int, folder: Path, subset_loop: int) -> dict[str, Any]:
+    """forecast_speed.py parts b (bare statsforecast calls) and d (statsmodels loop) on the same generated panel."""
+    out = folder / f"forecast_speed-{skus}.json"
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "forecast_speed.py"), "--skus", str(skus), "--periods", "730", "--seed", "7",
+        "--parts", "b,d", "--subset-loop", str(min(subset_loop, skus)), "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def dask_scaling(skus: int) -> dict[str, Any]:
+    """The forecasting stage on a LocalCluster of 1, then 2 worker processes (one thread each): wall seconds."""
+    from distributed import Client, LocalCluster
+
+    from configs.schema import load_config
+    from flows.sample_data import generate_catalogue
+    from forecasting.backtest import backtest_and_forecast
+    from forecasting.inputs import forecast_inputs
+    from pipeline.contracts import validate_sales, validate_sku_master
+    from pipeline.stages import model_sets, profile_sales
+    from pipeline.tables import sales_as_of
+
+    cfg = load_config()
+    raw_sales, raw_master = generate_catalogue(n_skus=skus, seed=7, n_days=730)  # as forecast_speed.py's profile part
+    today = max(dt.date.today(), raw_sales["date"].max())
+    sales = validate_sales(raw_sales, cfg.input.sales_columns, today=today, date_format=cfg.input.date_format)
+    master = validate_sku_master(raw_master, cfg.input.sku_master_columns)
+    used, as_of, _ = sales_as_of(cfg, sales.valid)
+    p = profile_sales(cfg, used, master.valid, as_of)
+    inputs = forecast_inputs(p.profiles, p.attrs, cfg)
+    result: dict[str, Any] = {"skus": skus}
+    for workers in (1, 2):
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
+            t0 = time.perf_counter()
+            backtest_and_forecast(p.panel, inputs, model_sets(cfg), cfg, client.get_executor(pure=False), workers=workers)
+            result[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 1)
+    result["speed_up_1_to_2"] = round(result["workers_1_s"] / result["workers_2_s"], 2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skus", type=int, nargs="+", default=[1_000, 10_000])
+    parser.add_argument("--subset-loop", type=int, default=100, help="SKUs of the statsmodels loop, extrapolated (default 100)")
+    parser.add_argument("--dask-skus", type=int, default=2_000, help="SKUs of the Dask 1-vs-2-workers measure (0: skip)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="buffercast-scale-"))
+    server, api_url = start_prefect_server(folder)
+    rows = []
+    try:
+        for skus in args.skus:
+            print(f"--- {skus:,} SKUs: end to end", flush=True)
+            e2e = end_to_end(skus, folder, api_url)
+            print(f"    {e2e}", flush=True)
+            print(f"--- {skus:,} SKUs: bare statsforecast calls and the statsmodels loop", flush=True)
+            parts = statsforecast_parts(skus, folder, args.subset_loop)
+            bare, loop = parts["parts"]["b"], parts["parts"]["d"]
+            row = {
+                "skus": skus,
+                "end_to_end": e2e,
+                "bare_statsforecast": {"wall_s": round(bare["seconds"], 1), "cpu_s": round(bare["cpu_seconds"], 1)},
+                "statsmodels_loop": {
+                    "subset_skus": loop["skus"],
+                    "cpu_s_subset": round(loop["cpu_seconds"], 1),
+                    "cpu_s_extrapolated": round(loop["cpu_seconds"] * skus / loop["skus"], 1),
+                },
+            }
+            row["cpu_over_bare_statsforecast"] = round(e2e["cpu_s"] / row["bare_statsforecast"]["cpu_s"], 2)
+            row["statsmodels_loop_cpu_over_end_to_end"] = round(row["statsmodels_loop"]["cpu_s_extrapolated"] / e2e["cpu_s"], 1)
+            rows.append(row)
+            print(f"    {row}", flush=True)
+        dask = dask_scaling(args.dask_skus) if args.dask_skus else None
+        print(f"--- Dask: {dask}", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+    result = {
+        "command": "python bench/scale.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "days": 730,
+        "sizes": rows,
+        "dask_forecast_stage": dask,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{'SKUs':>8} {'wall s':>8} {'CPU s':>8} {'peak PSS MB':>12} {'SKUs/s':>8} {'CPU/bare sf':>12} {'loop/ours':>10}")
+    for r in rows:
+        e = r["end_to_end"]
+        print(
+            f"{r['skus']:>8,} {e['wall_s']:>8} {e['cpu_s']:>8} {e['peak_pss_mb']:>12} {e['skus_per_s']:>8} "
+            f"{r['cpu_over_bare_statsforecast']:>12} {r.get('statsmodels_loop_cpu_over_end_to_end', '-'):>10}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
