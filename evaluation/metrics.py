@@ -38,7 +38,6 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import polars as pl
-from sklearn.metrics import mean_pinball_loss
 from utilsforecast import losses as ufl
 
 ID, DS, Y, CUTOFF = "unique_id", "ds", "y", "cutoff"
@@ -335,6 +334,8 @@ def pinball_loss(
 
 
 def _sklearn_pinball(df: pl.DataFrame, levels: Mapping[str, float], ids: list[str], target_col: str) -> pl.DataFrame:
+    from sklearn.metrics import mean_pinball_loss  # here: the forecasting workers import this module, never this path
+
     rows = []
     for key, group in df.group_by(ids, maintain_order=True):
         row: dict[str, Any] = dict(zip(ids, key, strict=True))

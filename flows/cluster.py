@@ -23,8 +23,13 @@ CONNECT_TIMEOUT_S = 120
 @contextmanager
 def dask_pool(address: str) -> Iterator[tuple[Executor, int]]:
     """An executor on the Dask scheduler at `address` and the number of chunks to keep running (the cluster's threads)."""
-    from distributed import Client
-
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError(
+            "backtest.dask_scheduler needs Dask's distributed package: install buffercast with its dask extra "
+            "(uv sync --extra dask, or pip install 'buffercast[dask]')"
+        ) from None
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except OSError as exc:

@@ -57,8 +57,8 @@ def evaluate_plans(config: BuffercastConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: BuffercastConfig, root: Path) -> dict[str, Any]:
     t = cfg.timeouts
-    raw_sales, raw_master, _ = timed("pull", t.pull, pull)(cfg, input_fingerprint(cfg.input.sales, cfg.input.sku_master))
-    inputs = timed("validation", t.validation, validate)(cfg, raw_sales, raw_master)
+    pulled = timed("pull", t.pull, pull)(cfg, input_fingerprint(cfg.input.sales, cfg.input.sku_master))
+    inputs = timed("validation", t.validation, validate)(cfg, pulled)
     master = inputs.master.valid if inputs.master else None
     # Each origin is a whole plan (profile, forecast, recommend), the sweep re-sizes it per target.
     budget = (t.profile + t.forecast + t.recommend) * cfg.evaluation.origins

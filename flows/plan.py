@@ -68,10 +68,8 @@ def plan_buffers(config: BuffercastConfig) -> dict[str, Any]:
 def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
     t = cfg.timeouts
     fingerprint = input_fingerprint(cfg.input.sales, cfg.input.sku_master)
-    raw_sales, raw_master, pulled = timed("pull", t.pull, pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(
-        cfg, fingerprint
-    )
-    inputs = timed("validation", t.validation, validate)(cfg, raw_sales, raw_master)
+    pulled = timed("pull", t.pull, pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(cfg, fingerprint)
+    inputs = timed("validation", t.validation, validate)(cfg, pulled)
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
 
     master = inputs.master.valid if inputs.master else None
@@ -84,7 +82,7 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
 
     run_id = uuid.uuid4().hex
     prefect_run_id = str(flow_run.get_id() or "")
-    n_rows = input_rows(inputs, sales.height, rows_after_as_of, pulled)
+    n_rows = input_rows(inputs, sales.height, rows_after_as_of, pulled.counts)
     summary = run_summary(recs) | {"series_not_planned": p.left_out.height, "changes": change_counts(changes)}
 
     # Tracking starts before publishing (its run id goes into the manifest); if the server is down, the outputs

@@ -48,6 +48,9 @@ SCHEMAS = "schemas"
 JOURNAL = "journal.json"
 LATEST = "latest.json"  # manifests/latest.json: the newest complete as-of, for readers who do not list folders
 LOCK_FILE = ".buffercast.lock"
+#: <output folder>/_pulled/<key>/: the raw inputs as the pull read them, handed to the validation as files (never
+#: through Prefect's result store, which would pickle and base64 the whole sales history).
+PULLED = "_pulled"
 
 
 class PublishError(RuntimeError):
@@ -312,6 +315,29 @@ def _naming_the_file() -> Iterator[Any]:
             f"could not write {where}: {what}; nothing was published, the previous outputs are untouched"
             + (". Free some space on that disk (or set output.folder elsewhere) and run again" if full else "")
         ) from None
+
+
+def write_pulled(root: str | Path, key: str, tables: Mapping[str, pl.DataFrame | None], keep_hours: float) -> Path:
+    """Write the raw inputs a pull read to `<root>/_pulled/<key>/<name>.parquet`, replacing that snapshot whole (a
+    new folder renamed into place: a reader finds the old one or the new one); snapshots of other keys untouched for
+    `keep_hours` (at least an hour) are removed. A full disk is a PublishError naming the file."""
+    base = Path(root) / PULLED
+    base.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
+    with _naming_the_file() as writing:
+        for name, frame in tables.items():
+            if frame is not None:
+                frame.write_parquet(writing(fresh / f"{name}.parquet"))
+    target, old = base / key, base / f".{key}-old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    fresh.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    cutoff = time.time() - max(keep_hours, 1.0) * 3600
+    for other in base.iterdir():
+        if other.name != key and other.stat().st_mtime < cutoff:
+            shutil.rmtree(other, ignore_errors=True)
+    return target
 
 
 def pause_point(name: str) -> None:

@@ -9,6 +9,7 @@ run with one line naming the stage.
 import datetime as dt
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,32 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Pulled:
+    """What the pull task returns: where the raw inputs were written, and the sales rows fetched and cached."""
+
+    folder: str
+    has_master: bool
+    counts: dict[str, int]
+
+    def tables(self, cfg: BuffercastConfig) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The raw sales and SKU master. A snapshot removed since Prefect cached this result (within
+        `input.cache_hours`) is read again from the inputs."""
+        folder = Path(self.folder)
+        if not (folder / "sales.parquet").exists() or (self.has_master and not (folder / "sku_master.parquet").exists()):
+            get_run_logger().warning("the pulled inputs in %s are gone; reading the inputs again", folder)
+            return pull_sales(cfg.input, cfg.as_of).raw, read_sku_master(cfg.input, cfg.as_of)
+        master = pl.read_parquet(folder / "sku_master.parquet") if self.has_master else None
+        return pl.read_parquet(folder / "sales.parquet"), master
+
+
 def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The inputs' fingerprint (files, sizes, modification times): a retried or repeated run whose files did not
     change takes the cached read instead of reading again. None (no caching) when config turns it off."""
     cfg: BuffercastConfig = parameters["cfg"]
     if cfg.input.cache_hours <= 0 or parameters["fingerprint"] is None:
         return None
-    return f"buffercast-pull-v2-{parameters['fingerprint']}"
+    return f"buffercast-pull-v3-{parameters['fingerprint']}"
 
 
 @task(
@@ -66,21 +86,28 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     cache_key_fn=_pull_cache_key,
     persist_result=True,
 )
-def pull(cfg: BuffercastConfig, fingerprint: str | None) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
+def pull(cfg: BuffercastConfig, fingerprint: str | None) -> Pulled:
     """Read the sales history (whole, or incrementally through `input.cache_folder`: `flows.sales_cache`) and the SKU
-    master (retried: files may sit on a flaky mount or object store, a database may be unreachable for a moment).
-    Returns both raw tables and the sales rows fetched and taken from the cache.
+    master (retried: files may sit on a flaky mount or object store, a database may be unreachable for a moment),
+    and hand them on as Parquet files (`flows.publish.write_pulled`): the task's result, which Prefect stores, is
+    their folder and the sales rows fetched and taken from the cache, never the tables.
 
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
     """
     sales = pull_sales(cfg.input, cfg.as_of)
     get_run_logger().info(sales.note)
-    return sales.raw, read_sku_master(cfg.input, cfg.as_of), {"sales_fetched": sales.fetched, "sales_cached": sales.cached}
+    master = read_sku_master(cfg.input, cfg.as_of)
+    key = fingerprint if fingerprint is not None and cfg.input.cache_hours > 0 else "latest"
+    folder = publisher.write_pulled(cfg.output.folder, key, {"sales": sales.raw, "sku_master": master}, cfg.input.cache_hours)
+    return Pulled(str(folder), master is not None, {"sales_fetched": sales.fetched, "sales_cached": sales.cached})
 
 
 @task(cache_policy=NO_CACHE)
-def validate(cfg: BuffercastConfig, raw_sales: pl.DataFrame, raw_master: pl.DataFrame | None) -> Inputs:
+def validate(cfg: BuffercastConfig, pulled: Pulled) -> Inputs:
+    """The raw inputs the pull wrote, validated (`pipeline.contracts.validate_inputs`)."""
+    raw_sales, raw_master = pulled.tables(cfg)
     inputs = validate_inputs(cfg, raw_sales, raw_master, today=dt.date.today())
+    del raw_sales, raw_master
     logger = get_run_logger()
     logger.info("sales: %d rows read, %s", inputs.sales.rows_in, quarantine_summary(inputs.sales.quarantine))
     if inputs.master is not None:

@@ -14,10 +14,9 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from statsforecast import StatsForecast
 
 from evaluation import metrics as em
 from evaluation.metrics import in_row_order, quantile_name
@@ -252,9 +251,11 @@ def _flag_fallbacks(cv: pl.DataFrame, models: Sequence[str], fallback: str) -> p
     return _long(flags, [ID], models, "fell_back")
 
 
-def _statsforecast(models: Sequence[str], fallback: str, cfg: BuffercastConfig, spec: ModelSpec) -> StatsForecast:
+def _statsforecast(models: Sequence[str], fallback: str, cfg: BuffercastConfig, spec: ModelSpec) -> Any:
     """One process: the stage's parallelism is its own worker pool (`forecasting.workers`), never statsforecast's
     forked `multiprocessing.Pool`, which can deadlock under Prefect (see that module)."""
+    from statsforecast import StatsForecast  # here: the flow's process need not import it (see forecasting.models)
+
     sf_models, fallback_model = build_models(models, spec, fallback)
     return StatsForecast(models=sf_models, freq=POLARS_FREQ[cfg.frequency], n_jobs=1, fallback_model=fallback_model)
 

@@ -6,23 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from statsforecast.models import (
-    ADIDA,
-    IMAPA,
-    TSB,
-    AutoARIMA,
-    AutoETS,
-    AutoTheta,
-    CrostonClassic,
-    CrostonOptimized,
-    CrostonSBA,
-    HistoricAverage,
-    Naive,
-    SeasonalNaive,
-    Theta,
-    WindowAverage,
-)
-
 if TYPE_CHECKING:
     from configs.schema import BuffercastConfig
 
@@ -59,23 +42,27 @@ NATIVE_INTERVALS = frozenset({"AutoETS", "AutoTheta", "Theta", "AutoARIMA", "Sea
 
 def build_model(name: str, spec: ModelSpec, alias: str | None = None) -> Any:
     """One statsforecast model by its class name; `alias` names its output column."""
+    # statsforecast is imported here, not at the top: the flow's process only needs it when it forecasts in-process
+    # (the worker processes do the forecasting otherwise), and importing it costs seconds.
+    import statsforecast.models as sf
+
     alias = alias or name
     s = spec.season_length
     factories = {
-        "AutoETS": lambda: AutoETS(season_length=s, model=spec.ets_model, alias=alias),
-        "AutoTheta": lambda: AutoTheta(season_length=s, alias=alias),
-        "Theta": lambda: Theta(season_length=s, alias=alias),
-        "AutoARIMA": lambda: AutoARIMA(season_length=s, alias=alias),
-        "SeasonalNaive": lambda: SeasonalNaive(season_length=s, alias=alias),
-        "Naive": lambda: Naive(alias=alias),
-        "HistoricAverage": lambda: HistoricAverage(alias=alias),
-        "WindowAverage": lambda: WindowAverage(window_size=spec.window_size or s, alias=alias),
-        "CrostonClassic": lambda: CrostonClassic(alias=alias),
-        "CrostonSBA": lambda: CrostonSBA(alias=alias),
-        "CrostonOptimized": lambda: CrostonOptimized(alias=alias),
-        "TSB": lambda: TSB(alpha_d=spec.tsb_alpha_d, alpha_p=spec.tsb_alpha_p, alias=alias),
-        "ADIDA": lambda: ADIDA(alias=alias),
-        "IMAPA": lambda: IMAPA(alias=alias),
+        "AutoETS": lambda: sf.AutoETS(season_length=s, model=spec.ets_model, alias=alias),
+        "AutoTheta": lambda: sf.AutoTheta(season_length=s, alias=alias),
+        "Theta": lambda: sf.Theta(season_length=s, alias=alias),
+        "AutoARIMA": lambda: sf.AutoARIMA(season_length=s, alias=alias),
+        "SeasonalNaive": lambda: sf.SeasonalNaive(season_length=s, alias=alias),
+        "Naive": lambda: sf.Naive(alias=alias),
+        "HistoricAverage": lambda: sf.HistoricAverage(alias=alias),
+        "WindowAverage": lambda: sf.WindowAverage(window_size=spec.window_size or s, alias=alias),
+        "CrostonClassic": lambda: sf.CrostonClassic(alias=alias),
+        "CrostonSBA": lambda: sf.CrostonSBA(alias=alias),
+        "CrostonOptimized": lambda: sf.CrostonOptimized(alias=alias),
+        "TSB": lambda: sf.TSB(alpha_d=spec.tsb_alpha_d, alpha_p=spec.tsb_alpha_p, alias=alias),
+        "ADIDA": lambda: sf.ADIDA(alias=alias),
+        "IMAPA": lambda: sf.IMAPA(alias=alias),
     }
     try:
         return factories[name]()

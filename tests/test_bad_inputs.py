@@ -204,8 +204,11 @@ def _materialise(tmp: Path, case: Refused) -> list[str]:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    """Every published file's hash (the lock file a run takes is not an output)."""
-    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".buffercast.lock")
+    """Every published file's hash (the lock file a run takes and the raw inputs its pull hands on in `_pulled/` are
+    not outputs: docs/outputs.md)."""
+    files = (
+        p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".buffercast.lock" and p.relative_to(root).parts[0] != "_pulled"
+    )
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

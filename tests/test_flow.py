@@ -332,6 +332,21 @@ def test_rerun_is_deterministic_and_replaces_its_partition(default_run):
     assert not (out / "_staging").exists()
 
 
+def test_no_table_goes_through_prefects_result_store(default_run, small_catalogue):
+    """The pull hands the raw inputs on as Parquet files (`_pulled/`), its stored result is their folder: nothing in
+    Prefect's result store comes near the size of the sales history (it held the pickled tables before)."""
+    from prefect.settings import get_current_settings
+
+    cfg, _ = default_run
+    stored = [p for p in Path(get_current_settings().results.local_storage_path).rglob("*") if p.is_file()]
+    assert stored, "the pull's result was not persisted (its cache needs it)"
+    biggest = max(p.stat().st_size for p in stored)
+    assert biggest < min(64_000, small_catalogue["sales"].stat().st_size / 4), biggest
+    pulled = sorted((Path(cfg.output.folder) / "_pulled").glob("*/*.parquet"))
+    assert [p.name for p in pulled] == ["sales.parquet", "sku_master.parquet"]
+    assert pl.read_parquet(pulled[0]).height == pl.read_parquet(small_catalogue["sales"]).height
+
+
 def _task_states(flow_run_id: str) -> dict[str, str]:
     """Task name (without its run suffix) -> state name, for one flow run, read from the Prefect API."""
     from prefect.client.orchestration import get_client

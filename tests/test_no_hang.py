@@ -29,7 +29,7 @@ import polars as pl
 import psutil
 import pytest
 
-from flows.publish import LOCK_FILE
+from flows.publish import LOCK_FILE, PULLED
 from forecasting.workers import WorkerDied, map_in_order, worker_count, worker_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -155,11 +155,12 @@ def _until_empty(find, limit: float = 60.0) -> set[int]:
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """Every published file's hash and modification time (the lock file each run takes is not an output)."""
+    """Every published file's hash and modification time (the lock file each run takes and the raw inputs its pull
+    hands on in `_pulled/` are not outputs: docs/outputs.md)."""
     return {
         str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != LOCK_FILE
+        if p.is_file() and p.name != LOCK_FILE and p.relative_to(root).parts[0] != PULLED
     }
 
 
