@@ -87,6 +87,7 @@ bench: install
 	$(BIN)/python bench/evaluate_walmart.py
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/postgres_read.py
+	$(BIN)/python bench/scale.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)
 clean:
