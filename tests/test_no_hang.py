@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET_LIMIT_S = 300.0
-LOOPS = 5
+LOOPS = 3  # each loop opens, feeds and closes the stage's pool many times (chunks of 100 SKUs); 5 cost 50 s more of make test
 #: Cheap models: the stress is on opening, feeding and closing worker pools, not on fitting.
 CHEAP_MODELS = {
     "smooth": ["SeasonalNaive", "Naive", "HistoricAverage"],
