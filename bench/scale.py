@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,15 +40,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from profile_m5 import machine  # noqa: E402
-from ten_runs import free_port  # noqa: E402
+from ten_runs import children_cpu_s, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def children_cpu_s() -> float:
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
 
 
 class PeakPss:
@@ -82,30 +74,6 @@ class PeakPss:
         self._stop.set()
         self._thread.join()
         return self.peak_mb
-
-
-def start_prefect_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A Prefect server for the whole bench, in its own home; waits (up to 10 minutes) until it answers."""
-    import urllib.request
-
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = (folder / "prefect-server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"the Prefect server did not answer within 600 s; see {folder / 'prefect-server.log'}")
 
 
 def end_to_end(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
@@ -145,26 +113,21 @@ def statsforecast_parts(skus: int, folder: Path, subset_loop: int) -> dict[str, 
     return json.loads(out.read_text())
 
 
-def dask_scaling(skus: int) -> dict[str, Any]:
-    """The forecasting stage on a LocalCluster of 1, then 2 worker processes (one thread each): wall seconds."""
+def dask_scaling(skus: int, folder: Path) -> dict[str, Any]:
+    """The forecasting stage on a LocalCluster of 1, then 2 worker processes (one thread each): wall seconds, on the
+    panel `bench/forecast_speed.py`'s profile part builds (the same generated catalogue, validated and profiled)."""
     from distributed import Client, LocalCluster
+    from forecast_speed import Opts, _load, part_profile
 
     from configs.schema import load_config
-    from flows.sample_data import generate_catalogue
     from forecasting.backtest import backtest_and_forecast
-    from forecasting.inputs import forecast_inputs
-    from pipeline.contracts import validate_sales, validate_sku_master
-    from pipeline.stages import model_sets, profile_sales
-    from pipeline.tables import sales_as_of
+    from pipeline.stages import model_sets
 
     cfg = load_config()
-    raw_sales, raw_master = generate_catalogue(n_skus=skus, seed=7, n_days=730)  # as forecast_speed.py's profile part
-    today = max(dt.date.today(), raw_sales["date"].max())
-    sales = validate_sales(raw_sales, cfg.input.sales_columns, today=today, date_format=cfg.input.date_format)
-    master = validate_sku_master(raw_master, cfg.input.sku_master_columns)
-    used, as_of, _ = sales_as_of(cfg, sales.valid)
-    p = profile_sales(cfg, used, master.valid, as_of)
-    inputs = forecast_inputs(p.profiles, p.attrs, cfg)
+    o = Opts(skus, 730, 7, 0, 0, folder / f"dask-{skus}")
+    o.workdir.mkdir(parents=True, exist_ok=True)
+    part_profile(o, cfg)
+    panel, inputs = _load(o)
     result: dict[str, Any] = {"skus": skus}
     for workers in (1, 2):
         with (
@@ -172,7 +135,7 @@ def dask_scaling(skus: int) -> dict[str, Any]:
             Client(cluster, set_as_default=False) as client,
         ):
             t0 = time.perf_counter()
-            backtest_and_forecast(p.panel, inputs, model_sets(cfg), cfg, client.get_executor(pure=False), workers=workers)
+            backtest_and_forecast(panel, inputs, model_sets(cfg), cfg, client.get_executor(pure=False), workers=workers)
             result[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 1)
     result["speed_up_1_to_2"] = round(result["workers_1_s"] / result["workers_2_s"], 2)
     return result
@@ -186,36 +149,38 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args()
 
+    from flows.deploy import local_prefect_server
+
     folder = Path(tempfile.mkdtemp(prefix="buffercast-scale-"))
-    server, api_url = start_prefect_server(folder)
     rows = []
     try:
-        for skus in args.skus:
-            print(f"--- {skus:,} SKUs: end to end", flush=True)
-            e2e = end_to_end(skus, folder, api_url)
-            print(f"    {e2e}", flush=True)
-            print(f"--- {skus:,} SKUs: bare statsforecast calls and the statsmodels loop", flush=True)
-            parts = statsforecast_parts(skus, folder, args.subset_loop)
-            bare, loop = parts["parts"]["b"], parts["parts"]["d"]
-            row = {
-                "skus": skus,
-                "end_to_end": e2e,
-                "bare_statsforecast": {"wall_s": round(bare["seconds"], 1), "cpu_s": round(bare["cpu_seconds"], 1)},
-                "statsmodels_loop": {
-                    "subset_skus": loop["skus"],
-                    "cpu_s_subset": round(loop["cpu_seconds"], 1),
-                    "cpu_s_extrapolated": round(loop["cpu_seconds"] * skus / loop["skus"], 1),
-                },
-            }
-            row["cpu_over_bare_statsforecast"] = round(e2e["cpu_s"] / row["bare_statsforecast"]["cpu_s"], 2)
-            row["statsmodels_loop_cpu_over_end_to_end"] = round(row["statsmodels_loop"]["cpu_s_extrapolated"] / e2e["cpu_s"], 1)
-            rows.append(row)
-            print(f"    {row}", flush=True)
-        dask = dask_scaling(args.dask_skus) if args.dask_skus else None
+        with local_prefect_server(
+            free_port(), log_path=folder / "prefect-server.log", env={"PREFECT_HOME": str(folder / "prefect")}, timeout=600
+        ) as api_url:
+            for skus in args.skus:
+                print(f"--- {skus:,} SKUs: end to end", flush=True)
+                e2e = end_to_end(skus, folder, api_url)
+                print(f"    {e2e}", flush=True)
+                print(f"--- {skus:,} SKUs: bare statsforecast calls and the statsmodels loop", flush=True)
+                parts = statsforecast_parts(skus, folder, args.subset_loop)
+                bare, loop = parts["parts"]["b"], parts["parts"]["d"]
+                row = {
+                    "skus": skus,
+                    "end_to_end": e2e,
+                    "bare_statsforecast": {"wall_s": round(bare["seconds"], 1), "cpu_s": round(bare["cpu_seconds"], 1)},
+                    "statsmodels_loop": {
+                        "subset_skus": loop["skus"],
+                        "cpu_s_subset": round(loop["cpu_seconds"], 1),
+                        "cpu_s_extrapolated": round(loop["cpu_seconds"] * skus / loop["skus"], 1),
+                    },
+                }
+                row["cpu_over_bare_statsforecast"] = round(e2e["cpu_s"] / row["bare_statsforecast"]["cpu_s"], 2)
+                row["statsmodels_loop_cpu_over_end_to_end"] = round(row["statsmodels_loop"]["cpu_s_extrapolated"] / e2e["cpu_s"], 1)
+                rows.append(row)
+                print(f"    {row}", flush=True)
+        dask = dask_scaling(args.dask_skus, folder) if args.dask_skus else None
         print(f"--- Dask: {dask}", flush=True)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
     result = {
         "command": "python bench/scale.py " + " ".join(sys.argv[1:]),

@@ -165,6 +165,18 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
+def table_hashes(out: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every published table file under `out` (not buffercast's own `_`/`.` folders, nor the tables in
+    `skip`); reports and manifests carry run ids and times and are checked apart."""
+    import hashlib
+
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*.parquet"))
+        if not p.relative_to(out).parts[0].startswith(("_", ".", *skip))
+    }
+
+
 #: PostgreSQL 15's server programs (Debian's postgresql-15); BUFFERCAST_PG_BIN points elsewhere.
 PG_BIN = Path(os.environ.get("BUFFERCAST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 

@@ -4,12 +4,9 @@ whatever the chunk size."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import PATIENCE_S
+from tests.conftest import PATIENCE_S, table_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -22,14 +19,6 @@ def cluster():
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, timeout=PATIENCE_S
     ) as local_cluster:
         yield local_cluster
-
-
-def _tables(out: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.rglob("*.parquet"))
-        if not p.relative_to(out).parts[0].startswith(("_", "."))
-    }
 
 
 def _chunks_run_on(cluster) -> int:
@@ -56,7 +45,7 @@ def test_a_run_on_a_dask_cluster_publishes_what_a_local_run_does(cluster, small_
     result = plan_buffers(on_dask)
     assert result["skus"] == 30
     assert _chunks_run_on(cluster) >= 30 // 7  # the chunks ran there (each group in chunks of 7 SKUs at most)
-    assert _tables(tmp_path / "local") == _tables(tmp_path / "dask")
+    assert table_hashes(tmp_path / "local") == table_hashes(tmp_path / "dask")
 
 
 def test_an_unreachable_scheduler_fails_the_run_naming_it(small_catalogue, make_config, monkeypatch):

@@ -10,7 +10,6 @@ exactly the new ones; never a mix, and no staging litter.
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -28,7 +27,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.publish import JOURNAL, STAGING, PublishError, manifest_path, publish_tables, read_manifest
-from tests.conftest import END, PATIENCE_S
+from tests.conftest import END, PATIENCE_S, table_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -53,15 +52,6 @@ report = (new / "reports" / f"as_of={as_of}" / "report.html").read_text()
 run_id = "killed-at-" + os.environ["BUFFERCAST_PAUSE_AT"].replace(":", "-")
 publish_tables(out, as_of, run_id, tables, {"run_id": run_id}, {"report.html": report})
 """
-
-
-def _tables(out: Path) -> dict[str, str]:
-    """Hash of every published table partition (reports and manifests carry run ids and times: checked apart)."""
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.rglob("*.parquet"))
-        if not p.relative_to(out).parts[0].startswith(("_", "."))
-    }
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +109,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_kill_9_anywhere_then_recover_leaves_all_old_or_all_new(world, point, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(world["old"], out)
-    old_tables, new_tables = _tables(world["old"]), _tables(world["new"])
+    old_tables, new_tables = table_hashes(world["old"]), table_hashes(world["new"])
     assert old_tables.keys() == new_tables.keys() and old_tables != new_tables
     proc = _start_paused(world, out, point, tmp_path)
     if point == "after:forecast":
@@ -134,7 +124,7 @@ def test_kill_9_anywhere_then_recover_leaves_all_old_or_all_new(world, point, tm
     recovered = CliRunner().invoke(app, ["recover", "--out", str(out)])
     assert recovered.exit_code == 0, recovered.output
     expected = old_tables if point in BEFORE_JOURNAL else new_tables
-    assert _tables(out) == expected, f"killed at {point}: the tables are neither all old nor all new"
+    assert table_hashes(out) == expected, f"killed at {point}: the tables are neither all old nor all new"
     assert not (out / STAGING).exists(), "staging litter left behind"
     manifest = read_manifest(out, END)
     for name, entry in manifest["tables"].items():
@@ -155,7 +145,7 @@ def test_a_run_recovers_what_a_killed_run_left_before_it_computes(world, tmp_pat
     assert (out / STAGING / stages[1] / JOURNAL).exists() and not (out / STAGING / stages[0] / JOURNAL).exists()
     result = CliRunner().invoke(app, _run_args(world["root"], world["b"], out))
     assert result.exit_code == 0, result.output
-    assert _tables(out) == _tables(world["new"]) and not (out / STAGING).exists()
+    assert table_hashes(out) == table_hashes(world["new"]) and not (out / STAGING).exists()
 
 
 # ----------------------------------------------------------------------------------------------------------- full disk
@@ -180,7 +170,7 @@ def test_a_full_disk_names_the_file_and_leaves_the_previous_outputs(small_disk):
 
     small = {"recommendations": pl.DataFrame({"sku_id": ["a", "b"], "safety_stock_units": [1.0, 2.0]})}
     publish_tables(small_disk, END, "r1", small, {"run_id": "r1"})
-    before = _tables(small_disk)
+    before = table_hashes(small_disk)
     rng = np.random.default_rng(0)
     big = {
         "recommendations": pl.DataFrame({"sku_id": ["c"], "safety_stock_units": [3.0]}),
@@ -191,7 +181,7 @@ def test_a_full_disk_names_the_file_and_leaves_the_previous_outputs(small_disk):
     message = str(info.value)
     assert "no space left on the device" in message and "forecasts/as_of=" in message and "part-0.parquet" in message, message
     assert "previous outputs are untouched" in message
-    assert _tables(small_disk) == before
+    assert table_hashes(small_disk) == before
     assert json.loads(manifest_path(small_disk, END).read_text())["run_id"] == "r1"
     assert not (small_disk / STAGING).exists()
 
