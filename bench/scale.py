@@ -76,15 +76,19 @@ class PeakPss:
         return self.peak_mb
 
 
-def end_to_end(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
+def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None = None) -> dict[str, Any]:
     data = folder / f"data-{skus}"
-    subprocess.run(
-        [str(BIN / "buffercast"), "sample-data", "--out", str(data), "--skus", str(skus), "--seed", "7"], check=True, capture_output=True
-    )
+    if not data.exists():
+        generate = [str(BIN / "buffercast"), "sample-data", "--out", str(data), "--skus", str(skus), "--seed", "7"]
+        subprocess.run(generate, check=True, capture_output=True)
     cmd = [
         str(BIN / "buffercast"), "run", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
         "--out", str(folder / f"out-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-{skus}.db'}",
     ]  # fmt: skip
+    if partition_skus is not None:  # else the config's default (partitions.skus)
+        config = folder / f"partitions-{partition_skus}.yaml"
+        config.write_text(f"partitions:\n  skus: {partition_skus}\n")
+        cmd += ["--config", str(config)]
     env = os.environ | {"PREFECT_API_URL": api_url}
     log = folder / f"run-{skus}.log"
     t0, cpu0 = time.perf_counter(), children_cpu_s()
@@ -98,8 +102,9 @@ def end_to_end(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
         raise RuntimeError(f"buffercast run at {skus} SKUs failed ({code}): {log.read_text()[-2000:]}")
     manifest = next((folder / f"out-{skus}").rglob("manifest.json"))
     planned = json.loads(manifest.read_text())["tables"]["recommendations"]["rows"]
+    shutil.rmtree(folder / f"out-{skus}", ignore_errors=True)  # the next measure at this size starts from an empty folder
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak), "skus_planned": planned,
-            "skus_per_s": round(skus / wall, 1)}  # fmt: skip
+            "skus_per_s": round(skus / wall, 1), "partition_skus": partition_skus}  # fmt: skip
 
 
 def statsforecast_parts(skus: int, folder: Path, subset_loop: int) -> dict[str, Any]:
@@ -147,6 +152,10 @@ def main() -> int:
     parser.add_argument("--subset-loop", type=int, default=100, help="SKUs of the statsmodels loop, extrapolated (default 100)")
     parser.add_argument("--dask-skus", type=int, default=2_000, help="SKUs of the Dask 1-vs-2-workers measure (0: skip)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument(
+        "--partition-skus", type=int, nargs="*", default=[], help="also run end to end at these partition sizes (memory against size)"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="end to end only: no bare statsforecast, no statsmodels loop")
     args = parser.parse_args()
 
     from flows.deploy import local_prefect_server
@@ -161,12 +170,18 @@ def main() -> int:
                 print(f"--- {skus:,} SKUs: end to end", flush=True)
                 e2e = end_to_end(skus, folder, api_url)
                 print(f"    {e2e}", flush=True)
+                row = {"skus": skus, "end_to_end": e2e}
+                for size in args.partition_skus:
+                    print(f"--- {skus:,} SKUs: end to end in partitions of {size:,}", flush=True)
+                    row.setdefault("end_to_end_by_partition_size", []).append(end_to_end(skus, folder, api_url, size))
+                    print(f"    {row['end_to_end_by_partition_size'][-1]}", flush=True)
+                if args.no_baselines:
+                    rows.append(row)
+                    continue
                 print(f"--- {skus:,} SKUs: bare statsforecast calls and the statsmodels loop", flush=True)
                 parts = statsforecast_parts(skus, folder, args.subset_loop)
                 bare, loop = parts["parts"]["b"], parts["parts"]["d"]
-                row = {
-                    "skus": skus,
-                    "end_to_end": e2e,
+                row |= {
                     "bare_statsforecast": {"wall_s": round(bare["seconds"], 1), "cpu_s": round(bare["cpu_seconds"], 1)},
                     "statsmodels_loop": {
                         "subset_skus": loop["skus"],
@@ -196,8 +211,11 @@ def main() -> int:
         e = r["end_to_end"]
         print(
             f"{r['skus']:>8,} {e['wall_s']:>8} {e['cpu_s']:>8} {e['peak_pss_mb']:>12} {e['skus_per_s']:>8} "
-            f"{r['cpu_over_bare_statsforecast']:>12} {r.get('statsmodels_loop_cpu_over_end_to_end', '-'):>10}"
+            f"{r.get('cpu_over_bare_statsforecast', '-'):>12} {r.get('statsmodels_loop_cpu_over_end_to_end', '-'):>10}"
         )
+        for e in r.get("end_to_end_by_partition_size", []):
+            size = f"partitions of {e['partition_skus']:,}"
+            print(f"{'':>8} {e['wall_s']:>8} {e['cpu_s']:>8} {e['peak_pss_mb']:>12} {e['skus_per_s']:>8}  {size}")
     print(f"wrote {args.out}")
     return 0
 

@@ -337,6 +337,14 @@ class BacktestConfig(_Strict):
         return v
 
 
+class PartitionConfig(_Strict):
+    """The run over partitions of SKUs (docs/operations.md, "Large catalogues"): every stage holds one partition's
+    demand at a time; what ranks or fits over the whole catalogue (ABC, calibration, the scenario totals) runs once
+    between two passes. The outputs do not depend on the partition size."""
+
+    skus: int = Field(5000, ge=1, description="Series (SKU x location) per partition: smaller bounds memory, larger costs less.")
+
+
 ServiceMeasure = Literal["cycle", "fill_rate"]
 
 
@@ -638,6 +646,7 @@ class BuffercastConfig(_Strict):
     abc: AbcConfig = Field(AbcConfig(), description="ABC value class.")
     models: ModelsConfig = Field(ModelsConfig(), description="Forecasting models.")
     backtest: BacktestConfig = Field(BacktestConfig(), description="Model selection and forecast error.")
+    partitions: PartitionConfig = Field(PartitionConfig(), description="Stages over partitions of SKUs.")
     service_levels: ServiceLevelConfig = Field(ServiceLevelConfig(), description="Target service levels.")
     policy: PolicyConfig = Field(PolicyConfig(), description="Stocking policy per SKU.")
     defaults: DefaultsConfig = Field(DefaultsConfig(), description="SKU master values for SKUs it lacks.")

@@ -53,35 +53,83 @@ class HeldOut:
     dates: list  # the period of each column (the same calendar for every SKU)
 
 
-def held_out_demand(panel: pl.DataFrame, plan: pl.DataFrame) -> HeldOut:
-    """Each SKU's backtest span of demand, right-aligned, NaN before it.
+@dataclass(frozen=True)
+class HeldOutCalendar:
+    """What the held-out matrix of every SKU shares, whichever SKUs are in it: the longest backtest span (what a SKU
+    without a backtest replays, at most its history), the periods of the columns (oldest first; the width is their
+    number) and the periods every SKU has held-out demand for (a scenario's start counts from the first of them).
 
-    `plan`: unique_id, backtested, windows, step, bucket (forecasting's plan).
-    """
-    spans = plan.select(
+    Computed once over the whole catalogue (`held_out_calendar`), it makes a SKU's replay (its lead-time draws are
+    indexed by column) the same in a partition of SKUs as in the whole run."""
+
+    longest: int | None
+    dates: list
+    common: int
+
+
+def held_out_spans(plan: pl.DataFrame) -> pl.DataFrame:
+    """unique_id, span: the periods each SKU's backtest windows cover ((windows - 1) x step + bucket); null without
+    a backtest. `plan`: unique_id, backtested, windows, step, bucket (forecasting's plan)."""
+    return plan.select(
         ID,
         span=pl.when(pl.col("backtested")).then((pl.col("windows") - 1) * pl.col("step") + pl.col("bucket")).otherwise(None),
     )
+
+
+def held_out_calendar(plan: pl.DataFrame, lengths: pl.DataFrame, dates: Sequence) -> HeldOutCalendar:
+    """The calendar of the whole catalogue. `plan`: forecasting's plan of every SKU; `lengths`: unique_id, periods
+    (the periods of each SKU's demand panel); `dates`: every period of the panel (any order, repeats allowed).
+
+    Every row of the matrix ends on the as-of date, so column j is the same calendar period for every SKU: the
+    columns are the last `width` periods, width the longest replayed span."""
+    spans = held_out_spans(plan)
+    longest = spans["span"].max()
+    replayed = spans.join(lengths, on=ID, how="inner").select(
+        pl.min_horizontal(pl.col("span").fill_null(longest if longest is not None else pl.col("periods")), pl.col("periods"))
+    )
+    replayed = replayed.to_series().filter(replayed.to_series() > 0)
+    width = int(replayed.max() or 0)
+    periods = sorted(set(dates))
+    return HeldOutCalendar(
+        int(longest) if longest is not None else None,
+        periods[len(periods) - width :] if width else [],
+        int(replayed.min() or 0),
+    )
+
+
+def panel_calendar(panel: pl.DataFrame, plan: pl.DataFrame) -> HeldOutCalendar:
+    """`held_out_calendar` of one panel holding every SKU of `plan` (a run in one piece)."""
+    lengths = panel.group_by(ID).agg(periods=pl.len().cast(pl.Int64))
+    return held_out_calendar(plan, lengths, panel["ds"].unique().to_list())
+
+
+def held_out_demand(panel: pl.DataFrame, plan: pl.DataFrame, calendar: HeldOutCalendar | None = None) -> HeldOut:
+    """Each SKU's backtest span of demand, right-aligned, NaN before it.
+
+    `plan`: unique_id, backtested, windows, step, bucket (forecasting's plan). `calendar`: the whole catalogue's
+    (`held_out_calendar`) when `panel` and `plan` hold a partition of its SKUs; by default `panel`'s own.
+    """
+    calendar = calendar if calendar is not None else panel_calendar(panel, plan)
+    width = len(calendar.dates)
     # Every row ends on the as-of date: column j is the same calendar period for all SKUs, so a scenario's window
     # hits them all at once. A SKU without a backtest replays its last periods, at most the longest backtest span.
-    longest = spans["span"].max()
     rows = (
-        panel.join(spans, on=ID, how="inner")
+        panel.join(held_out_spans(plan), on=ID, how="inner")
         .sort(ID, "ds")
         .with_columns(_from_end=pl.int_range(pl.len(), 0, -1).over(ID))  # n .. 1: 1 is the last period
         .with_columns(
-            span=pl.min_horizontal(pl.col("span").fill_null(longest if longest is not None else pl.len().over(ID)), pl.len().over(ID))
+            span=pl.min_horizontal(
+                pl.col("span").fill_null(calendar.longest if calendar.longest is not None else pl.len().over(ID)), pl.len().over(ID)
+            )
         )
         .filter(pl.col("_from_end") <= pl.col("span"))
     )
     ids = rows[ID].unique(maintain_order=True).to_list()
-    width = int(rows["span"].max() or 0)
     demand = np.full((len(ids), width), np.nan)
     row_index = rows.select(pl.col(ID).rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
     col_index = width - rows["_from_end"].to_numpy()
     demand[row_index, col_index] = rows["y"].to_numpy()
-    calendar = rows.group_by("_from_end").agg(pl.col("ds").first()).sort("_from_end", descending=True)
-    return HeldOut(ids, demand, calendar["ds"].to_list())
+    return HeldOut(ids, demand, list(calendar.dates))
 
 
 def out_of_window_sigma_ratios(cv: pl.DataFrame, plan: pl.DataFrame) -> pl.DataFrame:
@@ -174,7 +222,13 @@ def _inputs(recs: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
 
 
 def simulate_recommendations(
-    recs: pl.DataFrame, panel: pl.DataFrame, plan: pl.DataFrame, *, seed: int, cv: pl.DataFrame | None = None
+    recs: pl.DataFrame,
+    panel: pl.DataFrame,
+    plan: pl.DataFrame,
+    *,
+    seed: int,
+    cv: pl.DataFrame | None = None,
+    calendar: HeldOutCalendar | None = None,
 ) -> pl.DataFrame:
     """Per SKU: the recommended (R, S) policy replayed over its held-out demand (`evaluation.simulate`).
 
@@ -182,9 +236,10 @@ def simulate_recommendations(
     the buffer (`forecast_levels`): the policy as it would have run. Without, the published level throughout.
     `recs`: unique_id, order_up_to_units, review_lead_time_demand, review_periods, lead_time_periods and the
     lead-time std (lead_time_std_periods, or lead_time_std_days with lead_time_days).
+    `calendar`: the whole catalogue's when `panel` holds a partition of it (`held_out_demand`).
     Returns unique_id and the simulation's columns (simulated_cycle_service_level, simulated_fill_rate, ...).
     """
-    held = held_out_demand(panel, plan)
+    held = held_out_demand(panel, plan, calendar)
     x = _inputs(recs, held.ids)
     levels = x["order_up_to_units"].to_numpy() if cv is None else forecast_levels(held, recs, cv, "order_up_to_units")
     result = simulate_order_up_to(
@@ -214,14 +269,36 @@ def stress_test(
     per year. Common random numbers: every scenario and policy sees the same lead-time draws per SKU.
 
     `recs`: the columns of `simulate_recommendations` plus unit_cost, supplier_id and the three POLICY_LEVELS.
+    The two steps of a run over partitions of SKUs: `stress_outcomes` (per SKU) and `stress_summary` (over all).
     """
-    held = held_out_demand(panel, plan)
+    return stress_summary(stress_outcomes(recs, panel, plan, scenarios, seed=seed, cv=cv), scenarios, holding_rate=holding_rate)
+
+
+#: The per-SKU outcome columns of `stress_outcomes`, in its row order within each scenario and policy.
+OUTCOMES = ("hit", "cycle_service_level", "units_short", "demand_total", "stockout_periods", "on_hand_value", "order_up_to_value")
+
+
+def stress_outcomes(
+    recs: pl.DataFrame,
+    panel: pl.DataFrame,
+    plan: pl.DataFrame,
+    scenarios: Sequence[Scenario],
+    *,
+    seed: int,
+    cv: pl.DataFrame | None = None,
+    calendar: HeldOutCalendar | None = None,
+) -> pl.DataFrame:
+    """Each SKU's replay under each scenario and policy: scenario, kind, policy, unique_id and `OUTCOMES` (the
+    average on-hand and the order-up-to level in value, at the SKU's unit cost), in scenario, policy and SKU order.
+    `calendar`: the whole catalogue's when `panel` holds a partition of it (`held_out_demand`): a SKU's outcomes are
+    then the same whichever partition it is in."""
+    held = held_out_demand(panel, plan, calendar)
+    calendar = calendar if calendar is not None else panel_calendar(panel, plan)
     ids, demand = held.ids, held.demand
     x = _inputs(recs, ids)
     n, width = demand.shape
     # A scenario's start counts from the first period every SKU has held-out demand for (rows are right-aligned).
-    valid = np.isfinite(demand).sum(axis=1)
-    offset = width - int(valid[valid > 0].min()) if (valid > 0).any() else 0
+    offset = width - calendar.common
     common = {
         "review_periods": x["review_periods"].round(0).clip(1, None).cast(pl.Int64).to_numpy(),
         "lead_time_mean": x["lead_time_periods"].to_numpy(),
@@ -248,26 +325,59 @@ def stress_test(
             scenario_demand = demand_spike(demand, min(offset + sc.start, width), sc.periods, sc.factor, rows=hit)
         elif sc.kind != "baseline":
             raise ValueError(f"scenario {sc.name!r}: unknown kind {sc.kind!r} (baseline, lead_time, outage, demand_spike)")
+        hit_mask = np.zeros(n, dtype=bool)
+        hit_mask[hit] = True
         for policy, column in POLICY_LEVELS.items():
             r = simulate_order_up_to(scenario_demand, order_up_to=varying[column], **common, **kwargs)
-            total = float(np.nansum(r.demand_total))
-            on_hand_value = float(np.nansum(r.average_on_hand * unit_cost))
+            out.append(
+                pl.DataFrame(
+                    {
+                        "scenario": [sc.name] * n,
+                        "kind": [sc.kind] * n,
+                        "policy": [policy] * n,
+                        ID: ids,
+                        "hit": hit_mask,
+                        "cycle_service_level": r.cycle_service_level,
+                        "units_short": r.units_short,
+                        "demand_total": r.demand_total,
+                        "stockout_periods": r.stockout_periods,
+                        "on_hand_value": r.average_on_hand * unit_cost,
+                        "order_up_to_value": levels[column] * unit_cost,
+                    },
+                    schema_overrides={"scenario": pl.String, "kind": pl.String, "policy": pl.String, ID: pl.String},
+                    nan_to_null=False,
+                )
+            )
+    schema = {"scenario": pl.String, "kind": pl.String, "policy": pl.String, ID: pl.String}
+    return pl.concat(out, how="vertical_relaxed") if out else pl.DataFrame(schema=schema)
+
+
+def stress_summary(outcomes: pl.DataFrame, scenarios: Sequence[Scenario], *, holding_rate: float) -> pl.DataFrame:
+    """The `stress_test` table from the per-SKU `stress_outcomes` of every SKU (the parts of a run over partitions of
+    SKUs concatenated in SKU order: each sum is then over the same numbers in the same order as in one piece)."""
+    out = []
+    for sc in scenarios:
+        for policy in POLICY_LEVELS:
+            group = outcomes.filter(pl.col("scenario") == sc.name, pl.col("policy") == policy) if outcomes.height else outcomes
+            v = {c: group[c].to_numpy() if c in group.columns else np.array([]) for c in OUTCOMES}
+            total = float(np.nansum(v["demand_total"]))
+            on_hand_value = float(np.nansum(v["on_hand_value"]))
             out.append(
                 {
                     "scenario": sc.name,
                     "kind": sc.kind,
                     "policy": policy,
-                    "skus": n,
-                    "skus_hit": len(hit),
-                    "simulated_cycle_service_level": float(np.nanmean(r.cycle_service_level))
-                    if np.isfinite(r.cycle_service_level).any()
+                    "skus": group.height,
+                    "skus_hit": int(v["hit"].sum()),
+                    "simulated_cycle_service_level": float(np.nanmean(v["cycle_service_level"]))
+                    if np.isfinite(v["cycle_service_level"]).any()
                     else None,
-                    "simulated_fill_rate": 1.0 - float(np.nansum(r.units_short)) / total if total > 0 else None,
-                    "stockout_periods": int(np.nansum(r.stockout_periods)),
-                    "units_short": float(np.nansum(r.units_short)),
+                    "simulated_fill_rate": 1.0 - float(np.nansum(v["units_short"])) / total if total > 0 else None,
+                    "stockout_periods": int(np.nansum(v["stockout_periods"])),
+                    "units_short": float(np.nansum(v["units_short"])),
                     "average_inventory_value": on_hand_value,
                     "holding_cost_per_year": on_hand_value * holding_rate,
-                    "order_up_to_value": float(np.nansum(levels[column] * unit_cost)),
+                    "order_up_to_value": float(np.nansum(v["order_up_to_value"])),
                 }
             )
     # Typed even when every value is null (no SKU had held-out demand: one day of history, say).

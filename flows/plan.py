@@ -73,17 +73,27 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
     sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
 
     master = inputs.master.valid if inputs.master else None
-    p = timed("profile", t.profile, profile)(cfg, sales, master, as_of)
-    fc = timed("forecast", t.forecast, forecast)(cfg, p)
-    recs, stress, calibration = timed("recommend", t.recommend, recommend_buffers)(cfg, as_of, p, fc)
-    tables = published_tables(cfg, as_of, p, fc, recs, stress, calibration, inputs)
+    run_id = uuid.uuid4().hex
+    with publisher.work_store(cfg.output.folder, run_id) as store:
+        return _plan_partitions(cfg, logger, pulled, inputs, sales, master, as_of, rows_after_as_of, run_id, store)
+
+
+def _plan_partitions(
+    cfg: BuffercastConfig, logger: Any, pulled: Any, inputs: Any, sales: Any, master: Any, as_of: dt.date, rows_after_as_of: int,
+    run_id: str, store: Any,
+) -> dict[str, Any]:  # fmt: skip
+    t = cfg.timeouts
+    pp = timed("profile", t.profile, profile)(cfg, sales, master, as_of, store)
+    fp = timed("forecast", t.forecast, forecast)(cfg, pp)
+    rec = timed("recommend", t.recommend, recommend_buffers)(cfg, as_of, pp, fp)
+    recs = rec.recommendations
+    tables = published_tables(as_of, rec.tables, rec.scenarios, rec.calibration, rec.pinball, inputs)
     previous, changes = previous_changes(cfg, as_of, recs)
     tables["changes"] = validate_output("changes", changes)
 
-    run_id = uuid.uuid4().hex
     prefect_run_id = str(flow_run.get_id() or "")
     n_rows = input_rows(inputs, sales.height, rows_after_as_of, pulled.counts)
-    summary = run_summary(recs) | {"series_not_planned": p.left_out.height, "changes": change_counts(changes)}
+    summary = run_summary(recs) | {"series_not_planned": pp.left_out.height, "changes": change_counts(changes)}
 
     # Tracking starts before publishing (its run id goes into the manifest); if the server is down, the outputs
     # are still published and the run fails afterwards, saying where they are.
@@ -102,7 +112,7 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
         run_id=run_id,
         as_of=as_of,
         n_rows=n_rows,
-        p=p,
+        left_out=pp.left_out,
         last_date=inputs.sales.valid["date"].max(),
         previous=previous,
         summary=summary,
@@ -113,7 +123,9 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
         # The report is for people: if it cannot be drawn, the tables are still published and the run says so.
         try:
             evaluation = latest_evaluation(cfg, as_of)
-            pngs, report = planner_report(cfg, p, tables, summary, changes if previous else None, manifest, calibration, evaluation)
+            pngs, report = planner_report(
+                cfg, pp.history(), tables, summary, changes if previous else None, manifest, rec.calibration, evaluation
+            )
         except Exception as exc:
             logger.warning("the report could not be rendered (%s: %s); publishing the tables without it", type(exc).__name__, exc)
             pngs, report = {}, None

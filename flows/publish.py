@@ -51,6 +51,9 @@ LOCK_FILE = ".buffercast.lock"
 #: <output folder>/_pulled/<key>/: the raw inputs as the pull read them, handed to the validation as files (never
 #: through Prefect's result store, which would pickle and base64 the whole sales history).
 PULLED = "_pulled"
+#: <output folder>/_work/<run id>/: each partition's frames between a run's stages (`ParquetStore`), removed when the
+#: run ends; what a killed run left there is removed by the next one (`recover`).
+WORK = "_work"
 
 
 class PublishError(RuntimeError):
@@ -263,6 +266,12 @@ def recover(root: str | Path) -> list[str]:
     root = Path(root).resolve()
     staging = root / STAGING
     done: list[str] = []
+    work = root / WORK
+    if work.is_dir():
+        for left in sorted(work.iterdir()):
+            shutil.rmtree(left, ignore_errors=True)
+            done.append(f"removed the work folder of run {left.name}, which did not finish")
+        _remove_if_empty(work)
     if not staging.is_dir():
         return done
     for stage in sorted(p for p in staging.iterdir() if p.is_dir()):
@@ -338,6 +347,42 @@ def write_pulled(root: str | Path, key: str, tables: Mapping[str, pl.DataFrame |
         if other.name != key and other.stat().st_mtime < cutoff:
             shutil.rmtree(other, ignore_errors=True)
     return target
+
+
+class ParquetStore:
+    """A `pipeline.partitioned.PartitionStore` on disk: partition i's frame `name` in
+    `<folder>/part-<i>/<name>.parquet`. A full disk is a PublishError naming the file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, part: int, name: str) -> Path:
+        return self.folder / f"part-{part:05d}" / f"{name}.parquet"
+
+    def put(self, part: int, name: str, frame: pl.DataFrame) -> None:
+        path = self._path(part, name)
+        with _naming_the_file() as writing:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(writing(path), compression="lz4", statistics=False)
+
+    def get(self, part: int, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self._path(part, name))
+
+    def scan(self, name: str, parts: int) -> pl.LazyFrame:
+        return pl.scan_parquet([self._path(i, name) for i in range(parts)])
+
+
+@contextlib.contextmanager
+def work_store(root: str | Path, run_id: str) -> Iterator[ParquetStore]:
+    """The run's `ParquetStore` in `<root>/_work/<run_id>/`, removed when the block ends (a killed run's is removed
+    by the next run's `recover`)."""
+    folder = Path(root).resolve() / WORK / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield ParquetStore(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _remove_if_empty(folder.parent)
 
 
 def pause_point(name: str) -> None:

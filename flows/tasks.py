@@ -20,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment
 from prefect.task_engine import TaskRunTimeoutError
 
-from buffers.calibration import Calibration
 from buffers.drift import REQUIRED as DRIFT_COLUMNS
 from buffers.drift import compare_runs
 from configs.schema import BuffercastConfig
@@ -29,11 +28,10 @@ from flows.cluster import dask_pool
 from flows.sales_cache import pull_sales
 from flows.sources import read_sku_master
 from flows.tracking import Tracker
-from forecasting.backtest import ForecastResult
 from forecasting.workers import WorkerDied
 from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, InputError, Inputs, json_schema_text, quarantine_summary, validate_inputs
+from pipeline.partitioned import ForecastParts, PartitionStore, ProfiledParts, Recommended, forecast_parts, profile_parts, recommend_parts
 from pipeline.report import plan_summary_markdown, top_buffers_rows
-from pipeline.stages import Profiled, forecast_stage, profile_sales, recommend_stage
 from pipeline.tables import reasons_table, summary_metrics
 
 REPORT_FILE = "report.html"
@@ -116,34 +114,39 @@ def validate(cfg: BuffercastConfig, pulled: Pulled) -> Inputs:
 
 
 @task(cache_policy=NO_CACHE)
-def profile(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
-    """Calendar, SKU attributes and every demand feature per series (`pipeline.stages.profile_sales`)."""
-    p = profile_sales(cfg, sales, master, as_of)
-    if p.left_out.height:
-        get_run_logger().warning(
+def profile(
+    cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, store: PartitionStore
+) -> ProfiledParts:
+    """Calendar, SKU attributes and every demand feature per series, per partition of SKUs
+    (`pipeline.partitioned.profile_parts`; the partitions' panels go to `store`)."""
+    logger = get_run_logger()
+    pp = profile_parts(cfg, sales, master, as_of, store, progress=logger.info)
+    if pp.left_out.height:
+        logger.warning(
             "%d series have no positive sale up to the last complete period and are not planned, e.g. %s",
-            p.left_out.height,
-            ", ".join(p.left_out["sku_id"].head(5)),
+            pp.left_out.height,
+            ", ".join(pp.left_out["sku_id"].head(5)),
         )
-    return p
+    return pp
 
 
 @task(cache_policy=NO_CACHE)
-def forecast(cfg: BuffercastConfig, p: Profiled) -> ForecastResult:
+def forecast(cfg: BuffercastConfig, pp: ProfiledParts) -> ForecastParts:
+    """Backtest, select and forecast every series, partition by partition (`pipeline.partitioned.forecast_parts`), on
+    local worker processes or the Dask cluster of `backtest.dask_scheduler`."""
     logger = get_run_logger()
     if cfg.backtest.dask_scheduler is None:
-        return forecast_stage(cfg, p, progress=logger.info)
+        return forecast_parts(cfg, pp, progress=logger.info)
     with dask_pool(cfg.backtest.dask_scheduler) as (pool, workers):
         logger.info("forecasting on the Dask cluster at %s (%d worker threads)", cfg.backtest.dask_scheduler, workers)
-        return forecast_stage(cfg, p, progress=logger.info, pool=pool, workers=workers)
+        return forecast_parts(cfg, pp, progress=logger.info, pool=pool, workers=workers)
 
 
 @task(cache_policy=NO_CACHE)
-def recommend_buffers(
-    cfg: BuffercastConfig, as_of: dt.date, p: Profiled, fc: ForecastResult
-) -> tuple[pl.DataFrame, pl.DataFrame, Calibration | None]:
-    """The recommendations (calibrated, simulated over the held-out demand), the stress test and the calibration."""
-    return recommend_stage(cfg, as_of, p, fc)
+def recommend_buffers(cfg: BuffercastConfig, as_of: dt.date, pp: ProfiledParts, fp: ForecastParts) -> Recommended:
+    """The recommendations (calibrated, simulated over the held-out demand), the stress test, the calibration and the
+    per-SKU tables (`pipeline.partitioned.recommend_parts`)."""
+    return recommend_parts(cfg, as_of, pp, fp, progress=get_run_logger().info)
 
 
 class StageTimeout(TimeoutError):

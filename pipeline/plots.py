@@ -221,7 +221,7 @@ def error_distribution_figure(backtest_metrics: pl.DataFrame) -> Figure:
 
 
 def forecast_vs_actual_figure(
-    history: pl.DataFrame,
+    history: pl.DataFrame | pl.LazyFrame,
     forecasts: pl.DataFrame,
     recommendations: pl.DataFrame,
     n: int = 12,
@@ -235,6 +235,7 @@ def forecast_vs_actual_figure(
       `quantity` (units per period, e.g. the flow's demand panel; rows with the same key and date are summed). The last
       `last_periods` dates of the whole frame are drawn; a date of that window missing from a series after its first
       row counts as zero demand (so raw daily sales work too; coarser raw data should be bucketed into periods first).
+      A LazyFrame is read for the plotted series and the dates only.
     - `forecasts`: the `forecasts` table: `sku_id`, `location_id`, `date`, `forecast` (units per period); optional
       quantile columns `q50`, `q90`, `q95`, `q99` are drawn as nested bands when present.
     - `recommendations`: `sku_id`, `location_id`, `policy`, `model`, `safety_stock_value`, `safety_stock_units`,
@@ -256,14 +257,17 @@ def forecast_vs_actual_figure(
     keys = top.select(KEY)
     # The window is the last `last_periods` dates of the whole history (not of each series), and a date of that window
     # missing from a series after its first sale is zero demand: raw sales without explicit zeros draw like the panel.
+    history = history.lazy()
+    if "location_id" not in history.collect_schema().names():
+        history = history.with_columns(location_id=pl.lit(None, dtype=pl.String))
     selected = (
-        _with_location(history)
-        .with_columns(pl.col("location_id").cast(pl.String))
-        .join(keys, on=list(KEY), how="semi", nulls_equal=True)
+        history.with_columns(pl.col("location_id").cast(pl.String))
+        .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
         .group_by(*KEY, "date")
         .agg(pl.col("quantity").sum())
+        .collect()
     )
-    window = history.select(pl.col("date").unique().sort().tail(last_periods))
+    window = history.select(pl.col("date").unique().sort().tail(last_periods)).collect()
     grid = (
         selected.group_by(KEY)
         .agg(first=pl.col("date").min())

@@ -33,7 +33,6 @@ from pipeline.plots import (
     service_level_figure,
     tradeoff_figure,
 )
-from pipeline.stages import Profiled
 
 TOP_N = 20
 PERIOD_NAMES = {"D": "a day", "W": "a week", "M": "a month"}
@@ -596,7 +595,7 @@ def report_figures(
 
 def planner_report(
     cfg: BuffercastConfig,
-    p: Profiled,
+    history: pl.DataFrame | pl.LazyFrame,
     tables: dict[str, pl.DataFrame],
     summary: dict[str, Any],
     changes: pl.DataFrame | None,
@@ -604,9 +603,10 @@ def planner_report(
     calibration: Calibration | None = None,
     evaluation: tuple[dt.date, pl.DataFrame] | None = None,
 ) -> tuple[dict[str, bytes], str]:
-    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report; `evaluation`: the latest published
-    evaluation (its last origin, the table), shown with its trade-off curves."""
-    history = p.demand.join(p.keys, on="unique_id").select("sku_id", "location_id", date="ds", quantity="y")
+    """The plots (PNG bytes, for the report and MLflow alike) and the HTML report. `history`: the demand as sold per
+    series and period (sku_id, location_id, date, quantity), a LazyFrame for a large catalogue (only the plotted
+    series are read); `evaluation`: the latest published evaluation (its last origin, the table), shown with its
+    trade-off curves."""
     figures = report_figures(
         recommendations=tables["recommendations"],
         backtest_metrics=tables["backtest_metrics"],

@@ -18,12 +18,12 @@ from buffers.calibration import Calibration, fit_calibration, model_family
 from buffers.lead_time_demand import bootstrap_window_coverage
 from buffers.recommend import recommend
 from configs.schema import BuffercastConfig
-from evaluation.replay import Scenario, simulate_recommendations, stress_test
+from evaluation.replay import HeldOutCalendar, Scenario, simulate_recommendations, stress_outcomes, stress_summary
 from evaluation.windows import LEAD_TIME, window_demand, window_errors
 from features.attributes import sku_attributes
-from features.calendar import series_keys, to_periods
+from features.calendar import detect_input_grain, series_keys, to_periods
 from features.outliers import cap_outliers
-from features.profile import build_profiles
+from features.profile import sku_profiles, with_abc_classes
 from features.sbc import DEMAND_CLASSES
 from features.xyz import sku_volatility
 from forecasting.backtest import ForecastResult, backtest_and_forecast
@@ -45,24 +45,44 @@ class Profiled:
 
 
 def profile_sales(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date) -> Profiled:
-    """Calendar, SKU attributes and every demand feature per series.
+    """Calendar, SKU attributes and every demand feature per series: `profile_partition` of every series, then the
+    whole-catalogue ABC classes (`features.profile.with_abc_classes`).
 
     A series is left out when it has no positive sale up to the last complete period (only zero quantities,
     or a first sale inside a week or month the as-of date cuts short): there is no demand to plan from.
     """
-    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start, input_grain=cfg.input.grain)
-    all_keys = series_keys(sales)
-    keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
-    left_out = all_keys.join(keys, on="unique_id", how="anti")
-    if keys.is_empty():
-        n = all_keys.height
+    p = profile_partition(cfg, sales, master, as_of, input_grain(cfg, sales))
+    require_planned(p.keys.height, p.left_out.height, as_of)
+    return replace(p, profiles=with_abc_classes(p.profiles, cfg))
+
+
+def input_grain(cfg: BuffercastConfig, sales: pl.DataFrame) -> str:
+    """The sales' grain (`input.grain`, or detected from every date of the sales when "auto"): decided once for
+    the whole catalogue, never per partition of it."""
+    if cfg.input.grain != "auto":
+        return cfg.input.grain
+    return detect_input_grain(sales.get_column("date").cast(pl.Date), cfg.frequency)
+
+
+def require_planned(planned: int, left_out: int, as_of: dt.date) -> None:
+    """An InputError when no series of the sales can be planned."""
+    if planned == 0:
         raise InputError(
-            f"sales: none of the {n:,} series (SKU x location) has a positive sale up to the last complete period before"
+            f"sales: none of the {left_out:,} series (SKU x location) has a positive sale up to the last complete period before"
             f" the as-of date {as_of}, so there is nothing to plan. Check that input.sales_columns.quantity names the"
             " quantity column, and the as-of date (--as-of)."
         )
+
+
+def profile_partition(cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, grain: str) -> Profiled:
+    """`profile_sales` of the series in `sales` (all, or a partition of the catalogue), without the ABC class, which
+    ranks each series against every other; `grain`: the whole catalogue's (`input_grain`)."""
+    panel = to_periods(sales, freq=cfg.frequency, as_of=as_of, week_start=cfg.week_start, input_grain=grain)
+    all_keys = series_keys(sales)
+    keys = all_keys.join(panel.select("unique_id").unique(), on="unique_id", how="semi")
+    left_out = all_keys.join(keys, on="unique_id", how="anti")
     attrs = sku_attributes(keys, master, cfg.defaults)
-    profiles, flagged = build_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, cfg=cfg)
+    profiles, flagged = sku_profiles(panel, attrs.select("unique_id", "unit_cost"), as_of=as_of, cfg=cfg)
     outlier_points = flagged.filter("is_outlier").select("unique_id", "ds", "y", "outlier_threshold")
     forecast_panel = cap_outliers(flagged) if cfg.outliers.exclude_from_sigma else panel
     return Profiled(forecast_panel, panel, keys, left_out, attrs, profiles, outlier_points)
@@ -159,6 +179,7 @@ def build_recommendations(
     panel: pl.DataFrame | None = None,
     calibration: Calibration | None = None,
     replay: bool = True,
+    calendar: HeldOutCalendar | None = None,
 ) -> pl.DataFrame:
     """One row per series: profile (SBC, ABC, life cycle, shape, outliers) + chosen model and its errors + master
     attributes -> buffer decision, replayed over the SKU's held-out backtest demand (`evaluation.replay`).
@@ -166,7 +187,8 @@ def build_recommendations(
     `panel` (unique_id, ds, y): the demand behind the bootstrap buffers of intermittent and lumpy SKUs and the
     simulation; without it every SKU gets the normal formula and the simulated columns are null. `calibration`
     (`calibrate_buffers`): the nominal level each normal-method target is sized at. `replay=False` leaves the
-    simulated columns null (the rolling evaluation judges the plan on later demand instead).
+    simulated columns null (the rolling evaluation judges the plan on later demand instead). `calendar`: the whole
+    catalogue's held-out calendar when these are a partition of its SKUs (`evaluation.replay.held_out_demand`).
     """
     v = cfg.volatility
     error_cv, volatility, xyz = sku_volatility(v.lead_time_classes, v.variable_from, v.erratic_from)
@@ -202,7 +224,7 @@ def build_recommendations(
     recs = recommend(skus, cfg, panel, calibration.levels if calibration is not None else None)
     simulated = ["simulated_cycle_service_level", "simulated_fill_rate", "simulated_average_on_hand", "simulated_stockout_periods"]
     if panel is not None and replay:
-        sim = simulate_recommendations(recs, panel, fc.plan, seed=cfg.seed, cv=fc.cv).select(
+        sim = simulate_recommendations(recs, panel, fc.plan, seed=cfg.seed, cv=fc.cv, calendar=calendar).select(
             ID,
             "simulated_cycle_service_level",
             "simulated_fill_rate",
@@ -220,8 +242,23 @@ def build_scenarios(
     seed: int, holding_rate: float,
 ) -> pl.DataFrame:  # fmt: skip
     """The published `scenarios` table: each disruption under JIT, JIC and the recommended policy (`evaluation.replay`)."""
+    outcomes = scenario_outcomes(recs=recs, keys=keys, panel=panel, fc=fc, scenarios=scenarios, seed=seed)
+    return scenarios_table(as_of, outcomes, scenarios, holding_rate)
+
+
+def scenario_outcomes(
+    *, recs: pl.DataFrame, keys: pl.DataFrame, panel: pl.DataFrame, fc: ForecastResult, scenarios: Sequence[Scenario], seed: int,
+    calendar: HeldOutCalendar | None = None,
+) -> pl.DataFrame:  # fmt: skip
+    """Each SKU's replay under each disruption and policy (`evaluation.replay.stress_outcomes`): the per-partition
+    part of `build_scenarios`; `calendar`: the whole catalogue's held-out calendar."""
     with_ids = recs.join(keys, on=["sku_id", "location_id"], how="inner", nulls_equal=True)
-    table = stress_test(with_ids, panel, fc.plan, scenarios, seed=seed, holding_rate=holding_rate, cv=fc.cv)
+    return stress_outcomes(with_ids, panel, fc.plan, scenarios, seed=seed, cv=fc.cv, calendar=calendar)
+
+
+def scenarios_table(as_of: dt.date, outcomes: pl.DataFrame, scenarios: Sequence[Scenario], holding_rate: float) -> pl.DataFrame:
+    """The whole-catalogue part of `build_scenarios`: `outcomes` of every SKU, in SKU order, summed per scenario and policy."""
+    table = stress_summary(outcomes, scenarios, holding_rate=holding_rate)
     return table.select(pl.lit(as_of).alias("as_of"), pl.all())
 
 
@@ -232,10 +269,34 @@ def calibrate_buffers(
     off or without a backtest. `panel` (the demand the bootstrap buffers are drawn from): the intermittent and lumpy
     classes get maps of their bootstrap's coverage of each window (drawn from the history up to its cutoff); without
     it every class is sized by the normal formula and calibrated as such. `shares`: the bootstrap's window coverage
-    of an earlier call on the same profiles, forecast, panel and bootstrap settings (the targets may differ), reused."""
-    b = cfg.buffers
-    if not b.calibrate or fc.cv.is_empty():
+    of an earlier call on the same profiles, forecast, panel and bootstrap settings (the targets may differ), reused.
+
+    Two steps, for a run over partitions of SKUs: `calibration_evidence` per partition, `fit_buffer_calibration` once."""
+    if not calibrates(cfg, fc):
         return None
+    return fit_buffer_calibration(cfg, calibration_evidence(profiles, fc, cfg, panel, shares))
+
+
+def calibrates(cfg: BuffercastConfig, fc: ForecastResult) -> bool:
+    """Whether calibration runs: on in config, and some SKU backtested."""
+    return cfg.buffers.calibrate and not fc.cv.is_empty()
+
+
+@dataclass(frozen=True)
+class CalibrationEvidence:
+    """What the calibration maps are fitted to, per SKU (a partition's, or the concatenation of every partition's
+    in SKU order: `concat_evidence`)."""
+
+    errors: pl.DataFrame  # each backtest window's lead-time errors (`evaluation.windows.window_errors`)
+    normal: pl.DataFrame  # unique_id, demand_class, model_family of the normal-method SKUs
+    shares: pl.DataFrame | None  # the bootstrap SKUs' coverage of each window; None without any
+
+
+def calibration_evidence(
+    profiles: pl.DataFrame, fc: ForecastResult, cfg: BuffercastConfig, panel: pl.DataFrame | None, shares: pl.DataFrame | None = None
+) -> CalibrationEvidence:
+    """The per-SKU part of `calibrate_buffers` (see there)."""
+    b = cfg.buffers
     empirical = list(b.empirical_classes) if panel is not None else []
     normal = (
         profiles.filter(~pl.col("demand_class").is_in(empirical))
@@ -264,12 +325,28 @@ def calibrate_buffers(
             .join(bootstrap, on=ID, maintain_order="left")
             .select(ID, "demand_class", "exposure", "cutoff", "from_latest", "share_below")
         )
+    return CalibrationEvidence(window_errors(fc.cv, fc.plan), normal, shares)
+
+
+def concat_evidence(parts: Sequence[CalibrationEvidence]) -> CalibrationEvidence:
+    """Every partition's evidence, in partition (SKU) order."""
+    shares = [e.shares for e in parts if e.shares is not None]
+    return CalibrationEvidence(
+        pl.concat([e.errors for e in parts], how="vertical_relaxed"),
+        pl.concat([e.normal for e in parts], how="vertical_relaxed"),
+        pl.concat(shares, how="vertical_relaxed") if shares else None,
+    )
+
+
+def fit_buffer_calibration(cfg: BuffercastConfig, evidence: CalibrationEvidence) -> Calibration:
+    """The whole-catalogue part of `calibrate_buffers`: the maps fitted to every SKU's evidence."""
+    b = cfg.buffers
     calibration = fit_calibration(
-        window_errors(fc.cv, fc.plan),
-        normal,
+        evidence.errors,
+        evidence.normal,
         cfg.service_levels.target_levels(),
         min_points=b.calibration_min_points,
         family_min_points=b.calibration_family_min_points,
-        empirical=shares,
+        empirical=evidence.shares,
     )
-    return replace(calibration, bootstrap_windows=shares)
+    return replace(calibration, bootstrap_windows=evidence.shares)

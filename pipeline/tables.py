@@ -13,7 +13,7 @@ from buffers.time_phased import COLUMNS as PHASED_COLUMNS
 from buffers.time_phased import time_phased_parameters
 from configs.schema import BuffercastConfig
 from evaluation import metrics as em
-from evaluation.coverage import bootstrap_coverage, pinball_losses, window_coverage
+from evaluation.coverage import bootstrap_coverage, window_coverage
 from evaluation.windows import window_errors
 from forecasting.backtest import ForecastResult
 from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, output_columns, output_dtypes, validate_output
@@ -51,16 +51,23 @@ def plan_parameters(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFra
     return phased.join(key_cols, on="unique_id").select(*keys, *PHASED_COLUMNS).sort(*keys, "period")
 
 
-def output_tables(
-    as_of: dt.date,
-    recs: pl.DataFrame,
-    fc: ForecastResult,
-    p: Profiled,
-    quarantine: dict[str, pl.DataFrame],
-    calibration: Calibration | None = None,
+#: The per-SKU published tables and the columns each is sorted by (unique in it): the concatenation of a run's
+#: partitions sorted by them is the table of the run in one piece.
+TABLE_ORDER: dict[str, tuple[str, ...]] = {
+    "recommendations": ("sku_id", "location_id"),
+    "profiles": ("sku_id", "location_id"),
+    "outliers": ("sku_id", "location_id", "date"),
+    "plan_parameters": ("sku_id", "location_id", "period"),
+    "forecasts": ("sku_id", "location_id", "date"),
+    "backtest_metrics": ("sku_id", "location_id", "model"),
+}
+
+
+def sku_tables(
+    as_of: dt.date, recs: pl.DataFrame, fc: ForecastResult, p: Profiled, calibration: Calibration | None = None
 ) -> dict[str, pl.DataFrame]:
-    """The per-SKU published tables in their contract shape, each validated by its pandera schema. `quarantine`: the
-    rejected rows per input name ("sales", "sku_master")."""
+    """The per-SKU published tables (`TABLE_ORDER`) of the SKUs of `recs` (all, or a partition's) in their contract
+    shape, each validated by its pandera schema."""
     key_cols = p.keys.select("unique_id", "sku_id", "location_id")
     selected = fc.selection.select("unique_id", "model", selected=pl.lit(True))
     stamp = pl.lit(as_of).alias("as_of")
@@ -104,11 +111,19 @@ def output_tables(
             "missing_forecasts",
         )
         .sort("sku_id", "location_id", "model"),
-        "quarantine": pl.concat(
-            [rows.with_columns(input=pl.lit(name)) for name, rows in quarantine.items()], how="vertical_relaxed"
-        ).select(stamp, "input", pl.exclude("input")),
     }
     return {name: validate_output(name, frame) for name, frame in tables.items()}
+
+
+def quarantine_table(as_of: dt.date, inputs: Inputs) -> pl.DataFrame:
+    """The published `quarantine` table: the rejected rows of every input ("sales", "sku_master") and why."""
+    quarantine = {"sales": inputs.sales.quarantine} | ({"sku_master": inputs.master.quarantine} if inputs.master else {})
+    return validate_output(
+        "quarantine",
+        pl.concat([rows.with_columns(input=pl.lit(name)) for name, rows in quarantine.items()], how="vertical_relaxed").select(
+            pl.lit(as_of).alias("as_of"), "input", pl.exclude("input")
+        ),
+    )
 
 
 def sales_as_of(cfg: BuffercastConfig, sales: pl.DataFrame) -> tuple[pl.DataFrame, dt.date, int]:
@@ -190,15 +205,12 @@ def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dic
     return metrics
 
 
-def calibration_table(
-    as_of: dt.date, calibration: Calibration | None, fc: ForecastResult, p: Profiled, cfg: BuffercastConfig
-) -> pl.DataFrame:
+def calibration_table(as_of: dt.date, calibration: Calibration | None, pinball: pl.DataFrame) -> pl.DataFrame:
     """The published `calibration` table: per exposure (lead time / review + lead time), demand class, model family
     ("all": the class's map) and target, the nominal level the buffer is sized at and the held-out coverage before
     and after; plus per class and forecast quantile, sklearn's mean pinball loss and the coverage of the per-step
-    quantiles (rows with `quantile` set)."""
+    quantiles (rows with `quantile` set). `pinball`: `evaluation.coverage.pinball_losses` of every SKU's backtest."""
     levels = calibration.levels if calibration is not None else pl.DataFrame()
-    pinball = pinball_losses(fc.cv, p.profiles.select("unique_id", "demand_class"), cfg.models.quantiles)
     table = pl.concat(
         [
             levels.with_columns(quantile=pl.lit(None, pl.String), pinball_loss=pl.lit(None, pl.Float64), coverage=pl.lit(None, pl.Float64)),
@@ -243,20 +255,19 @@ def simulation_metrics(recs: pl.DataFrame, scenarios: pl.DataFrame | None) -> di
 
 
 def published_tables(
-    cfg: BuffercastConfig,
     as_of: dt.date,
-    p: Profiled,
-    fc: ForecastResult,
-    recs: pl.DataFrame,
+    sku: dict[str, pl.DataFrame],
     stress: pl.DataFrame,
     calibration: Calibration | None,
+    pinball: pl.DataFrame,
     inputs: Inputs,
 ) -> dict[str, pl.DataFrame]:
-    """Every published table but `changes` (it needs the previous run), in contract shape and validated."""
-    quarantine = {"sales": inputs.sales.quarantine} | ({"sku_master": inputs.master.quarantine} if inputs.master else {})
-    return output_tables(as_of, recs, fc, p, quarantine, calibration) | {
+    """Every published table but `changes` (it needs the previous run), in contract shape and validated: the per-SKU
+    tables (`sku_tables`, of the whole catalogue), the quarantine, the scenarios and the calibration."""
+    return sku | {
+        "quarantine": quarantine_table(as_of, inputs),
         "scenarios": validate_output("scenarios", stress),
-        "calibration": validate_output("calibration", calibration_table(as_of, calibration, fc, p, cfg)),
+        "calibration": validate_output("calibration", calibration_table(as_of, calibration, pinball)),
     }
 
 
@@ -281,7 +292,7 @@ def run_manifest(
     run_id: str,
     as_of: dt.date,
     n_rows: dict[str, int],
-    p: Profiled,
+    left_out: pl.DataFrame,
     last_date: dt.date,
     previous: dt.date | None,
     summary: dict[str, Any],
@@ -299,7 +310,7 @@ def run_manifest(
         "config_hash": cfg.fingerprint(),
         "inputs": {"sales": cfg.input.sales, "sku_master": cfg.input.sku_master},
         "input_rows": n_rows,
-        "series_not_planned": p.left_out.select("sku_id", "location_id").head(100).to_dicts(),
+        "series_not_planned": left_out.select("sku_id", "location_id").head(100).to_dicts(),
         "last_date_in_data": last_date.isoformat(),
         "previous_as_of": previous.isoformat() if previous else None,
         "frequency": cfg.frequency,

@@ -1,7 +1,8 @@
 """Run the flow's forecasting stage many times in one Prefect flow run, with small SKU chunks and two processes.
 
-Many process pools (or many submissions to one) open and close: a run that deadlocks hangs here, and a worker that
-dies with a traceback (e.g. Prefect's TerminationSignal in a forked pool worker) prints it to stderr.
+Many process pools (or many submissions to one, partition after partition) open and close: a run that deadlocks
+hangs here, and a worker that dies with a traceback (e.g. Prefect's TerminationSignal in a forked pool worker) prints
+it to stderr.
 `tests/test_no_hang.py` runs this as a subprocess under a hard time limit and reads its output.
 
     python tests/pool_stress.py SALES_PARQUET OUT_DIR --loops 12 --chunk-size 100 [--config extra.yaml]
@@ -31,7 +32,7 @@ def main() -> int:
 
     from configs.schema import load_config
     from flows.tasks import forecast
-    from pipeline.stages import profile_sales
+    from pipeline.partitioned import MemoryStore, profile_parts
 
     out = Path(args.out)
     cfg = load_config(
@@ -48,7 +49,7 @@ def main() -> int:
 
     @flow(name="pool-stress")
     def stress() -> list[int]:
-        p = profile_sales(cfg, sales, None, as_of)
+        p = profile_parts(cfg, sales, None, as_of, MemoryStore())
         sizes = []
         for i in range(args.loops):
             t0 = time.perf_counter()

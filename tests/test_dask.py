@@ -1,6 +1,6 @@
 """The forecasting stage on a real Dask cluster (`distributed.LocalCluster`, 2 worker processes on 127.0.0.1):
 `backtest.dask_scheduler` sends the chunks there, and the published tables are those of a local run, byte for byte,
-whatever the chunk size."""
+whatever the chunk size and the partition size (`pipeline.partitioned`: 30 series in 4 partitions against 1)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ def test_a_run_on_a_dask_cluster_publishes_what_a_local_run_does(cluster, small_
     sales, master = small_catalogue["sales"], small_catalogue["sku_master"]
     local = make_config(sales, master, output={"folder": str(tmp_path / "local")})
     on_dask = make_config(
-        sales, master, output={"folder": str(tmp_path / "dask")}, backtest={"dask_scheduler": cluster.scheduler_address, "chunk_size": 7}
+        sales,
+        master,
+        output={"folder": str(tmp_path / "dask")},
+        backtest={"dask_scheduler": cluster.scheduler_address, "chunk_size": 7},
+        partitions={"skus": 8},
     )
     plan_buffers(local)
     result = plan_buffers(on_dask)

@@ -105,7 +105,8 @@ def _run_watched(cmd: list[str], env: dict[str, str], progress: str) -> tuple[in
 
 def test_forecasting_stage_in_a_loop_never_hangs_and_prints_no_traceback(stress_catalogue, tmp_path):
     config = tmp_path / "cheap.yaml"
-    config.write_text("models:\n" + "".join(f"  {c}: [{', '.join(m)}]\n" for c, m in CHEAP_MODELS.items()))
+    models = "".join(f"  {c}: [{', '.join(m)}]\n" for c, m in CHEAP_MODELS.items())
+    config.write_text(f"models:\n{models}partitions:\n  skus: 400\n")  # 3 partitions per loop, on one pool
     cmd = [
         sys.executable, str(ROOT / "tests" / "pool_stress.py"), str(stress_catalogue["sales"]), str(tmp_path),
         "--loops", str(LOOPS), "--chunk-size", "100", "--n-jobs", "2", "--config", str(config),

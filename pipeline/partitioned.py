@@ -1,0 +1,338 @@
+"""The pipeline over partitions of SKUs, in two passes (docs/operations.md, "Large catalogues").
+
+A partition is a contiguous range of the planned series, in `unique_id` order (`partitions.skus` of them). Every
+stage of `pipeline.stages` runs on one partition at a time; what ranks or fits across the whole catalogue runs once,
+between the passes, on small per-SKU frames:
+
+    pass one, per partition    profile (every feature but ABC)                 -> `profile_parts`
+                               backtest, select, forecast                      -> `forecast_parts`
+    once, over all             ABC classes; calibration maps from every SKU's backtest errors and bootstrap
+                               coverage; the held-out calendar; the pinball losses per class
+    pass two, per partition    recommendations, replay, stress outcomes, the per-SKU tables
+    once, over all             the scenario totals; the per-SKU tables concatenated and sorted -> `recommend_parts`
+
+Each partition's frames wait between stages in a `PartitionStore` (Parquet files in the run's work folder: the
+flow's `flows.workdir.ParquetStore`; or memory), so a stage holds one partition's demand at a time. A SKU's numbers
+depend only on its own history and on the whole-catalogue steps (every random draw is keyed by its id:
+`buffers.streams`), and every whole-catalogue sum runs over the SKUs in `unique_id` order: the outputs are the same,
+byte for byte, whatever the partition size (tests/test_partitions.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import polars as pl
+
+from buffers.calibration import Calibration
+from configs.schema import BuffercastConfig
+from evaluation.coverage import pinball_losses
+from evaluation.replay import HeldOutCalendar, held_out_calendar
+from features.calendar import series_keys
+from features.profile import with_abc_classes
+from forecasting.backtest import MIN_SKUS_PER_WORKER_CHUNK, ForecastResult
+from forecasting.workers import worker_count, worker_pool
+from pipeline.stages import (
+    CalibrationEvidence,
+    Profiled,
+    build_recommendations,
+    calibration_evidence,
+    concat_evidence,
+    fit_buffer_calibration,
+    forecast_stage,
+    input_grain,
+    profile_partition,
+    require_planned,
+    scenario_outcomes,
+    scenarios,
+    scenarios_table,
+)
+from pipeline.tables import TABLE_ORDER, sku_tables
+
+ID = "unique_id"
+KEYS = ["sku_id", "location_id"]
+
+Progress = Callable[[str], None]
+
+
+class PartitionStore(Protocol):
+    """Where a partition's frames wait between stages."""
+
+    def put(self, part: int, name: str, frame: pl.DataFrame) -> None: ...
+
+    def get(self, part: int, name: str) -> pl.DataFrame: ...
+
+    def scan(self, name: str, parts: int) -> pl.LazyFrame:
+        """Frame `name` of every partition, in partition order, lazily."""
+        ...
+
+
+class MemoryStore:
+    """A `PartitionStore` in memory: for a catalogue that fits, and for tests."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[int, str], pl.DataFrame] = {}
+
+    def put(self, part: int, name: str, frame: pl.DataFrame) -> None:
+        self._frames[part, name] = frame
+
+    def get(self, part: int, name: str) -> pl.DataFrame:
+        return self._frames[part, name]
+
+    def scan(self, name: str, parts: int) -> pl.LazyFrame:
+        return pl.concat([self._frames[i, name].lazy() for i in range(parts)], how="vertical")
+
+
+def _log(progress: Progress | None, line: str) -> None:
+    if progress is not None:
+        progress(line)
+
+
+@dataclass(frozen=True)
+class ProfiledParts:
+    """Pass one's profile of every partition: the per-SKU frames of the whole catalogue (one row per series) and, in
+    `store`, each partition's demand panels and flagged outliers."""
+
+    store: PartitionStore
+    ids: list[list[str]]  # the planned series of each partition, in unique_id order
+    keys: pl.DataFrame  # unique_id, sku_id, location_id of every planned series
+    left_out: pl.DataFrame  # series that cannot be planned (no positive sale)
+    attrs: pl.DataFrame
+    profiles: pl.DataFrame  # every feature, ABC classes over the whole catalogue included
+    lengths: pl.DataFrame  # unique_id, periods: the length of each series' demand panel
+    dates: list[dt.date]  # every period of the panels
+    separate_demand: bool  # the demand as sold differs from the panel forecast (outliers capped)
+
+    @property
+    def parts(self) -> int:
+        return len(self.ids)
+
+    def partition(self, i: int) -> Profiled:
+        """Partition `i` as `pipeline.stages.Profiled` (its left-out series are in `left_out` of the whole)."""
+        ids = pl.Series(ID, self.ids[i], dtype=pl.String)
+
+        def own(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.filter(pl.col(ID).is_in(ids.implode()))
+
+        panel = self.store.get(i, "panel")
+        demand = self.store.get(i, "demand") if self.separate_demand else panel
+        return Profiled(
+            panel, demand, own(self.keys), self.left_out.clear(), own(self.attrs), own(self.profiles), self.store.get(i, "outliers")
+        )
+
+    def history(self) -> pl.LazyFrame:
+        """The demand as sold of every series (sku_id, location_id, date, quantity), lazily: what the report draws."""
+        demand = self.store.scan("demand" if self.separate_demand else "panel", self.parts)
+        return demand.join(self.keys.lazy(), on=ID).select("sku_id", "location_id", date="ds", quantity="y")
+
+
+def partition_ranges(n: int, size: int) -> list[range]:
+    """The row ranges of `n` series in partitions of at most `size` (one empty partition for none)."""
+    count = max(1, math.ceil(n / size))
+    return [range(i * size, min(n, (i + 1) * size)) for i in range(count)]
+
+
+def profile_parts(
+    cfg: BuffercastConfig,
+    sales: pl.DataFrame,
+    master: pl.DataFrame | None,
+    as_of: dt.date,
+    store: PartitionStore,
+    progress: Progress | None = None,
+) -> ProfiledParts:
+    """Pass one's profile: `pipeline.stages.profile_partition` per partition of `partitions.skus` series (the grain
+    decided once for all), then the ABC classes over the whole catalogue. Raises InputError when no series can be
+    planned."""
+    grain = input_grain(cfg, sales)
+    all_keys = series_keys(sales)
+    ranges = partition_ranges(all_keys.height, cfg.partitions.skus)
+    sales = sales if "location_id" in sales.columns else sales.with_columns(location_id=pl.lit(None, pl.String))
+    # Each row's partition (a column, not a copy of the sales): partition i is the rows where it is i.
+    part_of = (
+        sales.select(KEYS)
+        .join(
+            all_keys.select(*KEYS, _part=pl.int_range(pl.len(), dtype=pl.UInt32) // cfg.partitions.skus),
+            on=KEYS,
+            how="left",
+            nulls_equal=True,
+            maintain_order="left",
+        )
+        .get_column("_part")
+        if len(ranges) > 1
+        else None
+    )
+    ids, keys, left_out, attrs, profiles, lengths, dates = [], [], [], [], [], [], set()
+    separate = cfg.outliers.exclude_from_sigma
+    start = time.perf_counter()
+    for i, _ in enumerate(ranges):
+        part = sales.filter(part_of == i) if part_of is not None else sales
+        p = profile_partition(cfg, part, master, as_of, grain)
+        del part
+        store.put(i, "panel", p.panel)
+        if separate:
+            store.put(i, "demand", p.demand)
+        store.put(i, "outliers", p.outlier_points)
+        ids.append(p.keys[ID].to_list())
+        keys.append(p.keys)
+        left_out.append(p.left_out)
+        attrs.append(p.attrs)
+        profiles.append(p.profiles)
+        lengths.append(p.panel.group_by(ID).agg(periods=pl.len().cast(pl.Int64)))
+        dates.update(p.panel["ds"].unique().to_list())
+        _log(progress, f"profile: partition {i + 1}/{len(ranges)}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
+    planned = pl.concat(keys)
+    require_planned(planned.height, sum(f.height for f in left_out), as_of)
+    return ProfiledParts(
+        store,
+        ids,
+        planned,
+        pl.concat(left_out),
+        pl.concat(attrs, how="vertical_relaxed"),
+        with_abc_classes(pl.concat(profiles, how="vertical_relaxed"), cfg),
+        pl.concat(lengths),
+        sorted(dates),
+        separate,
+    )
+
+
+#: The forecasting frames kept per partition in the store (the others, one row per SKU, are kept whole).
+_FORECAST_FRAMES = ("cv", "metrics", "forecasts", "extended")
+
+
+@dataclass(frozen=True)
+class ForecastParts:
+    """Pass one's forecast: the per-SKU frames of the whole catalogue, and each partition's backtest and future in
+    `store`."""
+
+    store: PartitionStore
+    ids: list[list[str]]
+    plan: pl.DataFrame
+    selection: pl.DataFrame
+    extended_periods: int
+    has_extended: bool
+    backtested: bool  # some SKU of the catalogue was backtested
+
+    def partition(self, i: int) -> ForecastResult:
+        ids = pl.Series(ID, self.ids[i], dtype=pl.String).implode()
+        return ForecastResult(
+            plan=self.plan.filter(pl.col(ID).is_in(ids)),
+            cv=self.store.get(i, "cv"),
+            metrics=self.store.get(i, "metrics"),
+            selection=self.selection.filter(pl.col(ID).is_in(ids)),
+            forecasts=self.store.get(i, "forecasts"),
+            extended=self.store.get(i, "extended") if self.has_extended else None,
+            extended_periods=self.extended_periods,
+        )
+
+
+@contextlib.contextmanager
+def _pool_for(cfg: BuffercastConfig, skus: int, pool: object | None) -> Iterator[object | None]:
+    """The given pool; else local workers for the whole pass (started once, not per partition) when the catalogue
+    is worth them (`forecasting.backtest.backtest_and_forecast`'s own rule)."""
+    if pool is not None or worker_count(cfg.backtest.n_jobs) <= 1 or skus < 2 * MIN_SKUS_PER_WORKER_CHUNK:
+        yield pool
+        return
+    with worker_pool(cfg.backtest.n_jobs) as own:
+        yield own
+
+
+def forecast_parts(
+    cfg: BuffercastConfig,
+    pp: ProfiledParts,
+    progress: Progress | None = None,
+    pool: object | None = None,
+    workers: int | None = None,
+) -> ForecastParts:
+    """Pass one's forecast: `pipeline.stages.forecast_stage` per partition, on one pool for all of them."""
+    plans, selections, extended_periods, has_extended, backtested = [], [], 0, False, False
+    with _pool_for(cfg, pp.keys.height, pool) as running:
+        for i in range(pp.parts):
+            prefix = f"partition {i + 1}/{pp.parts}: " if pp.parts > 1 else ""
+            told = (lambda line: progress(prefix + line)) if progress else None  # noqa: B023 (used inside the iteration)
+            fc = forecast_stage(cfg, pp.partition(i), progress=told, pool=running, workers=workers)
+            for name in _FORECAST_FRAMES:
+                frame = getattr(fc, name)
+                if frame is not None:
+                    pp.store.put(i, name, frame)
+            plans.append(fc.plan)
+            selections.append(fc.selection)
+            extended_periods, has_extended = fc.extended_periods, fc.extended is not None
+            backtested = backtested or not fc.cv.is_empty()
+    return ForecastParts(
+        pp.store,
+        pp.ids,
+        pl.concat(plans, how="diagonal_relaxed"),
+        pl.concat(selections, how="diagonal_relaxed"),
+        extended_periods,
+        has_extended,
+        backtested,
+    )
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """Pass two's results: the recommendations, the scenarios, the calibration, the per-class pinball losses and the
+    per-SKU tables of the whole catalogue (`pipeline.tables.sku_tables`)."""
+
+    recommendations: pl.DataFrame
+    scenarios: pl.DataFrame
+    calibration: Calibration | None
+    pinball: pl.DataFrame
+    tables: dict[str, pl.DataFrame]
+    calendar: HeldOutCalendar
+
+
+def recommend_parts(
+    cfg: BuffercastConfig, as_of: dt.date, pp: ProfiledParts, fp: ForecastParts, progress: Progress | None = None
+) -> Recommended:
+    """The whole-catalogue step (calibration maps, held-out calendar, pinball losses), then pass two per partition
+    (recommendations, replay, stress outcomes, per-SKU tables), then the scenario totals and the tables."""
+    calibrate = cfg.buffers.calibrate and fp.backtested
+    evidence: list[CalibrationEvidence] = []
+    backtests = []
+    quantile_columns = pl.col("^q\\d.*$")
+    for i in range(pp.parts):
+        fc = fp.partition(i)
+        backtests.append(fc.cv.select(ID, "y", quantile_columns))
+        if calibrate:
+            p = pp.partition(i)
+            evidence.append(calibration_evidence(p.profiles, fc, cfg, p.panel))
+    calibration = fit_buffer_calibration(cfg, concat_evidence(evidence)) if calibrate else None
+    del evidence
+    pinball = pinball_losses(pl.concat(backtests), pp.profiles.select(ID, "demand_class"), cfg.models.quantiles)
+    del backtests
+    calendar = held_out_calendar(fp.plan, pp.lengths, pp.dates)
+    _log(progress, "recommend: calibration and held-out calendar of the whole catalogue done")
+
+    recs, outcomes, start = [], [], time.perf_counter()
+    disruptions = scenarios(cfg)
+    for i in range(pp.parts):
+        p, fc = pp.partition(i), fp.partition(i)
+        part_recs = build_recommendations(
+            as_of=as_of, profiles=p.profiles, attrs=p.attrs, fc=fc, cfg=cfg, panel=p.panel, calibration=calibration, calendar=calendar
+        )  # fmt: skip
+        outcomes.append(
+            scenario_outcomes(recs=part_recs, keys=p.keys, panel=p.panel, fc=fc, scenarios=disruptions, seed=cfg.seed, calendar=calendar)
+        )
+        for name, frame in sku_tables(as_of, part_recs, fc, p, calibration).items():
+            pp.store.put(i, f"table_{name}", frame)
+        recs.append(part_recs)
+        _log(progress, f"recommend: partition {i + 1}/{pp.parts}, {part_recs.height:,} SKUs, {time.perf_counter() - start:.0f} s")
+    recommendations = pl.concat(recs, how="vertical_relaxed").sort(*TABLE_ORDER["recommendations"])
+    stress = scenarios_table(as_of, pl.concat(outcomes, how="vertical_relaxed"), disruptions, cfg.cost.holding_rate_per_year)
+    tables = {name: _whole_table(pp, name, order) for name, order in TABLE_ORDER.items()}
+    return Recommended(recommendations, stress, calibration, pinball, tables, calendar)
+
+
+def _whole_table(pp: ProfiledParts, name: str, order: tuple[str, ...]) -> pl.DataFrame:
+    """Per-SKU table `name` of every partition, concatenated and sorted by its unique `order` columns: the table of
+    the run in one piece (partitions follow unique_id, the tables sku_id and location_id)."""
+    if pp.parts == 1:
+        return pp.store.get(0, f"table_{name}")
+    return pl.concat([pp.store.get(i, f"table_{name}") for i in range(pp.parts)]).sort(*order)

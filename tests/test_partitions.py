@@ -1,0 +1,88 @@
+"""The pipeline over partitions of SKUs (`pipeline.partitioned`): the outputs are those of the run in one piece,
+whatever the partition size, and a partition holds only its own series between stages.
+
+The catalogue has what makes a partition differ from the whole: two locations of some SKUs (unique_id order is not
+sku_id, location_id order), a series with no sale (left out), new SKUs without a backtest (they replay the longest
+backtest span of the whole catalogue), intermittent and lumpy SKUs (bootstrap buffers and calibration), supplier
+scenarios (sums over every SKU). The flow over partitions on a Dask cluster is in tests/test_dask.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from tests.conftest import END
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    from configs.schema import BuffercastConfig
+    from flows.sample_data import generate_catalogue
+    from pipeline.contracts import validate_inputs
+    from pipeline.tables import sales_as_of
+
+    sales, master = generate_catalogue(n_skus=34, seed=23, end_date=END, n_days=400)
+    second = sales.filter(pl.col("sku_id") <= "SKU-00010").with_columns(
+        location_id=pl.lit("DC-2"), quantity=pl.col("quantity") * 2, line_id=pl.col("line_id") + "-DC-2"
+    )
+    never_sold = pl.DataFrame({"sku_id": ["SKU-00003"], "date": [END], "quantity": [0.0], "line_id": ["never"], "location_id": ["DC-3"]})
+    sales = pl.concat([sales.with_columns(location_id=pl.lit("DC-1")), second, never_sold], how="diagonal_relaxed")
+    cfg = BuffercastConfig(frequency="W")  # weekly: the same code paths as daily, a fifth of the forecasting time
+    inputs = validate_inputs(cfg, sales, master, today=dt.date.today())
+    valid, as_of, _ = sales_as_of(cfg, inputs.sales.valid)
+    return cfg, inputs, valid, as_of
+
+
+def _run(catalogue, size: int, store):
+    from pipeline.partitioned import forecast_parts, profile_parts, recommend_parts
+    from pipeline.tables import published_tables
+
+    cfg, inputs, sales, as_of = catalogue
+    cfg = cfg.model_copy(update={"partitions": cfg.partitions.model_copy(update={"skus": size})})
+    pp = profile_parts(cfg, sales, inputs.master.valid, as_of, store)
+    fp = forecast_parts(cfg, pp)
+    rec = recommend_parts(cfg, as_of, pp, fp)
+    return pp, rec, published_tables(as_of, rec.tables, rec.scenarios, rec.calibration, rec.pinball, inputs)
+
+
+def _assert_same(one: dict[str, pl.DataFrame], other: dict[str, pl.DataFrame]) -> None:
+    assert one.keys() == other.keys()
+    for name, frame in one.items():
+        assert frame.schema == other[name].schema, name
+        assert frame.equals(other[name]), name
+
+
+def test_the_outputs_do_not_depend_on_the_partition_size(catalogue, tmp_path):
+    from flows.publish import ParquetStore
+    from pipeline.partitioned import MemoryStore
+    from pipeline.stages import plan_core
+
+    whole_pp, whole, tables = _run(catalogue, 10_000, MemoryStore())
+    assert whole_pp.parts == 1
+    assert whole_pp.keys.height == 44  # 34 SKUs at DC-1, 10 at DC-2
+    assert whole_pp.left_out.select("sku_id", "location_id").rows() == [("SKU-00003", "DC-3")]
+    classes = set(whole.recommendations["demand_class"])
+    assert {"intermittent", "lumpy"} & classes and "new" in set(whole.recommendations["life_cycle"])
+    assert whole.calibration is not None and whole.calibration.bootstrap_windows is not None
+    assert tables["scenarios"]["skus"].max() == 44
+
+    # In one piece, the partitioned run is the pure pipeline's (pipeline.stages.plan_core).
+    cfg, inputs, sales, as_of = catalogue
+    core = plan_core(cfg, sales, inputs.master.valid, as_of)
+    assert core.recommendations.equals(whole.recommendations)
+    assert core.scenarios.equals(whole.scenarios)
+
+    for size, store in ((4, ParquetStore(tmp_path / "work")),):
+        pp, rec, parted = _run(catalogue, size, store)
+        assert pp.parts == -(-45 // size)  # 45 series in the sales, the left-out one included
+        assert all(len(ids) <= size for ids in pp.ids)
+        assert [u for ids in pp.ids for u in ids] == whole_pp.keys["unique_id"].to_list()
+        # Between stages a partition holds its own series only.
+        assert set(store.get(1, "panel")["unique_id"]) == set(pp.ids[1])
+        _assert_same(tables, parted)
+        assert rec.calendar == whole.calendar
