@@ -342,7 +342,9 @@ class PartitionConfig(_Strict):
     demand at a time; what ranks or fits over the whole catalogue (ABC, calibration, the scenario totals) runs once
     between two passes. The outputs do not depend on the partition size."""
 
-    skus: int = Field(5000, ge=1, description="Series (SKU x location) per partition: smaller bounds memory, larger costs less.")
+    skus: int = Field(
+        10_000, ge=1, description="Series (SKU x location) per partition: fewer hold less memory, more make fewer statsforecast calls."
+    )
 
 
 ServiceMeasure = Literal["cycle", "fill_rate"]

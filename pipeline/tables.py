@@ -131,7 +131,7 @@ def sales_as_of(cfg: BuffercastConfig, sales: pl.DataFrame) -> tuple[pl.DataFram
     if sales.is_empty():
         raise InputError(f"sales input '{cfg.input.sales}': no valid row left after validation; see the quarantine counts in the log")
     as_of = cfg.as_of or sales["date"].max()
-    used = sales.filter(pl.col("date") <= as_of)
+    used = sales if sales["date"].max() <= as_of else sales.filter(pl.col("date") <= as_of)  # no copy of the whole sales
     if used.is_empty():
         raise InputError(
             f"sales input '{cfg.input.sales}': no sale on or before the as-of date {as_of} (first sale {sales['date'].min()}); "

@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.publish import JOURNAL, STAGING, PublishError, manifest_path, publish_tables, read_manifest
+from flows.publish import JOURNAL, STAGING, WORK, PublishError, manifest_path, publish_tables, read_manifest
 from tests.conftest import END, PATIENCE_S, table_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -120,12 +120,15 @@ def test_kill_9_anywhere_then_recover_leaves_all_old_or_all_new(world, point, tm
         # Mid-swap, a reader who follows the manifest finds none for the as-of (never a mix of old and new tables).
         assert not manifest_path(out, END).exists()
     _kill(proc)
+    if point in ("after:profile", "after:forecast", "after:recommend"):
+        assert any((out / WORK).iterdir()), "the run's partitions were not in its work folder"
 
     recovered = CliRunner().invoke(app, ["recover", "--out", str(out)])
     assert recovered.exit_code == 0, recovered.output
     expected = old_tables if point in BEFORE_JOURNAL else new_tables
     assert table_hashes(out) == expected, f"killed at {point}: the tables are neither all old nor all new"
     assert not (out / STAGING).exists(), "staging litter left behind"
+    assert not (out / WORK).exists(), "work folder litter left behind"
     manifest = read_manifest(out, END)
     for name, entry in manifest["tables"].items():
         assert pl.scan_parquet(f"{entry['path']}/*.parquet").select(pl.len()).collect().item() == entry["rows"], name
