@@ -132,12 +132,6 @@ class ProfiledParts:
         return demand.join(self.keys.lazy(), on=ID).select("sku_id", "location_id", date="ds", quantity="y")
 
 
-def partition_ranges(n: int, size: int) -> list[range]:
-    """The row ranges of `n` series in partitions of at most `size` (one empty partition for none)."""
-    count = max(1, math.ceil(n / size))
-    return [range(i * size, min(n, (i + 1) * size)) for i in range(count)]
-
-
 def profile_parts(
     cfg: BuffercastConfig,
     sales: pl.DataFrame,
@@ -151,7 +145,7 @@ def profile_parts(
     planned."""
     grain = input_grain(cfg, sales)
     all_keys = series_keys(sales)
-    ranges = partition_ranges(all_keys.height, cfg.partitions.skus)
+    parts = max(1, math.ceil(all_keys.height / cfg.partitions.skus))  # one (empty) for no series
     sales = sales if "location_id" in sales.columns else sales.with_columns(location_id=pl.lit(None, pl.String))
     # Each row's partition (a column, not a copy of the sales): partition i is the rows where it is i.
     part_of = (
@@ -164,13 +158,13 @@ def profile_parts(
             maintain_order="left",
         )
         .get_column("_part")
-        if len(ranges) > 1
+        if parts > 1
         else None
     )
     ids, keys, left_out, attrs, profiles, lengths, dates = [], [], [], [], [], [], set()
     separate = cfg.outliers.exclude_from_sigma
     start = time.perf_counter()
-    for i, _ in enumerate(ranges):
+    for i in range(parts):
         part = sales.filter(part_of == i) if part_of is not None else sales
         p = profile_partition(cfg, part, master, as_of, grain)
         del part
@@ -185,7 +179,7 @@ def profile_parts(
         profiles.append(p.profiles)
         lengths.append(p.panel.group_by(ID).agg(periods=pl.len().cast(pl.Int64)))
         dates.update(p.panel["ds"].unique().to_list())
-        _log(progress, f"profile: partition {i + 1}/{len(ranges)}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
+        _log(progress, f"profile: partition {i + 1}/{parts}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
     planned = pl.concat(keys)
     require_planned(planned.height, sum(f.height for f in left_out), as_of)
     return ProfiledParts(
