@@ -675,6 +675,14 @@ class BuffercastConfig(_Strict):
         ScheduleConfig(), description="The weekly deployment (prefect.yaml, `buffercast serve`, `make serve`)."
     )
 
+    @field_validator("scenarios")
+    @classmethod
+    def _distinct_scenarios(cls, v: list[ScenarioConfig]) -> list[ScenarioConfig]:
+        names = [sc.name for sc in v]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"scenario names must be distinct (they key the scenarios table): {', '.join(repeated)} repeated")
+        return v
+
     @property
     def period_days(self) -> float:
         """Days in one period: the unit lead times are converted with."""

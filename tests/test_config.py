@@ -61,6 +61,7 @@ def test_user_yaml_and_flags_override_deeply(tmp_path, monkeypatch):
         ({"models": {"ets_model": "XYZ"}}, "'models.ets_model'"),
         ({"backtest": {"horizon_buckets": [4, 2]}}, "strictly increasing"),
         ({"cost": {"holding_rate_per_year": -1}}, "'cost.holding_rate_per_year'"),
+        ({"scenarios": [{"name": "x", "kind": "baseline"}, {"name": "x", "kind": "lead_time", "factor": 2}]}, "x repeated"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
