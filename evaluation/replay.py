@@ -292,8 +292,8 @@ def stress_outcomes(
     average on-hand and the order-up-to level in value, at the SKU's unit cost), in scenario, policy and SKU order.
     `calendar`: the whole catalogue's when `panel` holds a partition of it (`held_out_demand`): a SKU's outcomes are
     then the same whichever partition it is in."""
-    held = held_out_demand(panel, plan, calendar)
     calendar = calendar if calendar is not None else panel_calendar(panel, plan)
+    held = held_out_demand(panel, plan, calendar)
     ids, demand = held.ids, held.demand
     x = _inputs(recs, ids)
     n, width = demand.shape

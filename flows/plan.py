@@ -27,6 +27,7 @@ from flows.sources import input_fingerprint
 from flows.tasks import (
     REPORT_FAILED_FILE,
     REPORT_FILE,
+    Pulled,
     TrackingError,
     forecast,
     latest_evaluation,
@@ -43,7 +44,7 @@ from flows.tasks import (
     validate,
 )
 from flows.tracking import resolve_tracking_uri
-from pipeline.contracts import validate_output
+from pipeline.contracts import Inputs, validate_output
 from pipeline.report import FIGURE_FILES, planner_report
 from pipeline.tables import input_rows, published_tables, run_manifest, run_summary, sales_as_of
 
@@ -79,8 +80,8 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
 
 
 def _plan_partitions(
-    cfg: BuffercastConfig, logger: Any, pulled: Any, inputs: Any, sales: Any, master: Any, as_of: dt.date, rows_after_as_of: int,
-    run_id: str, store: Any,
+    cfg: BuffercastConfig, logger: Any, pulled: Pulled, inputs: Inputs, sales: Any, master: Any,
+    as_of: dt.date, rows_after_as_of: int, run_id: str, store: publisher.ParquetStore,
 ) -> dict[str, Any]:  # fmt: skip
     t = cfg.timeouts
     pp = timed("profile", t.profile, profile)(cfg, sales, master, as_of, store)

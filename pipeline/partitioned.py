@@ -105,7 +105,6 @@ class ProfiledParts:
     left_out: pl.DataFrame  # series that cannot be planned (no positive sale)
     attrs: pl.DataFrame
     profiles: pl.DataFrame  # every feature, ABC classes over the whole catalogue included
-    lengths: pl.DataFrame  # unique_id, periods: the length of each series' demand panel
     dates: list[dt.date]  # every period of the panels
     separate_demand: bool  # the demand as sold differs from the panel forecast (outliers capped)
 
@@ -161,7 +160,7 @@ def profile_parts(
         if parts > 1
         else None
     )
-    ids, keys, left_out, attrs, profiles, lengths, dates = [], [], [], [], [], [], set()
+    ids, keys, left_out, attrs, profiles, dates = [], [], [], [], [], set()
     separate = cfg.outliers.exclude_from_sigma
     start = time.perf_counter()
     for i in range(parts):
@@ -177,7 +176,6 @@ def profile_parts(
         left_out.append(p.left_out)
         attrs.append(p.attrs)
         profiles.append(p.profiles)
-        lengths.append(p.panel.group_by(ID).agg(periods=pl.len().cast(pl.Int64)))
         dates.update(p.panel["ds"].unique().to_list())
         _log(progress, f"profile: partition {i + 1}/{parts}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
     planned = pl.concat(keys)
@@ -189,7 +187,6 @@ def profile_parts(
         pl.concat(left_out),
         pl.concat(attrs, how="vertical_relaxed"),
         with_abc_classes(pl.concat(profiles, how="vertical_relaxed"), cfg),
-        pl.concat(lengths),
         sorted(dates),
         separate,
     )
@@ -301,7 +298,8 @@ def recommend_parts(
     del evidence
     pinball = pinball_losses(pl.concat(backtests), pp.profiles.select(ID, "demand_class"), cfg.models.quantiles)
     del backtests
-    calendar = held_out_calendar(fp.plan, pp.lengths, pp.dates)
+    # A series' panel runs from its first sale to the last period: its length is the profile's n_periods.
+    calendar = held_out_calendar(fp.plan, pp.profiles.select(ID, periods=pl.col("n_periods").cast(pl.Int64)), pp.dates)
     _log(progress, "recommend: calibration and held-out calendar of the whole catalogue done")
 
     recs, outcomes, start = [], [], time.perf_counter()
