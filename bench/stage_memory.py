@@ -1,10 +1,11 @@
-"""Memory of the run's whole-catalogue steps: read, validation and the partitioned profile, in one process.
+"""Memory of the run's first steps, as the flow runs them: validation and the partitioned profile, in one process.
 
 Run: `.venv/bin/python bench/stage_memory.py --skus 30000` (generates the catalogue: `buffercast sample-data`, seed 7,
-730 days). Prints and writes `bench/results/stage_memory_<skus>.json`: the process's resident set (VmRSS) and its peak
-(ru_maxrss) after the imports, after `pl.read_parquet` of the sales, after `pipeline.contracts.validate_inputs` (the
-peak there is the validation's), and after `pipeline.partitioned.profile_parts` (partitions of `partitions.skus`,
-kept in memory). The end-to-end figures are `bench/scale.py`'s; this says which step makes their peak.
+730 days). Prints and writes `bench/results/stage_memory_<skus>.json`: the process's resident set (VmRSS) after each
+step and its peak during the step (VmHWM, reset before it through /proc/self/clear_refs): the imports;
+`pipeline.partitioned.validate_inputs_parts` of a scan of the sales file (`partitions.rows` rows at a time, the valid
+rows filed by partition in a `flows.publish.ParquetStore`); `pipeline.partitioned.profile_parts` (each partition's
+panel to the store). The end-to-end figures are `bench/scale.py`'s; this says which step makes their peak.
 Nothing asserts on memory.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,10 +28,15 @@ from profile_m5 import machine  # noqa: E402
 
 
 def _mb() -> dict[str, int]:
-    """The process's resident set now and its peak so far, MB."""
+    """The process's resident set now and its peak since the last `_reset_peak`, MB."""
     with open("/proc/self/status") as status:
-        now = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
-    return {"rss_mb": round(now / 1024), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        kb = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
+    return {"rss_mb": round(kb["VmRSS"] / 1024), "peak_rss_mb": round(kb["VmHWM"] / 1024)}
+
+
+def _reset_peak() -> None:
+    """Start VmHWM again from the resident set now (Linux: `5` to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def main() -> int:
@@ -44,31 +49,27 @@ def main() -> int:
     import polars as pl
 
     from configs.schema import BuffercastConfig
-    from pipeline.contracts import validate_inputs
-    from pipeline.partitioned import MemoryStore, profile_parts
-    from pipeline.tables import sales_as_of
+    from flows.publish import ParquetStore
+    from pipeline.partitioned import profile_parts, validate_inputs_parts
+    from pipeline.tables import as_of_rows
 
     steps: dict[str, dict] = {"imports": _mb()}
     with tempfile.TemporaryDirectory(prefix="buffercast-stage-memory-") as tmp:
         data = Path(tmp)
         generate = [str(Path(sys.executable).parent / "buffercast"), "sample-data", "--out", tmp, "--skus", str(args.skus), "--seed", "7"]
         subprocess.run(generate, check=True, capture_output=True)
-        t0 = time.perf_counter()
-        raw = pl.read_parquet(data / "sales.parquet")
         master = pl.read_parquet(data / "sku_master.parquet")
-        read_s = round(time.perf_counter() - t0, 1)
-        steps["read"] = _mb() | {"rows": raw.height, "frame_mb": round(raw.estimated_size() / 2**20), "s": read_s}
         cfg = BuffercastConfig(input={"sales": str(data / "sales.parquet")})
+        store = ParquetStore(data / "work")
+        _reset_peak()
         t0 = time.perf_counter()
-        inputs = validate_inputs(cfg, raw, master, today=dt.date.today())
-        steps["validation"] = _mb() | {
-            "valid_frame_mb": round(inputs.sales.valid.estimated_size() / 2**20),
-            "s": round(time.perf_counter() - t0, 1),
-        }
-        del raw
-        sales, as_of, _ = sales_as_of(cfg, inputs.sales.valid)
+        inputs = validate_inputs_parts(cfg, pl.scan_parquet(data / "sales.parquet"), master, today=dt.date.today(), store=store)
+        parts = inputs.sales.parts
+        steps["validation"] = _mb() | {"rows": inputs.sales.rows_in, "chunks": parts.chunks, "s": round(time.perf_counter() - t0, 1)}
+        as_of, _, _ = as_of_rows(cfg, parts.dates)
+        _reset_peak()
         t0 = time.perf_counter()
-        pp = profile_parts(cfg, sales, inputs.master.valid, as_of, MemoryStore())
+        pp = profile_parts(cfg, parts, inputs.master.valid, as_of, store)
         steps["profile"] = _mb() | {"partitions": pp.parts, "s": round(time.perf_counter() - t0, 1)}
     result = {
         "command": "python bench/stage_memory.py " + " ".join(sys.argv[1:]),
@@ -76,6 +77,7 @@ def main() -> int:
         "skus": args.skus,
         "days": 730,
         "partition_skus": cfg.partitions.skus,
+        "partition_rows": cfg.partitions.rows,
         "steps": steps,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

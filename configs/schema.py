@@ -340,10 +340,15 @@ class BacktestConfig(_Strict):
 class PartitionConfig(_Strict):
     """The run over partitions of SKUs (docs/operations.md, "Large catalogues"): every stage holds one partition's
     demand at a time; what ranks or fits over the whole catalogue (ABC, calibration, the scenario totals) runs once
-    between two passes. The outputs do not depend on the partition size."""
+    between two passes. The outputs do not depend on the partition size, nor on the rows validated at a time."""
 
     skus: int = Field(
         10_000, ge=1, description="Series (SKU x location) per partition: fewer hold less memory, more make fewer statsforecast calls."
+    )
+    rows: int = Field(
+        2_000_000,
+        ge=1,
+        description="Sales rows read and validated at a time; their valid rows are filed by partition as they come.",
     )
 
 

@@ -46,7 +46,7 @@ from flows.tasks import (
 from flows.tracking import resolve_tracking_uri
 from pipeline.contracts import Inputs, validate_output
 from pipeline.report import FIGURE_FILES, planner_report
-from pipeline.tables import input_rows, published_tables, run_manifest, run_summary, sales_as_of
+from pipeline.tables import as_of_rows, input_rows, published_tables, run_manifest, run_summary
 
 
 @flow(name="plan-buffers", log_prints=True)
@@ -70,20 +70,19 @@ def _plan(cfg: BuffercastConfig, logger: Any) -> dict[str, Any]:
     t = cfg.timeouts
     fingerprint = input_fingerprint(cfg.input.sales, cfg.input.sku_master)
     pulled = timed("pull", t.pull, pull, cache_expiration=dt.timedelta(hours=cfg.input.cache_hours))(cfg, fingerprint)
-    inputs = timed("validation", t.validation, validate)(cfg, pulled)
-    sales, as_of, rows_after_as_of = sales_as_of(cfg, inputs.sales.valid)
-
-    master = inputs.master.valid if inputs.master else None
     run_id = uuid.uuid4().hex
-    with publisher.work_store(cfg.output.folder, run_id) as store:
-        return _plan_partitions(cfg, logger, pulled, inputs, sales, master, as_of, rows_after_as_of, run_id, store)
+    with publisher.work_store(cfg.output.folder, run_id) as store:  # the run's partitions wait here between stages
+        inputs = timed("validation", t.validation, validate)(cfg, pulled, store)
+        return _plan_partitions(cfg, logger, pulled, inputs, run_id, store)
 
 
 def _plan_partitions(
-    cfg: BuffercastConfig, logger: Any, pulled: Pulled, inputs: Inputs, sales: Any, master: Any,
-    as_of: dt.date, rows_after_as_of: int, run_id: str, store: publisher.ParquetStore,
-) -> dict[str, Any]:  # fmt: skip
+    cfg: BuffercastConfig, logger: Any, pulled: Pulled, inputs: Inputs, run_id: str, store: publisher.ParquetStore
+) -> dict[str, Any]:
     t = cfg.timeouts
+    sales = inputs.sales.parts  # the valid sales, filed by partition of SKUs in `store`
+    as_of, sales_used, rows_after_as_of = as_of_rows(cfg, sales.dates)
+    master = inputs.master.valid if inputs.master else None
     pp = timed("profile", t.profile, profile)(cfg, sales, master, as_of, store)
     fp = timed("forecast", t.forecast, forecast)(cfg, pp)
     rec = timed("recommend", t.recommend, recommend_buffers)(cfg, as_of, pp, fp)
@@ -93,7 +92,7 @@ def _plan_partitions(
     tables["changes"] = validate_output("changes", changes)
 
     prefect_run_id = str(flow_run.get_id() or "")
-    n_rows = input_rows(inputs, sales.height, rows_after_as_of, pulled.counts)
+    n_rows = input_rows(inputs, sales_used, rows_after_as_of, pulled.counts)
     summary = run_summary(recs) | {"series_not_planned": pp.left_out.height, "changes": change_counts(changes)}
 
     # Tracking starts before publishing (its run id goes into the manifest); if the server is down, the outputs
@@ -114,7 +113,7 @@ def _plan_partitions(
         as_of=as_of,
         n_rows=n_rows,
         left_out=pp.left_out,
-        last_date=inputs.sales.valid["date"].max(),
+        last_date=sales.dates["date"].max(),
         previous=previous,
         summary=summary,
         tracking=tracking,

@@ -30,7 +30,17 @@ from flows.sources import read_sku_master
 from flows.tracking import Tracker
 from forecasting.workers import WorkerDied
 from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, InputError, Inputs, json_schema_text, quarantine_summary, validate_inputs
-from pipeline.partitioned import ForecastParts, PartitionStore, ProfiledParts, Recommended, forecast_parts, profile_parts, recommend_parts
+from pipeline.partitioned import (
+    ForecastParts,
+    PartitionStore,
+    ProfiledParts,
+    Recommended,
+    SalesParts,
+    forecast_parts,
+    profile_parts,
+    recommend_parts,
+    validate_inputs_parts,
+)
 from pipeline.report import plan_summary_markdown, top_buffers_rows
 from pipeline.tables import reasons_table, summary_metrics
 
@@ -57,15 +67,15 @@ class Pulled:
     has_master: bool
     counts: dict[str, int]
 
-    def tables(self, cfg: BuffercastConfig) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-        """The raw sales and SKU master. A snapshot removed since Prefect cached this result (within
-        `input.cache_hours`) is read again from the inputs."""
+    def tables(self, cfg: BuffercastConfig) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
+        """The raw sales (a scan of the pulled file: read a chunk at a time by the validation) and SKU master. A
+        snapshot removed since Prefect cached this result (within `input.cache_hours`) is read again from the inputs."""
         folder = Path(self.folder)
         if not (folder / "sales.parquet").exists() or (self.has_master and not (folder / "sku_master.parquet").exists()):
             get_run_logger().warning("the pulled inputs in %s are gone; reading the inputs again", folder)
-            return pull_sales(cfg.input, cfg.as_of).raw, read_sku_master(cfg.input, cfg.as_of)
+            return pull_sales(cfg.input, cfg.as_of).raw.lazy(), read_sku_master(cfg.input, cfg.as_of)
         master = pl.read_parquet(folder / "sku_master.parquet") if self.has_master else None
-        return pl.read_parquet(folder / "sales.parquet"), master
+        return pl.scan_parquet(folder / "sales.parquet"), master
 
 
 def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -101,10 +111,16 @@ def pull(cfg: BuffercastConfig, fingerprint: str | None) -> Pulled:
 
 
 @task(cache_policy=NO_CACHE)
-def validate(cfg: BuffercastConfig, pulled: Pulled) -> Inputs:
-    """The raw inputs the pull wrote, validated (`pipeline.contracts.validate_inputs`)."""
+def validate(cfg: BuffercastConfig, pulled: Pulled, store: PartitionStore | None = None) -> Inputs:
+    """The raw inputs the pull wrote, validated `partitions.rows` sales rows at a time, the valid rows filed by
+    partition of SKUs in `store` (`pipeline.partitioned.validate_inputs_parts`); without a store, the valid sales in
+    one frame (`pipeline.contracts.validate_inputs`: the rolling evaluation's)."""
     raw_sales, raw_master = pulled.tables(cfg)
-    inputs = validate_inputs(cfg, raw_sales, raw_master, today=dt.date.today())
+    today = dt.date.today()
+    if store is None:
+        inputs = validate_inputs(cfg, raw_sales.collect(), raw_master, today=today)
+    else:
+        inputs = validate_inputs_parts(cfg, raw_sales, raw_master, today=today, store=store)
     del raw_sales, raw_master
     logger = get_run_logger()
     logger.info("sales: %d rows read, %s", inputs.sales.rows_in, quarantine_summary(inputs.sales.quarantine))
@@ -114,9 +130,7 @@ def validate(cfg: BuffercastConfig, pulled: Pulled) -> Inputs:
 
 
 @task(cache_policy=NO_CACHE)
-def profile(
-    cfg: BuffercastConfig, sales: pl.DataFrame, master: pl.DataFrame | None, as_of: dt.date, store: PartitionStore
-) -> ProfiledParts:
+def profile(cfg: BuffercastConfig, sales: SalesParts, master: pl.DataFrame | None, as_of: dt.date, store: PartitionStore) -> ProfiledParts:
     """Calendar, SKU attributes and every demand feature per series, per partition of SKUs
     (`pipeline.partitioned.profile_parts`; the partitions' panels go to `store`)."""
     logger = get_run_logger()
@@ -238,7 +252,8 @@ def log_run(
     """Everything a data scientist compares runs by: params, metrics, input lineage, tables, reasons, plots, report."""
     tracker.log_params(cfg.flat())
     tracker.log_metrics(summary_metrics(summary, n_rows, tables))
-    tracker.log_dataset(inputs.sales.valid, source=cfg.input.sales, name="sales", context="sales")
+    sales = inputs.sales.parts  # filed by partition: described by its first values, row count and digest
+    tracker.log_dataset(sales.witness, source=cfg.input.sales, name="sales", context="sales", rows=sales.rows, digest=sales.digest)
     if inputs.master is not None and cfg.input.sku_master:
         tracker.log_dataset(inputs.master.valid, source=cfg.input.sku_master, name="sku_master", context="sku_master")
     for name, frame in tables.items():

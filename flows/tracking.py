@@ -7,6 +7,7 @@ the run early (its id goes into the manifest) and finish it after publishing.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any
 import mlflow
 import polars as pl
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -82,15 +84,22 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
-    def log_dataset(self, frame: pl.DataFrame, *, source: str, name: str, context: str) -> None:
-        """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run."""
+    def log_dataset(
+        self, frame: pl.DataFrame, *, source: str, name: str, context: str, rows: int | None = None, digest: str | None = None
+    ) -> None:
+        """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run.
+        `rows` and `digest`: of a dataset not held in one frame; `frame` then stands for it (its schema, and which
+        columns have a value: e.g. one row of each column's first value)."""
         root = logging.getLogger()
         with warnings.catch_warnings(), _dropping(root, "will be mapped to DataType.datetime"):
             # MLflow registers its local-artifact source twice and says so on every local path, and logs (on the root
             # logger) that a Date column is recorded as a datetime in the dataset's schema: noise, not a problem.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
             origin = _DatabaseSource(source) if source.startswith(("postgresql://", "postgres://")) else source
-            entity = mlflow.data.from_polars(frame, source=origin, name=name)._to_mlflow_entity()  # the schema is inferred here
+            entity = mlflow.data.from_polars(frame, source=origin, name=name, digest=digest)._to_mlflow_entity()  # schema inferred
+        if rows is not None:
+            profile = json.dumps({"num_rows": rows, "num_elements": rows * frame.width})  # as MLflow profiles a frame
+            entity = DatasetEntity(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, profile)
         tags = [InputTag(key="mlflow.data.context", value=context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=tags)])
 

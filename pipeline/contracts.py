@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandera.polars as pa
 import polars as pl
@@ -37,6 +38,9 @@ from pipeline.raw import (
     RawTable,
     files_label,
 )
+
+if TYPE_CHECKING:
+    from pipeline.partitioned import SalesParts
 
 _POSITION = "_position"  # row position in the raw frame: pandera's failure_cases `index`
 QUARANTINE_COLUMNS = {
@@ -62,10 +66,21 @@ class Validated:
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """The validated inputs of a run: the sales and the SKU master (None when the run has none)."""
+class ValidatedInParts:
+    """An input validated a chunk at a time (`validate_sales_chunks`): its valid rows were filed by partition of
+    series as they came (`parts`), its quarantined rows are here."""
 
-    sales: Validated
+    parts: SalesParts
+    quarantine: pl.DataFrame
+    rows_in: int  # == parts.rows + quarantine.height
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The validated inputs of a run: the sales (in one frame, or filed by partition) and the SKU master (None when
+    the run has none)."""
+
+    sales: Validated | ValidatedInParts
     master: Validated | None
 
 
@@ -99,12 +114,29 @@ def _first_occurrence(name: str) -> pa.Check:
     return pa.Check(first, error=name)
 
 
+def _not_at(name: str, positions: pl.Series, offset: int) -> pa.Check:
+    """Rows at `positions` of the whole input fail (this frame's first row is at `offset`)."""
+    failing = positions.filter(positions >= offset).implode()
+
+    def check(data: PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select((pl.int_range(pl.len(), dtype=pl.Int64) + offset).is_in(failing).not_().alias(data.key))
+
+    return pa.Check(check, error=name)
+
+
 def _provenance() -> dict[str, pa.Column]:
     return {SOURCE_FILE: pa.Column(pl.String, nullable=True), ROW_NUMBER: pa.Column(pl.Int64, nullable=False)}
 
 
-def sales_schema(today: dt.date, earliest: dt.date | None = None, max_quantity: float = math.inf) -> pa.DataFrameSchema:
-    """Parsed sales rows; `line_id` is only used to find duplicate lines and is dropped afterwards."""
+def sales_schema(
+    today: dt.date,
+    earliest: dt.date | None = None,
+    max_quantity: float = math.inf,
+    repeated: tuple[pl.Series, int] | None = None,
+) -> pa.DataFrameSchema:
+    """Parsed sales rows; `line_id` is only used to find duplicate lines and is dropped afterwards. `repeated`: the
+    duplicate lines of the whole input (`repeated_lines`) and the position of this frame's first row in it; without
+    it, a line id repeated within the frame."""
     dates = [pa.Check.le(today, error="date_not_in_future")]
     if earliest is not None:
         dates.append(pa.Check.ge(earliest, error="date_too_early"))
@@ -117,7 +149,11 @@ def sales_schema(today: dt.date, earliest: dt.date | None = None, max_quantity: 
             "location_id": pa.Column(pl.String, nullable=True),
             "date": pa.Column(pl.Date, nullable=False, checks=dates),
             "quantity": pa.Column(pl.Float64, nullable=False, checks=quantities),
-            "line_id": pa.Column(pl.String, nullable=True, checks=_first_occurrence("duplicate_line_id")),
+            "line_id": pa.Column(
+                pl.String,
+                nullable=True,
+                checks=_first_occurrence("duplicate_line_id") if repeated is None else _not_at("duplicate_line_id", *repeated),
+            ),
             **_provenance(),
         },
         name="sales",
@@ -156,6 +192,29 @@ SKU_MASTER_SCHEMA = pa.DataFrameSchema(
 # ---- validation ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SalesRules:
+    """How sales rows are read and checked (`validate_sales`): dates in `timezone` (`date_format` first, if set),
+    quarantined before `earliest`, after `today` or above `max_quantity`; text numbers with a decimal comma if
+    `decimal_comma`; more than `max_quarantine_share` of the rows quarantined fails the input."""
+
+    today: dt.date
+    date_format: str | None = None
+    timezone: str = "UTC"
+    earliest: dt.date | None = None
+    max_quantity: float = math.inf
+    decimal_comma: bool = False
+    max_quarantine_share: float = 1.0
+    source: str = "sales"
+
+    @classmethod
+    def of(cls, cfg: BuffercastConfig, today: dt.date, limit_quarantine: bool = True) -> SalesRules:
+        """The config's input rules; `limit_quarantine=False` lifts `input.max_quarantine_share`."""
+        i = cfg.input
+        share = i.max_quarantine_share if limit_quarantine else 1.0
+        return cls(today, i.date_format, i.timezone, i.earliest_date, i.max_quantity, i.decimal_comma, share)
+
+
 def validate_sales(
     raw: pl.DataFrame,
     cols: SalesColumns,
@@ -176,13 +235,80 @@ def validate_sales(
     `earliest` (date_too_early) or with a quantity above `max_quantity` (quantity_too_large) are quarantined.
     Raises InputError for a missing column, or when the quarantined share of rows exceeds `max_quarantine_share`.
     """
-    table = RawTable.of(raw, cols, required=SALES_REQUIRED, key="input.sales_columns", source=source)
-    parsed = raw.select(
-        *table.parsed(SALES_KINDS, date_format=date_format, timezone=timezone, decimal_comma=decimal_comma), *table.provenance()
-    )
-    schema = sales_schema(today, earliest, max_quantity)
-    result = _split(table, parsed, schema, _unparseable(table, parsed, _parsed_columns(SALES_KINDS)))
-    return _within_share(Validated(result.valid.drop("line_id"), result.quarantine, result.rows_in), max_quarantine_share, source)
+    rules = SalesRules(today, date_format, timezone, earliest, max_quantity, decimal_comma, max_quarantine_share, source)
+    return _sales_in_one_piece(raw, cols, rules)
+
+
+def _sales_in_one_piece(raw: pl.DataFrame, cols: SalesColumns, rules: SalesRules) -> Validated:
+    """The whole frame in one chunk of `validate_sales_chunks`."""
+    valid: list[pl.DataFrame] = []
+    quarantine, rows_in = validate_sales_chunks(raw.lazy(), cols, valid.append, chunk_rows=max(raw.height, 1), rules=rules)
+    return Validated(valid[0], quarantine, rows_in)
+
+
+def validate_sales_chunks(
+    raw: pl.LazyFrame, cols: SalesColumns, take: Callable[[pl.DataFrame], None], *, chunk_rows: int, rules: SalesRules
+) -> tuple[pl.DataFrame, int]:
+    """`validate_sales` of an input of any size, `chunk_rows` rows at a time: each chunk's valid rows go to `take`, in
+    input order, and the quarantine of every chunk is returned with the rows read (quarantine, rows_in).
+
+    The one check across rows, a repeated line id, is decided over the whole input first (`repeated_lines`), so
+    the chunks give the same valid rows and quarantine as one piece, whatever their size. Raises InputError as
+    `validate_sales` does; the quarantine share is checked once every chunk has been read."""
+    r = rules
+    rows = raw.select(pl.len()).collect().item()
+    head = raw.head(0).collect()
+    files = raw.select(pl.col(SOURCE_FILE).unique(maintain_order=True)).collect() if SOURCE_FILE in head.columns else head
+    label = files_label(files, r.source)
+    header = RawTable.of(head, cols, required=SALES_REQUIRED, key="input.sales_columns", source=r.source, label=label)
+    header.raw.select(*header.parsed(SALES_KINDS, date_format=r.date_format, timezone=r.timezone, decimal_comma=r.decimal_comma))
+    repeated = repeated_lines(raw, header.text("line_id"), rows) if "line_id" in header.names else pl.Series([], dtype=pl.Int64)
+    quarantines = []
+    for offset in range(0, max(rows, 1), chunk_rows):
+        chunk = raw.slice(offset, chunk_rows).collect()
+        table = RawTable.of(chunk, cols, required=SALES_REQUIRED, key="input.sales_columns", source=r.source, label=label, offset=offset)
+        parsed = chunk.select(
+            *table.parsed(SALES_KINDS, date_format=r.date_format, timezone=r.timezone, decimal_comma=r.decimal_comma),
+            *table.provenance(),
+        )
+        del chunk
+        # Its repeated lines are those of the whole input; once they are out, its rows pass the check within it.
+        schema = sales_schema(r.today, r.earliest, r.max_quantity, repeated=(repeated, offset))
+        unparseable = _unparseable(table, parsed, _parsed_columns(SALES_KINDS))
+        result = _split(table, parsed, schema, unparseable, recheck=sales_schema(r.today, r.earliest, r.max_quantity))
+        del table, parsed
+        quarantines.append(result.quarantine)
+        take(result.valid.drop("line_id"))
+        del result
+    quarantine = pl.concat(quarantines)
+    _within_share(quarantine, rows, r.max_quarantine_share, r.source)
+    return quarantine, rows
+
+
+def input_series(raw: pl.LazyFrame, cols: SalesColumns) -> pl.DataFrame:
+    """The distinct sku_id, location_id of a sales input as its validation reads them (rows that fail it included;
+    a row without a SKU left out), read without holding the input."""
+    table = RawTable.of(raw.head(0).collect(), cols, required=SALES_REQUIRED, key="input.sales_columns", source="sales")
+    keys = raw.select(table.text("sku_id"), table.text("location_id")).drop_nulls("sku_id").unique()
+    return keys.collect(engine="streaming")
+
+
+#: Line ids held at a time to find repeats: an input with more rows is read once per bucket of hashed ids.
+LINES_PER_BUCKET = 4_000_000
+
+
+def repeated_lines(raw: pl.LazyFrame, line_id: pl.Expr, rows: int, lines_per_bucket: int = LINES_PER_BUCKET) -> pl.Series:
+    """The positions (0-based, sorted) of the rows whose line id (`line_id`, an expression on `raw`; null: none) is
+    on an earlier row: the `duplicate_line_id` rows. A repeat has the same id, so the same hash: the ids are read in
+    buckets of their hash, each bucket's in input order, about `lines_per_bucket` of them at a time."""
+    lines = raw.select(_line=line_id).with_row_index(_POSITION).filter(pl.col("_line").is_not_null())
+    buckets = max(1, math.ceil(rows / lines_per_bucket))
+    found = [pl.Series(_POSITION, [], dtype=pl.Int64)]
+    for bucket in range(buckets):
+        ids = lines if buckets == 1 else lines.filter(pl.col("_line").hash(seed=0) % buckets == bucket)
+        ids = ids.collect(engine="streaming").sort(_POSITION)
+        found.append(ids.filter(~pl.col("_line").is_first_distinct()).get_column(_POSITION).cast(pl.Int64))
+    return pl.concat(found).sort()
 
 
 def validate_inputs(
@@ -191,33 +317,23 @@ def validate_inputs(
     """The raw inputs checked against their contracts with the config's column names and input rules (dates in
     `input.timezone`, `input.earliest_date`, `input.max_quantity`, `input.decimal_comma`). `limit_quarantine=False`
     lifts `input.max_quarantine_share` (the pre-flight look at a few rows)."""
-    share = cfg.input.max_quarantine_share if limit_quarantine else 1.0
-    sales = validate_sales(
-        raw_sales,
-        cfg.input.sales_columns,
-        today=today,
-        date_format=cfg.input.date_format,
-        timezone=cfg.input.timezone,
-        earliest=cfg.input.earliest_date,
-        max_quantity=cfg.input.max_quantity,
-        decimal_comma=cfg.input.decimal_comma,
-        max_quarantine_share=share,
-    )
-    master = (
-        None
-        if raw_master is None
-        else validate_sku_master(
-            raw_master, cfg.input.sku_master_columns, decimal_comma=cfg.input.decimal_comma, max_quarantine_share=share
-        )
-    )
-    return Inputs(sales, master)
+    rules = SalesRules.of(cfg, today, limit_quarantine)
+    sales = _sales_in_one_piece(raw_sales, cfg.input.sales_columns, rules)
+    return Inputs(sales, validate_master_input(cfg, raw_master, rules.max_quarantine_share))
 
 
-def _within_share(result: Validated, max_share: float, source: str) -> Validated:
+def validate_master_input(cfg: BuffercastConfig, raw: pl.DataFrame | None, max_quarantine_share: float) -> Validated | None:
+    """`validate_sku_master` with the config's column names and decimal comma; None without a SKU master."""
+    if raw is None:
+        return None
+    i = cfg.input
+    return validate_sku_master(raw, i.sku_master_columns, decimal_comma=i.decimal_comma, max_quarantine_share=max_quarantine_share)
+
+
+def _within_share(quarantine: pl.DataFrame, rows_in: int, max_share: float, source: str) -> None:
     """Raise InputError when more than `max_share` of the rows were quarantined."""
-    if result.rows_in and result.quarantine.height / result.rows_in > max_share:
-        raise InputError(_too_many_message(result, max_share, source))
-    return result
+    if rows_in and quarantine.height / rows_in > max_share:
+        raise InputError(_too_many_message(quarantine, rows_in, max_share, source))
 
 
 def validate_sku_master(
@@ -232,7 +348,8 @@ def validate_sku_master(
     parsed = raw.select(*table.parsed(MASTER_KINDS, decimal_comma=decimal_comma), *table.provenance())
     unparseable = _unparseable(table, parsed, _parsed_columns(MASTER_KINDS))
     result = _split(table, parsed.with_columns(pl.col("critical").fill_null(False)), SKU_MASTER_SCHEMA, unparseable)
-    return _within_share(result, max_quarantine_share, source)
+    _within_share(result.quarantine, result.rows_in, max_quarantine_share, source)
+    return result
 
 
 def quarantine_summary(q: pl.DataFrame) -> str:
@@ -261,8 +378,15 @@ def _unparseable(table: RawTable, parsed: pl.DataFrame, columns: tuple[str, ...]
     )
 
 
-def _split(table: RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, unparseable: pl.DataFrame) -> Validated:
-    """Validate `parsed` lazily, quarantine failing rows (by position) with the parse failures, re-validate the rest."""
+def _split(
+    table: RawTable,
+    parsed: pl.DataFrame,
+    schema: pa.DataFrameSchema,
+    unparseable: pl.DataFrame,
+    recheck: pa.DataFrameSchema | None = None,
+) -> Validated:
+    """Validate `parsed` lazily, quarantine failing rows (by position) with the parse failures, re-validate the rest
+    (by `recheck`, when the rows' positions matter to `schema`)."""
     try:
         schema.validate(parsed, lazy=True)
         found = unparseable.clear()
@@ -309,7 +433,7 @@ def _split(table: RawTable, parsed: pl.DataFrame, schema: pa.DataFrameSchema, un
         .join(failures, on=_POSITION, how="anti", maintain_order="left")
         .drop(_POSITION)
     )
-    return Validated(schema.validate(valid), quarantine, table.raw.height)
+    return Validated((recheck or schema).validate(valid), quarantine, table.raw.height)
 
 
 # ---- messages --------------------------------------------------------------------------
@@ -326,8 +450,7 @@ def _check_counts(q: pl.DataFrame) -> str:
     return ", ".join(f"{check} {n}" for check, n in counts.iter_rows())
 
 
-def _too_many_message(result: Validated, max_share: float, source: str) -> str:
-    q = result.quarantine
+def _too_many_message(q: pl.DataFrame, rows_in: int, max_share: float, source: str) -> str:
     several_files = q["source_file"].n_unique() > 1
     examples = []
     for row in q.head(3).iter_rows(named=True):
@@ -336,7 +459,7 @@ def _too_many_message(result: Validated, max_share: float, source: str) -> str:
         where = f"'{row['source_file']}' row" if several_files else "row"
         examples.append(f"{where} {row['row_number']} ({shown})")
     return (
-        f"{files_label(q, source, 'source_file')}: {q.height} of {result.rows_in} rows ({q.height / result.rows_in:.1%})"
+        f"{files_label(q, source, 'source_file')}: {q.height} of {rows_in} rows ({q.height / rows_in:.1%})"
         f" failed validation, more than input.max_quarantine_share={max_share:g} allows ({_check_counts(q)});"
         f" e.g. {'; '.join(examples)}. Fix the file or raise input.max_quarantine_share in your config."
     )

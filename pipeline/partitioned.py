@@ -11,6 +11,10 @@ between the passes, on small per-SKU frames:
     pass two, per partition    recommendations, replay, stress outcomes, the per-SKU tables
     once, over all             the scenario totals; the per-SKU tables concatenated and sorted -> `recommend_parts`
 
+The sales come in partitions too: the validation reads the input `partitions.rows` rows at a time and hands each
+chunk's valid rows to `SalesPartitioner`, which files them by partition (`validate_inputs_parts`); the profile reads
+one partition's rows at a time (`SalesParts.read`). Nothing holds the whole sales.
+
 Each partition's frames wait between stages in a `PartitionStore` (Parquet files in the run's work folder: the
 flow's `flows.workdir.ParquetStore`; or memory), so a stage holds one partition's demand at a time. A SKU's numbers
 depend only on its own history and on the whole-catalogue steps (every random draw is keyed by its id:
@@ -38,6 +42,7 @@ from features.calendar import series_keys
 from features.profile import with_abc_classes
 from forecasting.backtest import MIN_SKUS_PER_WORKER_CHUNK, ForecastResult
 from forecasting.workers import worker_count, worker_pool
+from pipeline.contracts import Inputs, SalesRules, ValidatedInParts, input_series, validate_master_input, validate_sales_chunks
 from pipeline.stages import (
     CalibrationEvidence,
     Profiled,
@@ -95,6 +100,98 @@ def _log(progress: Progress | None, line: str) -> None:
 
 
 @dataclass(frozen=True)
+class SalesParts:
+    """The valid sales filed by partition of series (contiguous ranges of `unique_id`, `partitions.skus` per
+    partition): partition i's rows are the frames `sales.<chunk>` of partition i in `store`, in input order; and
+    what the whole-catalogue steps need of all of them: the rows per date, the row count, MLflow's digest."""
+
+    store: PartitionStore
+    parts: int
+    chunks: int
+    dates: pl.DataFrame  # date, rows: the valid rows per date
+    digest: str  # MLflow's digest of the valid sales in one frame (its `hash_polars_df`): the sum of every row's hash
+    witness: pl.DataFrame  # one row: each column's first non-null value (null when it has none); the sales' schema
+
+    @property
+    def rows(self) -> int:
+        return int(self.dates["rows"].sum())
+
+    def read(self, i: int, as_of: dt.date) -> pl.DataFrame:
+        """Partition i's valid rows dated on or before `as_of`, in input order."""
+        frames = [self.store.get(i, _chunk_name(j)) for j in range(self.chunks)]
+        sales = frames[0] if len(frames) == 1 else pl.concat(frames)
+        return sales.filter(pl.col("date") <= as_of)
+
+
+def _chunk_name(chunk: int) -> str:
+    return f"sales.{chunk:05d}"
+
+
+class SalesPartitioner:
+    """Files valid sales rows, a chunk at a time (`__call__`), by partition of series: the series of the whole input
+    (`series`, called once, at the first chunk: every distinct sku_id, location_id), sorted by `unique_id`, `skus`
+    per partition. `parts()` is the result."""
+
+    def __init__(self, series: Callable[[], pl.DataFrame], skus: int, store: PartitionStore) -> None:
+        self._series, self._skus, self._store = series, skus, store
+        self._map: pl.DataFrame | None = None
+        self._parts, self._chunks, self._hash = 1, 0, 0
+        self._dates: list[pl.DataFrame] = []
+        self._witness: list[pl.DataFrame] = []
+
+    def __call__(self, valid: pl.DataFrame) -> None:
+        if self._map is None:
+            keys = series_keys(_with_location(self._series()))
+            self._map = keys.select(*KEYS, _part=pl.int_range(pl.len(), dtype=pl.UInt32) // self._skus)
+            self._parts = max(1, math.ceil(keys.height / self._skus))
+        name = _chunk_name(self._chunks)
+        if self._parts == 1:
+            self._store.put(0, name, valid)
+        else:
+            part = (
+                _with_location(valid)
+                .select(KEYS)
+                .join(self._map, on=KEYS, how="left", nulls_equal=True, maintain_order="left")
+                .get_column("_part")
+            )
+            for i in range(self._parts):
+                self._store.put(i, name, valid.filter(part == i))
+        self._chunks += 1
+        self._dates.append(valid.group_by("date").len("rows"))
+        self._hash = (self._hash + int(valid.hash_rows().sum() or 0)) % 2**64
+        self._witness.append(valid.select(pl.all().drop_nulls().first()))
+
+    def parts(self) -> SalesParts:
+        dates = pl.concat(self._dates).group_by("date").agg(pl.col("rows").sum()).sort("date")
+        witness = pl.concat(self._witness).select(pl.all().drop_nulls().first())
+        return SalesParts(self._store, self._parts, self._chunks, dates, str(self._hash), witness)
+
+
+def _with_location(sales: pl.DataFrame) -> pl.DataFrame:
+    return sales if "location_id" in sales.columns else sales.with_columns(location_id=pl.lit(None, pl.String))
+
+
+def split_sales(sales: pl.DataFrame, skus: int, store: PartitionStore) -> SalesParts:
+    """Valid sales already in one frame, filed by partition of `skus` series (as `validate_inputs_parts` files them)."""
+    partitioner = SalesPartitioner(lambda: sales.select(pl.col("^(sku_id|location_id)$")), skus, store)
+    partitioner(sales)
+    return partitioner.parts()
+
+
+def validate_inputs_parts(
+    cfg: BuffercastConfig, raw_sales: pl.LazyFrame, raw_master: pl.DataFrame | None, *, today: dt.date, store: PartitionStore
+) -> Inputs:
+    """`pipeline.contracts.validate_inputs` of a sales input of any size: validated `partitions.rows` rows at a time
+    (`validate_sales_chunks`), the valid rows filed by partition of `partitions.skus` series in `store`."""
+    i = cfg.input
+    partitioner = SalesPartitioner(lambda: input_series(raw_sales, i.sales_columns), cfg.partitions.skus, store)
+    rules = SalesRules.of(cfg, today)
+    quarantine, rows_in = validate_sales_chunks(raw_sales, i.sales_columns, partitioner, chunk_rows=cfg.partitions.rows, rules=rules)
+    master = validate_master_input(cfg, raw_master, rules.max_quarantine_share)
+    return Inputs(ValidatedInParts(partitioner.parts(), quarantine, rows_in), master)
+
+
+@dataclass(frozen=True)
 class ProfiledParts:
     """Pass one's profile of every partition: the per-SKU frames of the whole catalogue (one row per series) and, in
     `store`, each partition's demand panels and flagged outliers."""
@@ -133,57 +230,44 @@ class ProfiledParts:
 
 def profile_parts(
     cfg: BuffercastConfig,
-    sales: pl.DataFrame,
+    sales: SalesParts,
     master: pl.DataFrame | None,
     as_of: dt.date,
     store: PartitionStore,
     progress: Progress | None = None,
 ) -> ProfiledParts:
-    """Pass one's profile: `pipeline.stages.profile_partition` per partition of `partitions.skus` series (the grain
-    decided once for all), then the ABC classes over the whole catalogue. Raises InputError when no series can be
-    planned."""
-    grain = input_grain(cfg, sales)
-    all_keys = series_keys(sales)
-    parts = max(1, math.ceil(all_keys.height / cfg.partitions.skus))  # one (empty) for no series
-    sales = sales if "location_id" in sales.columns else sales.with_columns(location_id=pl.lit(None, pl.String))
-    # Each row's partition (a column, not a copy of the sales): partition i is the rows where it is i.
-    part_of = (
-        sales.select(KEYS)
-        .join(
-            all_keys.select(*KEYS, _part=pl.int_range(pl.len(), dtype=pl.UInt32) // cfg.partitions.skus),
-            on=KEYS,
-            how="left",
-            nulls_equal=True,
-            maintain_order="left",
-        )
-        .get_column("_part")
-        if parts > 1
-        else None
-    )
+    """Pass one's profile: `pipeline.stages.profile_partition` of each partition of the sales (the grain decided once
+    for all; a partition with no sale on or before `as_of` has no series to plan and is skipped), then the ABC
+    classes over the whole catalogue. Raises InputError when no series can be planned."""
+    grain = input_grain(cfg, sales.dates.filter(pl.col("date") <= as_of))
     ids, keys, left_out, attrs, profiles, dates = [], [], [], [], [], set()
     separate = cfg.outliers.exclude_from_sigma
     start = time.perf_counter()
-    for i in range(parts):
-        part = sales.filter(part_of == i) if part_of is not None else sales
+    for i in range(sales.parts):
+        part = sales.read(i, as_of)
+        if part.is_empty():
+            continue  # every series of the partition failed validation, or starts after the as-of date
         p = profile_partition(cfg, part, master, as_of, grain)
         del part
-        store.put(i, "panel", p.panel)
+        left_out.append(p.left_out)
+        if p.keys.is_empty():
+            continue  # none of its series has a positive sale: nothing to forecast
+        j = len(ids)
+        store.put(j, "panel", p.panel)
         if separate:
-            store.put(i, "demand", p.demand)
-        store.put(i, "outliers", p.outlier_points)
+            store.put(j, "demand", p.demand)
+        store.put(j, "outliers", p.outlier_points)
         ids.append(p.keys[ID].to_list())
         keys.append(p.keys)
-        left_out.append(p.left_out)
         attrs.append(p.attrs)
         profiles.append(p.profiles)
         dates.update(p.panel["ds"].unique().to_list())
-        _log(progress, f"profile: partition {i + 1}/{parts}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
-    planned = pl.concat(keys)
-    require_planned(planned.height, sum(f.height for f in left_out), as_of)
+        _log(progress, f"profile: partition {i + 1}/{sales.parts}, {len(ids[-1]):,} series, {time.perf_counter() - start:.0f} s")
+    require_planned(sum(k.height for k in keys), sum(f.height for f in left_out), as_of)
     return ProfiledParts(
         store,
         ids,
-        planned,
+        pl.concat(keys),
         pl.concat(left_out),
         pl.concat(attrs, how="vertical_relaxed"),
         with_abc_classes(pl.concat(profiles, how="vertical_relaxed"), cfg),

@@ -41,11 +41,23 @@ class RawTable:
     names: dict[str, str]  # canonical name -> input column, for the configured columns present
     key: str  # config key of the column names, e.g. input.sales_columns
     label: str  # e.g. "sales file 'a.csv'"
+    offset: int = 0  # rows of the whole input before this one (a chunk of it): row numbers count from offset + 1
 
     @classmethod
-    def of(cls, raw: pl.DataFrame, cols: BaseModel, *, required: tuple[str, ...], key: str, source: str) -> RawTable:
-        """Check the required columns are there; optional configured columns may be absent."""
-        label = files_label(raw, source)
+    def of(
+        cls,
+        raw: pl.DataFrame,
+        cols: BaseModel,
+        *,
+        required: tuple[str, ...],
+        key: str,
+        source: str,
+        label: str | None = None,
+        offset: int = 0,
+    ) -> RawTable:
+        """Check the required columns are there; optional configured columns may be absent. `raw` may be a chunk of
+        the input: `label` then names the whole input's files (`files_label`), `offset` is the chunk's first row."""
+        label = label or files_label(raw, source)
         configured = {name: column for name, column in cols.model_dump().items() if column is not None}
         missing = [name for name in required if configured[name] not in raw.columns]
         if missing:
@@ -56,7 +68,7 @@ class RawTable:
             raise InputError(
                 f"{label}: missing column{plural} {what}; found columns: {found}. Rename the column{plural} or set {keys} in your config."
             )
-        return cls(raw, {name: column for name, column in configured.items() if column in raw.columns}, key, label)
+        return cls(raw, {name: column for name, column in configured.items() if column in raw.columns}, key, label, offset)
 
     def _typed_column(self, name: str, kinds: str, accepts: bool) -> pl.Expr:
         """The input column for `name`; InputError if its dtype is not one of `kinds`."""
@@ -131,10 +143,11 @@ class RawTable:
         return [parse[kind](name) for name, kind in kinds.items()]
 
     def provenance(self) -> list[pl.Expr]:
-        """`_source_file` and `_row_number` (null and the 1-based position for an in-memory frame)."""
+        """`_source_file` and `_row_number` (null and the 1-based position in the whole input for an in-memory frame)."""
         has = set(self.raw.columns)
         source_file = pl.col(SOURCE_FILE).cast(pl.String) if SOURCE_FILE in has else pl.lit(None, dtype=pl.String)
-        row_number = pl.col(ROW_NUMBER).cast(pl.Int64) if ROW_NUMBER in has else pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
+        first = self.offset + 1
+        row_number = pl.col(ROW_NUMBER).cast(pl.Int64) if ROW_NUMBER in has else pl.int_range(first, first + pl.len(), dtype=pl.Int64)
         return [source_file.alias(SOURCE_FILE), row_number.alias(ROW_NUMBER)]
 
 

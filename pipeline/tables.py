@@ -128,16 +128,24 @@ def quarantine_table(as_of: dt.date, inputs: Inputs) -> pl.DataFrame:
 
 def sales_as_of(cfg: BuffercastConfig, sales: pl.DataFrame) -> tuple[pl.DataFrame, dt.date, int]:
     """The valid sales up to the as-of date (default: the last date in the data), and how many rows were later."""
-    if sales.is_empty():
+    as_of, _, after = as_of_rows(cfg, sales.group_by("date").len("rows"))
+    return (sales.filter(pl.col("date") <= as_of) if after else sales), as_of, after  # no copy of the whole sales
+
+
+def as_of_rows(cfg: BuffercastConfig, dates: pl.DataFrame) -> tuple[dt.date, int, int]:
+    """The as-of date (`as_of`, default: the last date of the valid sales), the valid rows on or before it and the
+    rows after it, from the valid rows per date (`dates`: date, rows). InputError when no row is on or before it."""
+    total = int(dates["rows"].sum())
+    if total == 0:
         raise InputError(f"sales input '{cfg.input.sales}': no valid row left after validation; see the quarantine counts in the log")
-    as_of = cfg.as_of or sales["date"].max()
-    used = sales if sales["date"].max() <= as_of else sales.filter(pl.col("date") <= as_of)  # no copy of the whole sales
-    if used.is_empty():
+    as_of = cfg.as_of or dates["date"].max()
+    used = int(dates.filter(pl.col("date") <= as_of)["rows"].sum())
+    if used == 0:
         raise InputError(
-            f"sales input '{cfg.input.sales}': no sale on or before the as-of date {as_of} (first sale {sales['date'].min()}); "
+            f"sales input '{cfg.input.sales}': no sale on or before the as-of date {as_of} (first sale {dates['date'].min()}); "
             "choose a later --as-of"
         )
-    return used, as_of, sales.height - used.height
+    return as_of, used, total - used
 
 
 def run_summary(recs: pl.DataFrame) -> dict[str, Any]:

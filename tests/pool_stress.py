@@ -32,7 +32,7 @@ def main() -> int:
 
     from configs.schema import load_config
     from flows.tasks import forecast
-    from pipeline.partitioned import MemoryStore, profile_parts
+    from pipeline.partitioned import MemoryStore, profile_parts, split_sales
 
     out = Path(args.out)
     cfg = load_config(
@@ -49,7 +49,8 @@ def main() -> int:
 
     @flow(name="pool-stress")
     def stress() -> list[int]:
-        p = profile_parts(cfg, sales, None, as_of, MemoryStore())
+        store = MemoryStore()
+        p = profile_parts(cfg, split_sales(sales, cfg.partitions.skus, store), None, as_of, store)
         sizes = []
         for i in range(args.loops):
             t0 = time.perf_counter()

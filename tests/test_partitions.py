@@ -31,20 +31,40 @@ def catalogue():
         location_id=pl.lit("DC-2"), quantity=pl.col("quantity") * 2, line_id=pl.col("line_id") + "-DC-2"
     )
     never_sold = pl.DataFrame({"sku_id": ["SKU-00003"], "date": [END], "quantity": [0.0], "line_id": ["never"], "location_id": ["DC-3"]})
-    sales = pl.concat([sales.with_columns(location_id=pl.lit("DC-1")), second, never_sold], how="diagonal_relaxed")
+    # Rows the validation quarantines, at the end of the input: a line id of its 6th row (so a repeat across chunks),
+    # a negative quantity, no SKU, and four series whose every row fails (in partitions of 4, the last has no valid row).
+    bad = pl.DataFrame(
+        {
+            "sku_id": ["SKU-00005", "SKU-00006", None, "SKU-99996", "SKU-99997", "SKU-99998", "SKU-99999"],
+            "date": [END] * 7,
+            "quantity": [1.0, -2.0, 1.0, float("nan"), float("inf"), -1.0, float("nan")],
+            "line_id": [sales["line_id"][5], *(f"bad-{i}" for i in range(6))],
+            "location_id": ["DC-1"] * 7,
+        }
+    )
+    raw = pl.concat([sales.with_columns(location_id=pl.lit("DC-1")), second, never_sold, bad], how="diagonal_relaxed")
     cfg = BuffercastConfig(frequency="W")  # weekly: the same code paths as daily, a fifth of the forecasting time
-    inputs = validate_inputs(cfg, sales, master, today=dt.date.today())
+    inputs = validate_inputs(cfg, raw, master, today=dt.date.today())
+    assert inputs.sales.quarantine.height == 7
     valid, as_of, _ = sales_as_of(cfg, inputs.sales.valid)
-    return cfg, inputs, valid, as_of
+    return cfg, inputs, valid, as_of, raw
 
 
-def _run(catalogue, size: int, store):
-    from pipeline.partitioned import forecast_parts, profile_parts, recommend_parts
-    from pipeline.tables import published_tables
+def _run(catalogue, size: int, store, rows: int | None = None):
+    """The run over partitions of `size` series: of the sales validated in one piece, or `rows` rows at a time."""
+    from pipeline.partitioned import forecast_parts, profile_parts, recommend_parts, split_sales, validate_inputs_parts
+    from pipeline.tables import as_of_rows, published_tables
 
-    cfg, inputs, sales, as_of = catalogue
-    cfg = cfg.model_copy(update={"partitions": cfg.partitions.model_copy(update={"skus": size})})
-    pp = profile_parts(cfg, sales, inputs.master.valid, as_of, store)
+    cfg, inputs, sales, as_of, raw = catalogue
+    cfg = cfg.model_copy(update={"partitions": cfg.partitions.model_copy(update={"skus": size, "rows": rows or 1})})
+    if rows is None:
+        parts = split_sales(sales, size, store)
+    else:
+        inputs = validate_inputs_parts(cfg, raw.lazy(), inputs.master.valid, today=dt.date.today(), store=store)
+        parts = inputs.sales.parts
+        assert parts.chunks == -(-raw.height // rows) > 10
+        assert as_of_rows(cfg, parts.dates)[:2] == (as_of, sales.height)
+    pp = profile_parts(cfg, parts, inputs.master.valid, as_of, store)
     fp = forecast_parts(cfg, pp)
     rec = recommend_parts(cfg, as_of, pp, fp)
     return pp, rec, published_tables(as_of, rec.tables, rec.scenarios, rec.calibration, rec.pinball, inputs)
@@ -72,14 +92,16 @@ def test_the_outputs_do_not_depend_on_the_partition_size(catalogue, tmp_path):
     assert tables["scenarios"]["skus"].max() == 44
 
     # In one piece, the partitioned run is the pure pipeline's (pipeline.stages.plan_core).
-    cfg, inputs, sales, as_of = catalogue
+    cfg, inputs, sales, as_of, _ = catalogue
     core = plan_core(cfg, sales, inputs.master.valid, as_of)
     assert core.recommendations.equals(whole.recommendations)
     assert core.scenarios.equals(whole.scenarios)
 
-    for size, store in ((4, ParquetStore(tmp_path / "work")),):
-        pp, rec, parted = _run(catalogue, size, store)
-        assert pp.parts == -(-45 // size)  # 45 series in the sales, the left-out one included
+    # Validated 1,000 rows at a time into 13 partitions of 4 series; the 13th (SKU-99999) has no valid row.
+    for size, store, rows in ((4, ParquetStore(tmp_path / "work"), 1_000),):
+        pp, rec, parted = _run(catalogue, size, store, rows)
+        assert store.get(12, "sales.00000").is_empty() and not (tmp_path / "work" / "part-12" / "panel.parquet").exists()
+        assert pp.parts == -(-45 // size)  # 45 series with valid rows, the left-out one included
         assert all(len(ids) <= size for ids in pp.ids)
         assert [u for ids in pp.ids for u in ids] == whole_pp.keys["unique_id"].to_list()
         # Between stages a partition holds its own series only.

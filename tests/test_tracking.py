@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import mlflow.data
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,12 @@ AS_OF = dt.date(2026, 6, 30)
 def test_flow_tracks_to_a_real_mlflow_server_over_http(mlflow_server, small_catalogue, make_config):
     from flows.plan import plan_buffers
 
-    cfg = make_config(small_catalogue["sales"], small_catalogue["sku_master"], tracking={"uri": mlflow_server, "artifact_location": None})
+    cfg = make_config(
+        small_catalogue["sales"],
+        small_catalogue["sku_master"],
+        tracking={"uri": mlflow_server, "artifact_location": None},
+        partitions={"rows": 2_000},  # the sales validated a chunk at a time: never in one frame
+    )
     result = plan_buffers(cfg)
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(result["mlflow_run_id"])
@@ -38,6 +44,11 @@ def test_flow_tracks_to_a_real_mlflow_server_over_http(mlflow_server, small_cata
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"sales", "sku_master"}
     assert inputs["sales"].dataset.digest and small_catalogue["sales"].name in inputs["sales"].dataset.source
+    # ... described as MLflow describes the valid sales in one frame: digest, schema, row count
+    whole = mlflow.data.from_polars(_valid_sales(cfg), source=cfg.input.sales, name="sales")._to_mlflow_entity()
+    assert result["input_rows"]["sales_in"] > 4 * 2_000
+    logged = inputs["sales"].dataset
+    assert (logged.digest, logged.schema, logged.profile) == (whole.digest, whole.schema, whole.profile)
     assert {t.value for t in inputs["sales"].tags} == {"sales"}
     # artifacts: every published table, the per-SKU reasons, the plots and the report
     paths = {a.path for top in ("tables", "plots", "report") for a in client.list_artifacts(run.info.run_id, top)}
@@ -48,6 +59,13 @@ def test_flow_tracks_to_a_real_mlflow_server_over_http(mlflow_server, small_cata
     assert {"plots/sbc_quadrants.png", "report/report.html"} <= paths
     local = Path(client.download_artifacts(run.info.run_id, "tables/recommendations.parquet"))
     assert pl.read_parquet(local).height == result["skus"]
+
+
+def _valid_sales(cfg) -> pl.DataFrame:
+    from flows.sales_cache import pull_sales
+    from pipeline.contracts import validate_inputs
+
+    return validate_inputs(cfg, pull_sales(cfg.input, cfg.as_of).raw, None, today=dt.date.today()).sales.valid
 
 
 def test_tracking_down_publishes_then_fails_saying_where_the_outputs_are(small_catalogue, make_config):

@@ -243,3 +243,38 @@ def test_sku_master_with_too_many_bad_rows_fails_the_run(tmp_path: Path) -> None
     message = _input_error(validate_sku_master, raw, SkuMasterColumns(), max_quarantine_share=0.5)
     assert "master.csv" in message and "unit_cost_positive 1" in message and "input.max_quarantine_share" in message
     assert validate_sku_master(raw, SkuMasterColumns(), max_quarantine_share=0.7).quarantine.height == 5
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 4, 9])
+def test_in_chunks_the_sales_validate_as_in_one_piece(tmp_path: Path, chunk_rows: int) -> None:
+    """A chunk's valid rows and quarantine are the whole input's rows there: a line id repeated in a later chunk is a
+    duplicate there, row numbers of an in-memory frame count from the input's first row, messages name the file."""
+    from pipeline.contracts import SalesRules, repeated_lines, validate_sales_chunks
+
+    raw = _csv(tmp_path, BAD_SALES)
+    whole = validate_sales(raw, SalesColumns(), today=TODAY)
+    for frame in (raw, raw.drop("_source_file", "_row_number")):  # a file's rows, and an in-memory frame's
+        valid: list[pl.DataFrame] = []
+        rules = SalesRules(TODAY)
+        quarantine, rows_in = validate_sales_chunks(frame.lazy(), SalesColumns(), valid.append, chunk_rows=chunk_rows, rules=rules)
+        one = validate_sales(frame, SalesColumns(), today=TODAY)
+        assert len(valid) == -(-raw.height // chunk_rows)
+        assert pl.concat(valid).equals(one.valid) and quarantine.equals(one.quarantine) and rows_in == 10
+    assert one.quarantine["row_number"].to_list() == whole.quarantine["row_number"].to_list()  # 3, 4, ... either way
+    rules = SalesRules(TODAY, max_quarantine_share=0.5)
+    message = _input_error(validate_sales_chunks, raw.lazy(), SalesColumns(), [].append, chunk_rows=chunk_rows, rules=rules)
+    assert message.startswith(f"sales file '{tmp_path / 'sales.csv'}': 6 of 10 rows (60.0%) failed validation")
+    # The repeats are found bucket by bucket of hashed ids, whatever the number of buckets.
+    lines = pl.DataFrame({"line": ["a", "b", None, "a", "c", "b", "a", None, "d", "c"]}).lazy()
+    for per_bucket in (1, 3, 100):
+        assert repeated_lines(lines, pl.col("line"), 10, lines_per_bucket=per_bucket).to_list() == [3, 5, 6, 9]
+
+
+def test_an_empty_input_in_chunks_is_one_empty_chunk() -> None:
+    from pipeline.contracts import SalesRules, validate_sales_chunks
+
+    raw = pl.DataFrame(schema={"sku_id": pl.String, "date": pl.String, "quantity": pl.String})
+    valid: list[pl.DataFrame] = []
+    quarantine, rows_in = validate_sales_chunks(raw.lazy(), SalesColumns(), valid.append, chunk_rows=5, rules=SalesRules(TODAY))
+    assert rows_in == 0 and quarantine.is_empty() and [v.height for v in valid] == [0]
+    assert valid[0].columns == SALES_COLUMNS
