@@ -14,7 +14,7 @@ The calibration that moves the levels (`buffers.calibration`) is a buffer-sizing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import polars as pl
 from scipy import stats
@@ -65,24 +65,31 @@ def pinball_losses(cv: pl.DataFrame, classes: pl.DataFrame, quantiles: Sequence[
     `cv`: the chosen models' backtest rows with the quantile columns (q50, q90, ...); `classes`: unique_id,
     demand_class.
     """
+    return pinball_losses_in_parts(lambda _, columns: cv.select(columns), 1, classes, quantiles)
+
+
+def pinball_losses_in_parts(
+    read: Callable[[int, list[str]], pl.DataFrame], parts: int, classes: pl.DataFrame, quantiles: Sequence[float]
+) -> pl.DataFrame:
+    """`pinball_losses` of a backtest in `parts` partitions (`read(i, columns)`: partition i's rows, those columns),
+    one quantile at a time, holding that quantile's scorable rows (actual and quantile) and nothing else: the same
+    numbers, bit for bit, as of the backtest in one frame, since each class's rows meet sklearn in the same order."""
+    from sklearn.metrics import mean_pinball_loss  # here: the forecasting workers import this module, never this path
+
     schema = {"demand_class": pl.String, "quantile": pl.String, "pinball_loss": pl.Float64, "coverage": pl.Float64}
-    qs = {em.quantile_name(p): p for p in quantiles}
-    data = cv.join(classes, on=ID)
-    if not qs or data.is_empty():
-        return pl.DataFrame(schema=schema)
-
-    def long(frame: pl.DataFrame, name: str) -> pl.DataFrame:
-        return frame.unpivot(index="demand_class", on=list(qs), variable_name="quantile", value_name=name)
-
-    loss = em.pinball_loss(data, qs, id_col="demand_class", engine="sklearn")
-    cover = em.coverage(data, list(qs), id_col="demand_class")
-    order = pl.DataFrame({"quantile": list(qs), "_order": range(len(qs))}, schema={"quantile": pl.String, "_order": pl.Int64})
-    return (
-        long(loss, "pinball_loss")
-        .join(long(cover, "coverage"), on=["demand_class", "quantile"])
-        .filter(pl.col("pinball_loss").is_not_null())
-        .join(order, on="quantile")
-        .sort("demand_class", "_order")
-        .select(list(schema))
-        .cast(schema)
-    )
+    rows = []
+    for order, p in enumerate(quantiles):
+        name = em.quantile_name(p)
+        pieces: dict[str, list[pl.DataFrame]] = {}
+        for i in range(parts):
+            scored = read(i, [ID, "y", name]).join(classes, on=ID, maintain_order="left").filter(pl.col(name).is_not_null())
+            for (demand_class,), rows_of_class in scored.group_by("demand_class"):
+                pieces.setdefault(str(demand_class), []).append(rows_of_class.select("y", name))
+        for demand_class, frames in pieces.items():
+            ok = pl.concat(frames)
+            y, q = ok["y"].to_numpy(), ok[name].to_numpy()
+            loss = float(mean_pinball_loss(y, q, alpha=p))
+            rows.append((demand_class, name, loss, float((ok["y"] <= ok[name]).mean()), order))
+        del pieces
+    table = pl.DataFrame(rows, schema=[*schema, "_order"], schema_overrides={**schema, "_order": pl.Int64}, orient="row")
+    return table.sort("demand_class", "_order").select(list(schema)).cast(schema)

@@ -36,7 +36,7 @@ import polars as pl
 
 from buffers.calibration import Calibration
 from configs.schema import BuffercastConfig
-from evaluation.coverage import pinball_losses
+from evaluation.coverage import pinball_losses_in_parts
 from evaluation.replay import HeldOutCalendar, held_out_calendar
 from features.calendar import series_keys
 from features.profile import with_abc_classes
@@ -71,7 +71,9 @@ class PartitionStore(Protocol):
 
     def put(self, part: int, name: str, frame: pl.DataFrame) -> None: ...
 
-    def get(self, part: int, name: str) -> pl.DataFrame: ...
+    def get(self, part: int, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """Frame `name` of partition `part` (only `columns`, if given)."""
+        ...
 
     def scan(self, name: str, parts: int) -> pl.LazyFrame:
         """Frame `name` of every partition, in partition order, lazily."""
@@ -87,8 +89,9 @@ class MemoryStore:
     def put(self, part: int, name: str, frame: pl.DataFrame) -> None:
         self._frames[part, name] = frame
 
-    def get(self, part: int, name: str) -> pl.DataFrame:
-        return self._frames[part, name]
+    def get(self, part: int, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+        frame = self._frames[part, name]
+        return frame if columns is None else frame.select(columns)
 
     def scan(self, name: str, parts: int) -> pl.LazyFrame:
         return pl.concat([self._frames[i, name].lazy() for i in range(parts)], how="vertical")
@@ -370,18 +373,13 @@ def recommend_parts(
     (recommendations, replay, stress outcomes, per-SKU tables), then the scenario totals and the tables."""
     calibrate = cfg.buffers.calibrate and fp.backtested
     evidence: list[CalibrationEvidence] = []
-    backtests = []
-    quantile_columns = pl.col("^q\\d.*$")
-    for i in range(pp.parts):
-        fc = fp.partition(i)
-        backtests.append(fc.cv.select(ID, "y", quantile_columns))
-        if calibrate:
-            p = pp.partition(i)
-            evidence.append(calibration_evidence(p.profiles, fc, cfg, p.panel))
+    for i in range(pp.parts if calibrate else 0):
+        p = pp.partition(i)
+        evidence.append(calibration_evidence(p.profiles, fp.partition(i), cfg, p.panel))
     calibration = fit_buffer_calibration(cfg, concat_evidence(evidence)) if calibrate else None
     del evidence
-    pinball = pinball_losses(pl.concat(backtests), pp.profiles.select(ID, "demand_class"), cfg.models.quantiles)
-    del backtests
+    classes = pp.profiles.select(ID, "demand_class")
+    pinball = pinball_losses_in_parts(lambda i, columns: pp.store.get(i, "cv", columns), pp.parts, classes, cfg.models.quantiles)
     # A series' panel runs from its first sale to the last period: its length is the profile's n_periods.
     calendar = held_out_calendar(fp.plan, pp.profiles.select(ID, periods=pl.col("n_periods").cast(pl.Int64)), pp.dates)
     _log(progress, "recommend: calibration and held-out calendar of the whole catalogue done")

@@ -100,7 +100,7 @@ def test_the_outputs_do_not_depend_on_the_partition_size(catalogue, tmp_path):
     # Validated 1,000 rows at a time into 13 partitions of 4 series; the 13th (SKU-99999) has no valid row.
     for size, store, rows in ((4, ParquetStore(tmp_path / "work"), 1_000),):
         pp, rec, parted = _run(catalogue, size, store, rows)
-        assert store.get(12, "sales.00000").is_empty() and not (tmp_path / "work" / "part-12" / "panel.parquet").exists()
+        assert store.get(12, "sales.00000").is_empty() and not (tmp_path / "work" / "part-00012" / "panel.parquet").exists()
         assert pp.parts == -(-45 // size)  # 45 series with valid rows, the left-out one included
         assert all(len(ids) <= size for ids in pp.ids)
         assert [u for ids in pp.ids for u in ids] == whole_pp.keys["unique_id"].to_list()
