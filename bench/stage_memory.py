@@ -2,8 +2,9 @@
 
 Run: `.venv/bin/python bench/stage_memory.py --skus 30000` (generates the catalogue: `buffercast sample-data`, seed 7,
 730 days). Prints and writes `bench/results/stage_memory_<skus>.json`: the process's resident set (VmRSS) after each
-step and its peak during the step (VmHWM, reset before it through /proc/self/clear_refs): the imports;
-`pipeline.partitioned.validate_inputs_parts` of a scan of the sales file (`partitions.rows` rows at a time, the valid
+step and its peak during the step (VmHWM, reset before it through /proc/self/clear_refs): the imports; the pull
+(`flows.sources.scan_sales` streamed to the pulled snapshot by `flows.publish.write_pulled`);
+`pipeline.partitioned.validate_inputs_parts` of a scan of that snapshot (`partitions.rows` rows at a time, the valid
 rows filed by partition in a `flows.publish.ParquetStore`); `pipeline.partitioned.profile_parts` (each partition's
 panel to the store). The end-to-end figures are `bench/scale.py`'s; this says which step makes their peak.
 Nothing asserts on memory.
@@ -49,7 +50,8 @@ def main() -> int:
     import polars as pl
 
     from configs.schema import BuffercastConfig
-    from flows.publish import ParquetStore
+    from flows.publish import ParquetStore, write_pulled
+    from flows.sources import read_sku_master, scan_sales
     from pipeline.partitioned import profile_parts, validate_inputs_parts
     from pipeline.tables import as_of_rows
 
@@ -58,12 +60,17 @@ def main() -> int:
         data = Path(tmp)
         generate = [str(Path(sys.executable).parent / "buffercast"), "sample-data", "--out", tmp, "--skus", str(args.skus), "--seed", "7"]
         subprocess.run(generate, check=True, capture_output=True)
-        master = pl.read_parquet(data / "sku_master.parquet")
-        cfg = BuffercastConfig(input={"sales": str(data / "sales.parquet")})
-        store = ParquetStore(data / "work")
+        cfg = BuffercastConfig(input={"sales": str(data / "sales.parquet"), "sku_master": str(data / "sku_master.parquet")})
         _reset_peak()
         t0 = time.perf_counter()
-        inputs = validate_inputs_parts(cfg, pl.scan_parquet(data / "sales.parquet"), master, today=dt.date.today(), store=store)
+        stream = scan_sales(cfg.input)
+        pulled = write_pulled(data / "out", "latest", {"sales": stream, "sku_master": read_sku_master(cfg.input)}, 1.0)
+        steps["pull"] = _mb() | {"s": round(time.perf_counter() - t0, 1)}
+        store = ParquetStore(data / "work")
+        master = pl.read_parquet(pulled / "sku_master.parquet")
+        _reset_peak()
+        t0 = time.perf_counter()
+        inputs = validate_inputs_parts(cfg, pl.scan_parquet(pulled / "sales.parquet"), master, today=dt.date.today(), store=store)
         parts = inputs.sales.parts
         steps["validation"] = _mb() | {"rows": inputs.sales.rows_in, "chunks": parts.chunks, "s": round(time.perf_counter() - t0, 1)}
         as_of, _, _ = as_of_rows(cfg, parts.dates)

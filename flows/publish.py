@@ -95,15 +95,31 @@ def _mkdir_public(path: Path) -> None:
     os.chmod(path, 0o755)
 
 
+#: Rows per Parquet row group of a published table: fixed, so that a table's file is the same, byte for byte, whether it
+#: was written from a frame or streamed from the partitions' files (polars' sink otherwise cuts its row groups where
+#: its input files end).
+ROW_GROUP_ROWS = 262_144
+
+
+def write_table(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> int:
+    """A table to one Parquet file (a LazyFrame streamed, never held whole); returns its rows."""
+    if isinstance(frame, pl.LazyFrame):
+        frame.sink_parquet(path, statistics=True, row_group_size=ROW_GROUP_ROWS)
+        return pl.scan_parquet(path).select(pl.len()).collect().item()
+    frame.write_parquet(path, statistics=True, row_group_size=ROW_GROUP_ROWS)
+    return frame.height
+
+
 def publish_tables(
     root: str | Path,
     as_of: dt.date,
     run_id: str,
-    tables: Mapping[str, pl.DataFrame],
+    tables: Mapping[str, pl.DataFrame | pl.LazyFrame],
     manifest: Mapping[str, Any],
     documents: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Write every table's as-of partition, the documents and the manifest, all or nothing; returns name -> path.
+    A table given as a LazyFrame (the long per-SKU tables of a partitioned run) is streamed to its file.
 
     `documents` (file name -> text, e.g. the HTML report) go to `reports/as_of=YYYY-MM-DD/`; the JSON Schema of each
     contract table (`pipeline.contracts.json_schema`) to `schemas/as_of=YYYY-MM-DD/<table>.schema.json`, so every
@@ -119,11 +135,12 @@ def publish_tables(
         shutil.rmtree(stage)
     written: dict[str, str] = {}
     try:
+        rows: dict[str, int] = {}
         with _naming_the_file() as writing:
             for name, frame in tables.items():
                 part = stage / "new" / name / f"as_of={as_of.isoformat()}"
                 _mkdir_public(part)
-                frame.write_parquet(writing(part / "part-0.parquet"), statistics=True)
+                rows[name] = write_table(frame, writing(part / "part-0.parquet"))
                 written[name] = str(partition_dir(root, name, as_of))
                 pause_point(f"staged:{name}")
             if documents:
@@ -144,7 +161,7 @@ def publish_tables(
                 **manifest,
                 "schema_version": SCHEMA_VERSION,
                 "as_of": as_of.isoformat(),
-                "tables": {name: {"path": written[name], "rows": tables[name].height} for name in tables},
+                "tables": {name: {"path": written[name], "rows": rows[name]} for name in tables},
                 "schemas": {name: str(path) for name, path in schema_files.items()},
             }
             writing(stage / "manifest.json").write_text(json.dumps(full_manifest, indent=2, sort_keys=True, default=str))
@@ -326,17 +343,26 @@ def _naming_the_file() -> Iterator[Any]:
         ) from None
 
 
-def write_pulled(root: str | Path, key: str, tables: Mapping[str, pl.DataFrame | None], keep_hours: float) -> Path:
-    """Write the raw inputs a pull read to `<root>/_pulled/<key>/<name>.parquet`, replacing that snapshot whole (a
-    new folder renamed into place: a reader finds the old one or the new one); snapshots of other keys untouched for
-    `keep_hours` (at least an hour) are removed. A full disk is a PublishError naming the file."""
+def write_pulled(
+    root: str | Path, key: str, tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], keep_hours: float
+) -> Path:
+    """Write the raw inputs a pull read to `<root>/_pulled/<key>/<name>.parquet` (a LazyFrame streamed, never held
+    whole), replacing that snapshot whole (a new folder renamed into place: a reader finds the old one or the new
+    one); snapshots of other keys untouched for `keep_hours` (at least an hour) are removed. A full disk is a
+    PublishError naming the file; a LazyFrame whose source fails to read raises polars' error (the caller words it)."""
     base = Path(root) / PULLED
     base.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
-    with _naming_the_file() as writing:
-        for name, frame in tables.items():
-            if frame is not None:
-                frame.write_parquet(writing(fresh / f"{name}.parquet"))
+    try:
+        with _naming_the_file() as writing:
+            for name, frame in tables.items():
+                if isinstance(frame, pl.LazyFrame):
+                    frame.sink_parquet(writing(fresh / f"{name}.parquet"))
+                elif frame is not None:
+                    frame.write_parquet(writing(fresh / f"{name}.parquet"))
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     target, old = base / key, base / f".{key}-old-{os.getpid()}"
     if target.exists():
         target.rename(old)

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from configs.schema import BuffercastConfig, InputConfig
 from configs.secrets import SecretError, redact, resolve
@@ -41,6 +42,48 @@ def read_sales(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | Non
             cfg.sales, query, what="sales", as_of=as_of, since=since, n_rows=n_rows, sql_types=roles, timezone=cfg.timezone
         )
     return read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=n_rows)
+
+
+def scan_sales(cfg: InputConfig) -> pl.LazyFrame | None:
+    """The sales as a lazy scan, with the columns `read_sales` gives, when `input.sales` is one local Parquet or
+    uncompressed CSV file: the pull streams it to `_pulled/` without holding it (`flows.publish.write_pulled`). None
+    for anything else (a folder, a URL, a database: read whole by `read_sales`).
+
+    The file's first rows are read as `read_sales` reads them first, so a missing, empty, binary or headerless file
+    fails here with the same message; a fault further down fails the stream: `unreadable` words it."""
+    if is_database(cfg.sales):
+        return None
+    try:
+        fs, root = url_to_fs(resolve(cfg.sales, key="input.sales"))
+        local_file = isinstance(fs, LocalFileSystem) and fs.isfile(root)
+    except (SecretError, ValueError, ImportError, OSError):
+        return None  # `read_sales` raises the precise error
+    fmt = _format(root)
+    if not local_file or fmt is None or root.lower().endswith(".gz"):
+        return None
+    read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=_LOOK_ROWS)
+    if fmt == "csv":
+        table = pl.scan_csv(root, infer_schema=False, separator=cfg.csv_separator, row_index_name=ROW_NUMBER, row_index_offset=1)
+    else:
+        table = pl.scan_parquet(root).with_row_index(ROW_NUMBER, offset=1)
+    return table.select(pl.exclude(ROW_NUMBER), pl.lit(cfg.sales, dtype=pl.String).alias(SOURCE_FILE), pl.col(ROW_NUMBER).cast(pl.Int64))
+
+
+#: Rows `scan_sales` reads first, to fail on a bad file as the whole read would.
+_LOOK_ROWS = 1_000
+
+
+def unreadable(cfg: InputConfig, exc: BaseException) -> InputError:
+    """The InputError of a sales file whose stream (`scan_sales`) failed past its first rows: as `read_sales` says it."""
+    return _unreadable("sales", cfg.sales, _format(cfg.sales) or "parquet", exc)
+
+
+def _unreadable(what: str, label: str, fmt: str, exc: BaseException) -> InputError:
+    if fmt == "csv":
+        hint = " Save it as UTF-8." if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else ""
+    else:
+        hint = " Is the file complete? Copy or export it again."
+    return InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}.{hint}")
 
 
 def read_sku_master(cfg: InputConfig, as_of: dt.date | None = None, n_rows: int | None = None) -> pl.DataFrame | None:
@@ -265,10 +308,7 @@ def _read_file(
         # Content that does not parse is bad input; an OSError (a flaky mount or store) propagates, to be retried.
         if fmt == "csv":
             _check_first_line(fs, path, label, what, separator)
-            hint = " Save it as UTF-8." if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else ""
-        else:
-            hint = " Is the file complete? Copy or export it again."
-        raise InputError(f"{what} file '{label}' could not be read as {_FORMAT_NAMES[fmt]}: {_short(exc)}.{hint}") from None
+        raise _unreadable(what, label, fmt, exc) from None
     if fmt == "csv":
         _check_header(table, label, what)
         if len(table.columns) == 2:  # one column besides the row number: maybe another separator

@@ -26,7 +26,7 @@ from configs.schema import BuffercastConfig
 from flows import publish as publisher
 from flows.cluster import dask_pool
 from flows.sales_cache import pull_sales
-from flows.sources import read_sku_master
+from flows.sources import read_sku_master, scan_sales, unreadable
 from flows.tracking import Tracker
 from forecasting.workers import WorkerDied
 from pipeline.contracts import CONTRACTS, SCHEMA_VERSION, InputError, Inputs, json_schema_text, quarantine_summary, validate_inputs
@@ -95,17 +95,28 @@ def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     persist_result=True,
 )
 def pull(cfg: BuffercastConfig, fingerprint: str | None) -> Pulled:
-    """Read the sales history (whole, or incrementally through `input.cache_folder`: `flows.sales_cache`) and the SKU
-    master (retried: files may sit on a flaky mount or object store, a database may be unreachable for a moment),
-    and hand them on as Parquet files (`flows.publish.write_pulled`): the task's result, which Prefect stores, is
-    their folder and the sales rows fetched and taken from the cache, never the tables.
+    """Read the sales history (one local file streamed, `flows.sources.scan_sales`; else whole, or incrementally
+    through `input.cache_folder`: `flows.sales_cache`) and the SKU master (retried: files may sit on a flaky mount or
+    object store, a database may be unreachable for a moment), and hand them on as Parquet files
+    (`flows.publish.write_pulled`): the task's result, which Prefect stores, is their folder and the sales rows
+    fetched and taken from the cache, never the tables.
 
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
     """
+    key = fingerprint if fingerprint is not None and cfg.input.cache_hours > 0 else "latest"
+    stream = scan_sales(cfg.input) if cfg.input.cache_folder is None else None
+    if stream is not None:  # one local file: streamed to the pulled snapshot, never held whole
+        master = read_sku_master(cfg.input, cfg.as_of)
+        try:
+            folder = publisher.write_pulled(cfg.output.folder, key, {"sales": stream, "sku_master": master}, cfg.input.cache_hours)
+        except pl.exceptions.PolarsError as exc:
+            raise unreadable(cfg.input, exc) from None
+        rows = pl.scan_parquet(folder / "sales.parquet").select(pl.len()).collect().item()
+        get_run_logger().info("sales: %s rows read", f"{rows:,}")
+        return Pulled(str(folder), master is not None, {"sales_fetched": rows, "sales_cached": 0})
     sales = pull_sales(cfg.input, cfg.as_of)
     get_run_logger().info(sales.note)
     master = read_sku_master(cfg.input, cfg.as_of)
-    key = fingerprint if fingerprint is not None and cfg.input.cache_hours > 0 else "latest"
     folder = publisher.write_pulled(cfg.output.folder, key, {"sales": sales.raw, "sku_master": master}, cfg.input.cache_hours)
     return Pulled(str(folder), master is not None, {"sales_fetched": sales.fetched, "sales_cached": sales.cached})
 
@@ -244,7 +255,7 @@ def log_run(
     cfg: BuffercastConfig,
     summary: dict[str, Any],
     n_rows: dict[str, int],
-    tables: dict[str, pl.DataFrame],
+    tables: dict[str, pl.DataFrame | pl.LazyFrame],
     inputs: Inputs,
     pngs: dict[str, bytes],
     report: str | None,
@@ -272,7 +283,7 @@ def publish(
     cfg: BuffercastConfig,
     as_of: dt.date,
     run_id: str,
-    tables: dict[str, pl.DataFrame],
+    tables: dict[str, pl.DataFrame | pl.LazyFrame],
     manifest: dict[str, Any],
     documents: dict[str, str],
 ) -> dict[str, str]:

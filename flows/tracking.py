@@ -118,11 +118,14 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
 
-    def log_table(self, name: str, frame: pl.DataFrame, artifact_path: str = "tables") -> None:
-        """A table as a Parquet artifact `<artifact_path>/<name>.parquet`."""
+    def log_table(self, name: str, frame: pl.DataFrame | pl.LazyFrame, artifact_path: str = "tables") -> None:
+        """A table as a Parquet artifact `<artifact_path>/<name>.parquet` (a LazyFrame streamed to it)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.parquet"
-            frame.write_parquet(path)
+            if isinstance(frame, pl.LazyFrame):
+                frame.sink_parquet(path)
+            else:
+                frame.write_parquet(path)
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish_quietly(self, ok: bool) -> None:

@@ -279,6 +279,10 @@ def profile_parts(
     )
 
 
+#: The per-SKU tables with a row per SKU and period or date: passed on as LazyFrames over the partitions' files, never
+#: read whole (at 100,000 SKUs daily, `plan_parameters` alone is millions of rows).
+STREAMED_TABLES = ("outliers", "plan_parameters", "forecasts")
+
 #: The forecasting frames kept per partition in the store (the others, one row per SKU, are kept whole).
 _FORECAST_FRAMES = ("cv", "metrics", "forecasts", "extended")
 
@@ -356,13 +360,14 @@ def forecast_parts(
 @dataclass(frozen=True)
 class Recommended:
     """Pass two's results: the recommendations, the scenarios, the calibration, the per-class pinball losses and the
-    per-SKU tables of the whole catalogue (`pipeline.tables.sku_tables`)."""
+    per-SKU tables of the whole catalogue (`pipeline.tables.sku_tables`; those of `STREAMED_TABLES` as LazyFrames over
+    the partitions' files in the store)."""
 
     recommendations: pl.DataFrame
     scenarios: pl.DataFrame
     calibration: Calibration | None
     pinball: pl.DataFrame
-    tables: dict[str, pl.DataFrame]
+    tables: dict[str, pl.DataFrame | pl.LazyFrame]
     calendar: HeldOutCalendar
 
 
@@ -404,9 +409,14 @@ def recommend_parts(
     return Recommended(recommendations, stress, calibration, pinball, tables, calendar)
 
 
-def _whole_table(pp: ProfiledParts, name: str, order: tuple[str, ...]) -> pl.DataFrame:
-    """Per-SKU table `name` of every partition, concatenated and sorted by its unique `order` columns: the table of
-    the run in one piece (partitions follow unique_id, the tables sku_id and location_id)."""
-    if pp.parts == 1:
-        return pp.store.get(0, f"table_{name}")
-    return pl.concat([pp.store.get(i, f"table_{name}") for i in range(pp.parts)]).sort(*order)
+def _whole_table(pp: ProfiledParts, name: str, order: tuple[str, ...]) -> pl.DataFrame | pl.LazyFrame:
+    """Per-SKU table `name` of every partition in the order of its unique `order` columns: the table of the run in one
+    piece. A table of `STREAMED_TABLES` stays a LazyFrame over the partitions' files (the publisher streams it to its
+    file); the others are read. Each partition's table is sorted; the partitions follow unique_id, the tables sku_id
+    and location_id: the same order unless a SKU id holds a character that sorts before the key separator, and then
+    the whole table is sorted."""
+    table = pp.store.scan(f"table_{name}", pp.parts)
+    keys = pp.keys
+    if not keys["unique_id"].equals(keys.sort("sku_id", "location_id", maintain_order=True)["unique_id"]):
+        table = table.sort(*order, maintain_order=True)
+    return table if name in STREAMED_TABLES else table.collect()

@@ -222,7 +222,7 @@ def error_distribution_figure(backtest_metrics: pl.DataFrame) -> Figure:
 
 def forecast_vs_actual_figure(
     history: pl.DataFrame | pl.LazyFrame,
-    forecasts: pl.DataFrame,
+    forecasts: pl.DataFrame | pl.LazyFrame,
     recommendations: pl.DataFrame,
     n: int = 12,
     *,
@@ -237,7 +237,8 @@ def forecast_vs_actual_figure(
       row counts as zero demand (so raw daily sales work too; coarser raw data should be bucketed into periods first).
       A LazyFrame is read for the plotted series and the dates only.
     - `forecasts`: the `forecasts` table: `sku_id`, `location_id`, `date`, `forecast` (units per period); optional
-      quantile columns `q50`, `q90`, `q95`, `q99` are drawn as nested bands when present.
+      quantile columns `q50`, `q90`, `q95`, `q99` are drawn as nested bands when present. A LazyFrame is read for the
+      plotted series only.
     - `recommendations`: `sku_id`, `location_id`, `policy`, `model`, `safety_stock_value`, `safety_stock_units`,
       `reorder_point_units`, `lead_time_periods`.
 
@@ -280,12 +281,16 @@ def forecast_vs_actual_figure(
         .with_columns(pl.col("quantity").fill_null(0.0))
         .sort(*KEY, "date")
     )
-    quantiles = [q for q in QUANTILE_COLUMNS if q in forecasts.columns]
+    forecasts = forecasts.lazy()
+    columns = forecasts.collect_schema().names()
+    quantiles = [q for q in QUANTILE_COLUMNS if q in columns]
+    if "location_id" not in columns:
+        forecasts = forecasts.with_columns(location_id=pl.lit(None, dtype=pl.String))
     fc = (
-        _with_location(forecasts)
-        .with_columns(pl.col("location_id").cast(pl.String))
-        .join(keys, on=list(KEY), how="semi", nulls_equal=True)
+        forecasts.with_columns(pl.col("location_id").cast(pl.String))
+        .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
         .sort(*KEY, "date")
+        .collect()
     )
     hist_by = {k: g for k, g in hist.group_by(KEY)}
     fc_by = {k: g for k, g in fc.group_by(KEY)}

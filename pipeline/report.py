@@ -510,7 +510,7 @@ def report_title(manifest: Mapping[str, Any]) -> str:
 def render_report(
     *,
     summary: dict,
-    tables: dict[str, pl.DataFrame],
+    tables: Mapping[str, pl.DataFrame | pl.LazyFrame],
     figures: dict[str, Figure],
     changes: pl.DataFrame | None,
     manifest: dict,
@@ -566,8 +566,8 @@ def report_figures(
     *,
     recommendations: pl.DataFrame,
     backtest_metrics: pl.DataFrame,
-    history: pl.DataFrame,
-    forecasts: pl.DataFrame,
+    history: pl.DataFrame | pl.LazyFrame,
+    forecasts: pl.DataFrame | pl.LazyFrame,
     adi_cutoff: float,
     cv2_cutoff: float,
     simulated: pl.DataFrame | None = None,
@@ -596,7 +596,7 @@ def report_figures(
 def planner_report(
     cfg: BuffercastConfig,
     history: pl.DataFrame | pl.LazyFrame,
-    tables: dict[str, pl.DataFrame],
+    tables: Mapping[str, pl.DataFrame | pl.LazyFrame],
     summary: dict[str, Any],
     changes: pl.DataFrame | None,
     manifest: dict[str, Any],

@@ -4,6 +4,7 @@ results (`pipeline.stages`), validated by their contracts (`pipeline.contracts`)
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -171,8 +172,9 @@ def run_summary(recs: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: dict[str, pl.DataFrame]) -> dict[str, float]:
-    """Flat MLflow metrics: counts per class, policy, life cycle and change kind; capital; accuracy."""
+def summary_metrics(summary: dict[str, Any], n_rows: dict[str, int], tables: Mapping[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics: counts per class, policy, life cycle and change kind; capital; accuracy. Reads the
+    `recommendations`, `backtest_metrics`, `scenarios` and `calibration` tables (frames, never streamed)."""
     metrics: dict[str, float] = {
         "skus": summary["skus"],
         "series_not_planned": summary["series_not_planned"],
@@ -264,14 +266,15 @@ def simulation_metrics(recs: pl.DataFrame, scenarios: pl.DataFrame | None) -> di
 
 def published_tables(
     as_of: dt.date,
-    sku: dict[str, pl.DataFrame],
+    sku: dict[str, pl.DataFrame | pl.LazyFrame],
     stress: pl.DataFrame,
     calibration: Calibration | None,
     pinball: pl.DataFrame,
     inputs: Inputs,
-) -> dict[str, pl.DataFrame]:
+) -> dict[str, pl.DataFrame | pl.LazyFrame]:
     """Every published table but `changes` (it needs the previous run), in contract shape and validated: the per-SKU
-    tables (`sku_tables`, of the whole catalogue), the quarantine, the scenarios and the calibration."""
+    tables (`sku_tables`, of the whole catalogue; those a partitioned run streams as LazyFrames), the quarantine, the
+    scenarios and the calibration."""
     return sku | {
         "quarantine": quarantine_table(as_of, inputs),
         "scenarios": validate_output("scenarios", stress),

@@ -153,3 +153,45 @@ def test_unreadable_csv_and_unknown_extension(tmp_path: Path) -> None:
     sheet = tmp_path / "sales.xlsx"
     sheet.write_bytes(b"PK")
     assert "unknown extension" in _error(str(sheet))
+
+
+def test_one_local_file_is_scanned_as_read_sales_reads_it(tmp_path: Path) -> None:
+    """The pull streams one local Parquet or CSV file (`scan_sales`): the same rows, columns and provenance as the
+    whole read; anything else (a folder, a gzipped CSV, a URL) is read whole."""
+    from flows.sources import scan_sales
+
+    frame = pl.DataFrame({"sku_id": ["A", "B", "A"], "date": [dt.date(2024, 1, d) for d in (1, 2, 3)], "quantity": [1.0, 2.5, None]})
+    frame.write_parquet(tmp_path / "s.parquet")
+    (tmp_path / "s.csv").write_text("sku_id;date;quantity\nA;2024-01-01;1\nB;2024-01-02; 2,5 \n")
+    for name, sep in (("s.parquet", ","), ("s.csv", ";")):
+        cfg = InputConfig(sales=str(tmp_path / name), csv_separator=sep)
+        scanned = scan_sales(cfg)
+        assert scanned is not None and scanned.collect().equals(read_sales(cfg)), name
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    frame.write_parquet(folder / "a.parquet")
+    (tmp_path / "s.csv.gz").write_bytes(b"")
+    for location in (str(folder), str(tmp_path / "s.csv.gz"), "memory://x/s.parquet", "postgresql://u@127.0.0.1/db"):
+        assert scan_sales(InputConfig(sales=location)) is None, location
+
+
+def test_a_scanned_file_that_breaks_past_its_first_rows_is_one_line_error(tmp_path: Path) -> None:
+    """The first rows are read as the whole read reads them (the same errors); a fault further down fails the stream,
+    and the pull says which file could not be read."""
+    from flows.sources import scan_sales, unreadable
+
+    missing = InputConfig(sales=str(tmp_path / "none.csv"))
+    assert scan_sales(missing) is None  # not there: read_sales names it
+    empty = tmp_path / "empty.csv"
+    empty.write_text("sku_id,date,quantity\n")
+    with pytest.raises(InputError, match="has a header but no rows"):
+        scan_sales(InputConfig(sales=str(empty)))
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"sku_id,date,quantity\n" + b"A,2024-01-01,1\n" * 5_000 + b"B,2024-01-02,\xff\xfe\n")
+    cfg = InputConfig(sales=str(broken))
+    scanned = scan_sales(cfg)
+    assert scanned is not None
+    with pytest.raises(pl.exceptions.PolarsError) as info:
+        scanned.sink_parquet(tmp_path / "out.parquet")
+    message = str(unreadable(cfg, info.value))
+    assert message.startswith(f"sales file '{broken}' could not be read as CSV: ") and "\n" not in message
