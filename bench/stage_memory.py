@@ -44,6 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skus", type=int, default=30_000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=None, help="a folder already holding that catalogue (sample-data, seed 7)")
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"stage_memory_{args.skus}.json"
 
@@ -58,8 +59,12 @@ def main() -> int:
     steps: dict[str, dict] = {"imports": _mb()}
     with tempfile.TemporaryDirectory(prefix="buffercast-stage-memory-") as tmp:
         data = Path(tmp)
-        generate = [str(Path(sys.executable).parent / "buffercast"), "sample-data", "--out", tmp, "--skus", str(args.skus), "--seed", "7"]
-        subprocess.run(generate, check=True, capture_output=True)
+        if args.data is None:
+            sample = [str(Path(sys.executable).parent / "buffercast"), "sample-data", "--out", tmp, "--skus", str(args.skus)]
+            subprocess.run([*sample, "--seed", "7"], check=True, capture_output=True)
+        else:
+            for name in ("sales.parquet", "sku_master.parquet"):
+                (data / name).symlink_to(args.data.resolve() / name)
         cfg = BuffercastConfig(input={"sales": str(data / "sales.parquet"), "sku_master": str(data / "sku_master.parquet")})
         _reset_peak()
         t0 = time.perf_counter()

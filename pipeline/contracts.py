@@ -293,22 +293,28 @@ def input_series(raw: pl.LazyFrame, cols: SalesColumns) -> pl.DataFrame:
     return keys.collect(engine="streaming")
 
 
-#: Line ids held at a time to find repeats: an input with more rows is read once per bucket of hashed ids.
-LINES_PER_BUCKET = 4_000_000
+#: Line-id hashes held at a time to find repeats: an input with more rows is read once per bucket of hashes.
+LINES_PER_BUCKET = 16_000_000
 
 
 def repeated_lines(raw: pl.LazyFrame, line_id: pl.Expr, rows: int, lines_per_bucket: int = LINES_PER_BUCKET) -> pl.Series:
     """The positions (0-based, sorted) of the rows whose line id (`line_id`, an expression on `raw`; null: none) is
-    on an earlier row: the `duplicate_line_id` rows. A repeat has the same id, so the same hash: the ids are read in
-    buckets of their hash, each bucket's in input order, about `lines_per_bucket` of them at a time."""
-    lines = raw.select(_line=line_id).with_row_index(_POSITION).filter(pl.col("_line").is_not_null())
+    on an earlier row: the `duplicate_line_id` rows. Every id is hashed (64 bits) and only the rows whose hash repeats
+    are read as text, to tell a repeat from a collision; a repeat has the same hash, so the hashes are read in buckets
+    of their value, about `lines_per_bucket` at a time: 12 bytes a row, never the ids themselves."""
+    given = raw.with_row_index(_POSITION).filter(line_id.is_not_null())
+    hashes = given.select(_POSITION, _hash=line_id.hash(seed=0))
     buckets = max(1, math.ceil(rows / lines_per_bucket))
-    found = [pl.Series(_POSITION, [], dtype=pl.Int64)]
+    candidates = [pl.Series(_POSITION, [], dtype=pl.UInt32)]
     for bucket in range(buckets):
-        ids = lines if buckets == 1 else lines.filter(pl.col("_line").hash(seed=0) % buckets == bucket)
-        ids = ids.collect(engine="streaming").sort(_POSITION)
-        found.append(ids.filter(~pl.col("_line").is_first_distinct()).get_column(_POSITION).cast(pl.Int64))
-    return pl.concat(found).sort()
+        part = hashes if buckets == 1 else hashes.filter(pl.col("_hash") % buckets == bucket)
+        found = part.collect(engine="streaming")
+        candidates.append(found.filter(pl.col("_hash").is_duplicated()).get_column(_POSITION).cast(pl.UInt32))
+        del found
+    positions = pl.concat(candidates).implode()
+    ids = given.filter(pl.col(_POSITION).is_in(positions)).select(_POSITION, _line=line_id).collect(engine="streaming")
+    repeats = ids.sort(_POSITION).filter(~pl.col("_line").is_first_distinct())
+    return repeats.get_column(_POSITION).cast(pl.Int64)
 
 
 def validate_inputs(
