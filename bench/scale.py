@@ -156,6 +156,7 @@ def main() -> int:
         "--partition-skus", type=int, nargs="*", default=[], help="also run end to end at these partition sizes (memory against size)"
     )
     parser.add_argument("--no-baselines", action="store_true", help="end to end only: no bare statsforecast, no statsmodels loop")
+    parser.add_argument("--partitions", type=int, default=None, help="partition size of the main end-to-end run (default: the config's)")
     args = parser.parse_args()
 
     from flows.deploy import local_prefect_server
@@ -168,7 +169,7 @@ def main() -> int:
         ) as api_url:
             for skus in args.skus:
                 print(f"--- {skus:,} SKUs: end to end", flush=True)
-                e2e = end_to_end(skus, folder, api_url)
+                e2e = end_to_end(skus, folder, api_url, args.partitions)
                 print(f"    {e2e}", flush=True)
                 row = {"skus": skus, "end_to_end": e2e}
                 for size in args.partition_skus:

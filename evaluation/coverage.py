@@ -80,11 +80,11 @@ def pinball_losses_in_parts(
     rows = []
     for order, p in enumerate(quantiles):
         name = em.quantile_name(p)
-        pieces: dict[str, list[pl.DataFrame]] = {}
+        pieces: dict[str | None, list[pl.DataFrame]] = {}
         for i in range(parts):
             scored = read(i, [ID, "y", name]).join(classes, on=ID, maintain_order="left").filter(pl.col(name).is_not_null())
             for (demand_class,), rows_of_class in scored.group_by("demand_class"):
-                pieces.setdefault(str(demand_class), []).append(rows_of_class.select("y", name))
+                pieces.setdefault(demand_class, []).append(rows_of_class.select("y", name))
         for demand_class, frames in pieces.items():
             ok = pl.concat(frames)
             y, q = ok["y"].to_numpy(), ok[name].to_numpy()

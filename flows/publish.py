@@ -101,11 +101,18 @@ def _mkdir_public(path: Path) -> None:
 ROW_GROUP_ROWS = 262_144
 
 
+def parquet_rows(path: Path) -> int:
+    """The rows of a Parquet file, from its footer."""
+    import pyarrow.parquet as pq  # here: not on the CLI's start-up path
+
+    return pq.read_metadata(path).num_rows
+
+
 def write_table(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> int:
     """A table to one Parquet file (a LazyFrame streamed, never held whole); returns its rows."""
     if isinstance(frame, pl.LazyFrame):
         frame.sink_parquet(path, statistics=True, row_group_size=ROW_GROUP_ROWS)
-        return pl.scan_parquet(path).select(pl.len()).collect().item()
+        return parquet_rows(path)
     frame.write_parquet(path, statistics=True, row_group_size=ROW_GROUP_ROWS)
     return frame.height
 
@@ -343,13 +350,12 @@ def _naming_the_file() -> Iterator[Any]:
         ) from None
 
 
-def write_pulled(
-    root: str | Path, key: str, tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], keep_hours: float
-) -> Path:
+def write_pulled(root: str | Path, key: str, tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], keep_hours: float) -> Path:
     """Write the raw inputs a pull read to `<root>/_pulled/<key>/<name>.parquet` (a LazyFrame streamed, never held
     whole), replacing that snapshot whole (a new folder renamed into place: a reader finds the old one or the new
     one); snapshots of other keys untouched for `keep_hours` (at least an hour) are removed. A full disk is a
-    PublishError naming the file; a LazyFrame whose source fails to read raises polars' error (the caller words it)."""
+    PublishError naming the file, and so is any OS error while a LazyFrame streams (its source's too); a source that
+    does not parse raises polars' error (the caller words it)."""
     base = Path(root) / PULLED
     base.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
@@ -381,6 +387,18 @@ class ParquetStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+
+    def keep(self, path: Path) -> Path:
+        """A hard link to `path` in the store's folder (a copy where links are not possible): the run reads that file
+        for as long as it runs, whatever another run does to the original (a pulled snapshot replaced or removed)."""
+        kept = self.folder / f"kept-{path.name}"
+        kept.unlink(missing_ok=True)
+        with _naming_the_file() as writing:
+            try:
+                os.link(path, writing(kept))
+            except OSError:
+                shutil.copyfile(path, writing(kept))
+        return kept
 
     def _path(self, part: int, name: str) -> Path:
         return self.folder / f"part-{part:05d}" / f"{name}.parquet"

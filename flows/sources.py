@@ -63,9 +63,11 @@ def scan_sales(cfg: InputConfig) -> pl.LazyFrame | None:
         return None
     read_table(cfg.sales, what="sales", separator=cfg.csv_separator, n_rows=_LOOK_ROWS)
     if fmt == "csv":
-        table = pl.scan_csv(root, infer_schema=False, separator=cfg.csv_separator, row_index_name=ROW_NUMBER, row_index_offset=1)
+        table = pl.scan_csv(
+            root, infer_schema=False, separator=cfg.csv_separator, row_index_name=ROW_NUMBER, row_index_offset=1, glob=False
+        )
     else:
-        table = pl.scan_parquet(root).with_row_index(ROW_NUMBER, offset=1)
+        table = pl.scan_parquet(root, glob=False).with_row_index(ROW_NUMBER, offset=1)
     return table.select(pl.exclude(ROW_NUMBER), pl.lit(cfg.sales, dtype=pl.String).alias(SOURCE_FILE), pl.col(ROW_NUMBER).cast(pl.Int64))
 
 

@@ -67,15 +67,18 @@ class Pulled:
     has_master: bool
     counts: dict[str, int]
 
-    def tables(self, cfg: BuffercastConfig) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
-        """The raw sales (a scan of the pulled file: read a chunk at a time by the validation) and SKU master. A
-        snapshot removed since Prefect cached this result (within `input.cache_hours`) is read again from the inputs."""
+    def tables(self, cfg: BuffercastConfig, store: publisher.ParquetStore | None = None) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
+        """The raw sales (a scan of the pulled file: read a chunk at a time by the validation; with `store`, of the
+        run's own link to it, `ParquetStore.keep`, since the validation reads it several times and another run may
+        replace the snapshot meanwhile) and SKU master. A snapshot removed since Prefect cached this result (within
+        `input.cache_hours`) is read again from the inputs."""
         folder = Path(self.folder)
         if not (folder / "sales.parquet").exists() or (self.has_master and not (folder / "sku_master.parquet").exists()):
             get_run_logger().warning("the pulled inputs in %s are gone; reading the inputs again", folder)
             return pull_sales(cfg.input, cfg.as_of).raw.lazy(), read_sku_master(cfg.input, cfg.as_of)
         master = pl.read_parquet(folder / "sku_master.parquet") if self.has_master else None
-        return pl.scan_parquet(folder / "sales.parquet"), master
+        sales = folder / "sales.parquet"
+        return pl.scan_parquet(store.keep(sales) if store is not None else sales), master
 
 
 def _pull_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -111,7 +114,7 @@ def pull(cfg: BuffercastConfig, fingerprint: str | None) -> Pulled:
             folder = publisher.write_pulled(cfg.output.folder, key, {"sales": stream, "sku_master": master}, cfg.input.cache_hours)
         except pl.exceptions.PolarsError as exc:
             raise unreadable(cfg.input, exc) from None
-        rows = pl.scan_parquet(folder / "sales.parquet").select(pl.len()).collect().item()
+        rows = publisher.parquet_rows(folder / "sales.parquet")
         get_run_logger().info("sales: %s rows read", f"{rows:,}")
         return Pulled(str(folder), master is not None, {"sales_fetched": rows, "sales_cached": 0})
     sales = pull_sales(cfg.input, cfg.as_of)
@@ -126,7 +129,7 @@ def validate(cfg: BuffercastConfig, pulled: Pulled, store: PartitionStore | None
     """The raw inputs the pull wrote, validated `partitions.rows` sales rows at a time, the valid rows filed by
     partition of SKUs in `store` (`pipeline.partitioned.validate_inputs_parts`); without a store, the valid sales in
     one frame (`pipeline.contracts.validate_inputs`: the rolling evaluation's)."""
-    raw_sales, raw_master = pulled.tables(cfg)
+    raw_sales, raw_master = pulled.tables(cfg, store if isinstance(store, publisher.ParquetStore) else None)
     today = dt.date.today()
     if store is None:
         inputs = validate_inputs(cfg, raw_sales.collect(), raw_master, today=today)

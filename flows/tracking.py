@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from configs.secrets import has_reference, resolve
 from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
+from flows.publish import write_table
 
 MAX_PARAM_LENGTH = 6000
 
@@ -122,10 +123,7 @@ class Tracker:
         """A table as a Parquet artifact `<artifact_path>/<name>.parquet` (a LazyFrame streamed to it)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.parquet"
-            if isinstance(frame, pl.LazyFrame):
-                frame.sink_parquet(path)
-            else:
-                frame.write_parquet(path)
+            write_table(frame, path)  # as published: the same bytes whatever the partition size
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish_quietly(self, ok: bool) -> None:

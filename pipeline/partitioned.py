@@ -1,15 +1,16 @@
 """The pipeline over partitions of SKUs, in two passes (docs/operations.md, "Large catalogues").
 
-A partition is a contiguous range of the planned series, in `unique_id` order (`partitions.skus` of them). Every
-stage of `pipeline.stages` runs on one partition at a time; what ranks or fits across the whole catalogue runs once,
-between the passes, on small per-SKU frames:
+A partition is a contiguous range of the input's series, in `unique_id` order (`partitions.skus` of them, as the
+validation finds them: a series whose rows were all quarantined, never sold or dated after the as-of date counts
+too, so a partition plans at most `partitions.skus` series). Every stage of `pipeline.stages` runs on one partition
+at a time; what ranks or fits across the whole catalogue runs once, between the passes, on small per-SKU frames:
 
     pass one, per partition    profile (every feature but ABC)                 -> `profile_parts`
                                backtest, select, forecast                      -> `forecast_parts`
     once, over all             ABC classes; calibration maps from every SKU's backtest errors and bootstrap
                                coverage; the held-out calendar; the pinball losses per class
     pass two, per partition    recommendations, replay, stress outcomes, the per-SKU tables
-    once, over all             the scenario totals; the per-SKU tables concatenated and sorted -> `recommend_parts`
+    once, over all             the scenario totals; the per-SKU tables over every partition  -> `recommend_parts`
 
 The sales come in partitions too: the validation reads the input `partitions.rows` rows at a time and hands each
 chunk's valid rows to `SalesPartitioner`, which files them by partition (`validate_inputs_parts`); the profile reads
@@ -157,6 +158,8 @@ class SalesPartitioner:
                 .join(self._map, on=KEYS, how="left", nulls_equal=True, maintain_order="left")
                 .get_column("_part")
             )
+            if part.null_count():  # the series come from the same parsing as the rows: a bug, never bad input
+                raise RuntimeError(f"{part.null_count()} valid sales rows belong to no partition of series")
             for i in range(self._parts):
                 self._store.put(i, name, valid.filter(part == i))
         self._chunks += 1

@@ -266,9 +266,9 @@ def forecast_vs_actual_figure(
         .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
         .group_by(*KEY, "date")
         .agg(pl.col("quantity").sum())
-        .collect()
+        .collect(engine="streaming")  # a scan of every partition's demand: read, never held whole
     )
-    window = history.select(pl.col("date").unique().sort().tail(last_periods)).collect()
+    window = history.select(pl.col("date").unique().sort().tail(last_periods)).collect(engine="streaming")
     grid = (
         selected.group_by(KEY)
         .agg(first=pl.col("date").min())
@@ -290,7 +290,7 @@ def forecast_vs_actual_figure(
         forecasts.with_columns(pl.col("location_id").cast(pl.String))
         .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
         .sort(*KEY, "date")
-        .collect()
+        .collect(engine="streaming")  # a scan of every partition's file: read, never held whole
     )
     hist_by = {k: g for k, g in hist.group_by(KEY)}
     fc_by = {k: g for k, g in fc.group_by(KEY)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import stat
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -92,3 +93,21 @@ def test_latest_names_the_newest_complete_as_of(tmp_path):
     assert latest_as_of(tmp_path) == D2
     pointer = json.loads((tmp_path / MANIFESTS / LATEST).read_text())
     assert pointer["manifest"] == str(manifest_path(tmp_path, D2)) and read_manifest(tmp_path, D2)["run_id"] == "r1"
+
+
+def test_the_run_keeps_its_own_link_to_the_pulled_sales(tmp_path: Path) -> None:
+    """The validation reads the pulled snapshot several times: through the run's own link, which outlives another
+    run replacing or removing the snapshot."""
+    from flows.publish import ParquetStore
+
+    snapshot = tmp_path / "_pulled" / "latest" / "sales.parquet"
+    snapshot.parent.mkdir(parents=True)
+    pl.DataFrame({"x": [1, 2]}).write_parquet(snapshot)
+    store = ParquetStore(tmp_path / "_work" / "run")
+    store.folder.mkdir(parents=True)
+    kept = store.keep(snapshot)
+    pl.DataFrame({"x": [9]}).write_parquet(snapshot.with_suffix(".new"))
+    snapshot.with_suffix(".new").replace(snapshot)  # another run's snapshot in its place
+    assert pl.read_parquet(kept)["x"].to_list() == [1, 2]
+    snapshot.unlink()
+    assert pl.read_parquet(kept)["x"].to_list() == [1, 2] and kept.parent == store.folder
