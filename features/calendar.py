@@ -12,7 +12,7 @@ contains the as-of date is complete and kept (`input_grain="period"`, detected b
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Literal, TypeVar
 
 import polars as pl
 
@@ -51,9 +51,12 @@ def _unique_id(sku_col: str = "sku_id", location_col: str = "location_id") -> pl
     )
 
 
-def _with_location(sales: pl.DataFrame) -> pl.DataFrame:
-    """The sales frame with a `location_id` column (all null when the input has none)."""
-    if "location_id" in sales.columns:
+_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def with_location(sales: _Frame) -> _Frame:
+    """The frame (eager or lazy) with a `location_id` column (all null when the input has none)."""
+    if "location_id" in sales.collect_schema().names():
         return sales
     return sales.with_columns(location_id=pl.lit(None, dtype=pl.String))
 
@@ -66,7 +69,7 @@ def series_keys(sales: pl.DataFrame) -> pl.DataFrame:
     """
     require_columns(sales, ["sku_id"], where="series_keys")
     return (
-        _with_location(sales)
+        with_location(sales)
         .select(
             _unique_id().alias("unique_id"),
             pl.col("sku_id").cast(pl.String),
@@ -190,7 +193,7 @@ def to_periods(
     if isinstance(as_of, dt.datetime):
         as_of = as_of.date()
 
-    rows = _with_location(sales).select(
+    rows = with_location(sales).select(
         _unique_id().alias(id_col),
         pl.col("date").cast(pl.Date).alias("_date"),
         pl.col("quantity").cast(pl.Float64).alias(target_col),

@@ -362,10 +362,8 @@ def write_pulled(root: str | Path, key: str, tables: Mapping[str, pl.DataFrame |
     try:
         with _naming_the_file() as writing:
             for name, frame in tables.items():
-                if isinstance(frame, pl.LazyFrame):
-                    frame.sink_parquet(writing(fresh / f"{name}.parquet"))
-                elif frame is not None:
-                    frame.write_parquet(writing(fresh / f"{name}.parquet"))
+                if frame is not None:
+                    write_table(frame, writing(fresh / f"{name}.parquet"))
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise

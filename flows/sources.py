@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 from fsspec import AbstractFileSystem
@@ -68,7 +68,7 @@ def scan_sales(cfg: InputConfig) -> pl.LazyFrame | None:
         )
     else:
         table = pl.scan_parquet(root, glob=False).with_row_index(ROW_NUMBER, offset=1)
-    return table.select(pl.exclude(ROW_NUMBER), pl.lit(cfg.sales, dtype=pl.String).alias(SOURCE_FILE), pl.col(ROW_NUMBER).cast(pl.Int64))
+    return _with_provenance(table, cfg.sales)
 
 
 #: Rows `scan_sales` reads first, to fail on a bad file as the whole read would.
@@ -317,11 +317,15 @@ def _read_file(
             _check_first_line(fs, path, label, what, separator)
     if table.height == 0 and n_rows != 0:
         raise InputError(f"{what} file '{label}' has a header but no rows: export it again with the data{_config_hint(what)}")
-    return table.select(
-        pl.exclude(ROW_NUMBER),
-        pl.lit(label, dtype=pl.String).alias(SOURCE_FILE),
-        pl.col(ROW_NUMBER).cast(pl.Int64),
-    )
+    return _with_provenance(table, label)
+
+
+_Table = TypeVar("_Table", pl.DataFrame, pl.LazyFrame)
+
+
+def _with_provenance(table: _Table, label: str) -> _Table:
+    """The file's columns, then `_source_file` (`label`) and `_row_number` (1-based, read with the rows)."""
+    return table.select(pl.exclude(ROW_NUMBER), pl.lit(label, dtype=pl.String).alias(SOURCE_FILE), pl.col(ROW_NUMBER).cast(pl.Int64))
 
 
 #: polars' name for the second of two columns with the same header: `<name>_duplicated_<k>`.

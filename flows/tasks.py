@@ -107,29 +107,25 @@ def pull(cfg: BuffercastConfig, fingerprint: str | None) -> Pulled:
     `fingerprint` (of both inputs) is the cache key: see `_pull_cache_key`.
     """
     key = fingerprint if fingerprint is not None and cfg.input.cache_hours > 0 else "latest"
-    stream = scan_sales(cfg.input) if cfg.input.cache_folder is None else None
-    if stream is not None:  # one local file: streamed to the pulled snapshot, never held whole
-        master = read_sku_master(cfg.input, cfg.as_of)
-        try:
-            folder = publisher.write_pulled(cfg.output.folder, key, {"sales": stream, "sku_master": master}, cfg.input.cache_hours)
-        except pl.exceptions.PolarsError as exc:
-            raise unreadable(cfg.input, exc) from None
-        rows = publisher.parquet_rows(folder / "sales.parquet")
-        get_run_logger().info("sales: %s rows read", f"{rows:,}")
-        return Pulled(str(folder), master is not None, {"sales_fetched": rows, "sales_cached": 0})
-    sales = pull_sales(cfg.input, cfg.as_of)
-    get_run_logger().info(sales.note)
+    stream = scan_sales(cfg.input) if cfg.input.cache_folder is None else None  # one local file: never held whole
+    read = pull_sales(cfg.input, cfg.as_of) if stream is None else None
     master = read_sku_master(cfg.input, cfg.as_of)
-    folder = publisher.write_pulled(cfg.output.folder, key, {"sales": sales.raw, "sku_master": master}, cfg.input.cache_hours)
-    return Pulled(str(folder), master is not None, {"sales_fetched": sales.fetched, "sales_cached": sales.cached})
+    try:
+        sales = stream if read is None else read.raw
+        folder = publisher.write_pulled(cfg.output.folder, key, {"sales": sales, "sku_master": master}, cfg.input.cache_hours)
+    except pl.exceptions.PolarsError as exc:  # the stream's source does not parse past its first rows
+        raise unreadable(cfg.input, exc) from None
+    fetched, cached = (read.fetched, read.cached) if read is not None else (publisher.parquet_rows(folder / "sales.parquet"), 0)
+    get_run_logger().info(read.note if read is not None else f"sales: {fetched:,} rows read")
+    return Pulled(str(folder), master is not None, {"sales_fetched": fetched, "sales_cached": cached})
 
 
 @task(cache_policy=NO_CACHE)
-def validate(cfg: BuffercastConfig, pulled: Pulled, store: PartitionStore | None = None) -> Inputs:
+def validate(cfg: BuffercastConfig, pulled: Pulled, store: publisher.ParquetStore | None = None) -> Inputs:
     """The raw inputs the pull wrote, validated `partitions.rows` sales rows at a time, the valid rows filed by
     partition of SKUs in `store` (`pipeline.partitioned.validate_inputs_parts`); without a store, the valid sales in
     one frame (`pipeline.contracts.validate_inputs`: the rolling evaluation's)."""
-    raw_sales, raw_master = pulled.tables(cfg, store if isinstance(store, publisher.ParquetStore) else None)
+    raw_sales, raw_master = pulled.tables(cfg, store)
     today = dt.date.today()
     if store is None:
         inputs = validate_inputs(cfg, raw_sales.collect(), raw_master, today=today)

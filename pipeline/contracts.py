@@ -263,6 +263,8 @@ def validate_sales_chunks(
     header = RawTable.of(head, cols, required=SALES_REQUIRED, key="input.sales_columns", source=r.source, label=label)
     header.raw.select(*header.parsed(SALES_KINDS, date_format=r.date_format, timezone=r.timezone, decimal_comma=r.decimal_comma))
     repeated = repeated_lines(raw, header.text("line_id"), rows) if "line_id" in header.names else pl.Series([], dtype=pl.Int64)
+    # A chunk's repeated lines are those of the whole input; once they are out, its rows pass the check within it.
+    recheck = sales_schema(r.today, r.earliest, r.max_quantity)
     quarantines = []
     for offset in range(0, max(rows, 1), chunk_rows):
         chunk = raw.slice(offset, chunk_rows).collect()
@@ -272,10 +274,9 @@ def validate_sales_chunks(
             *table.provenance(),
         )
         del chunk
-        # Its repeated lines are those of the whole input; once they are out, its rows pass the check within it.
         schema = sales_schema(r.today, r.earliest, r.max_quantity, repeated=(repeated, offset))
         unparseable = _unparseable(table, parsed, _parsed_columns(SALES_KINDS))
-        result = _split(table, parsed, schema, unparseable, recheck=sales_schema(r.today, r.earliest, r.max_quantity))
+        result = _split(table, parsed, schema, unparseable, recheck=recheck)
         del table, parsed
         quarantines.append(result.quarantine)
         take(result.valid.drop("line_id"))

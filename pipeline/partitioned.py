@@ -39,7 +39,7 @@ from buffers.calibration import Calibration
 from configs.schema import BuffercastConfig
 from evaluation.coverage import pinball_losses_in_parts
 from evaluation.replay import HeldOutCalendar, held_out_calendar
-from features.calendar import series_keys
+from features.calendar import series_keys, with_location
 from features.profile import with_abc_classes
 from forecasting.backtest import MIN_SKUS_PER_WORKER_CHUNK, ForecastResult
 from forecasting.workers import worker_count, worker_pool
@@ -144,24 +144,21 @@ class SalesPartitioner:
         self._witness: list[pl.DataFrame] = []
 
     def __call__(self, valid: pl.DataFrame) -> None:
+        valid = with_location(valid)
         if self._map is None:
-            keys = series_keys(_with_location(self._series()))
+            keys = series_keys(with_location(self._series()))
             self._map = keys.select(*KEYS, _part=pl.int_range(pl.len(), dtype=pl.UInt32) // self._skus)
             self._parts = max(1, math.ceil(keys.height / self._skus))
         name = _chunk_name(self._chunks)
         if self._parts == 1:
             self._store.put(0, name, valid)
         else:
-            part = (
-                _with_location(valid)
-                .select(KEYS)
-                .join(self._map, on=KEYS, how="left", nulls_equal=True, maintain_order="left")
-                .get_column("_part")
-            )
-            if part.null_count():  # the series come from the same parsing as the rows: a bug, never bad input
-                raise RuntimeError(f"{part.null_count()} valid sales rows belong to no partition of series")
+            tagged = valid.join(self._map, on=KEYS, how="left", nulls_equal=True, maintain_order="left")
+            if missing := tagged["_part"].null_count():  # the series come from the same parsing as the rows: a bug
+                raise RuntimeError(f"{missing} valid sales rows belong to no partition of series")
+            own = tagged.partition_by("_part", as_dict=True, maintain_order=True, include_key=False)
             for i in range(self._parts):
-                self._store.put(i, name, valid.filter(part == i))
+                self._store.put(i, name, own.get((i,), valid.clear()))
         self._chunks += 1
         self._dates.append(valid.group_by("date").len("rows"))
         self._hash = (self._hash + int(valid.hash_rows().sum() or 0)) % 2**64
@@ -171,10 +168,6 @@ class SalesPartitioner:
         dates = pl.concat(self._dates).group_by("date").agg(pl.col("rows").sum()).sort("date")
         witness = pl.concat(self._witness).select(pl.all().drop_nulls().first())
         return SalesParts(self._store, self._parts, self._chunks, dates, str(self._hash), witness)
-
-
-def _with_location(sales: pl.DataFrame) -> pl.DataFrame:
-    return sales if "location_id" in sales.columns else sales.with_columns(location_id=pl.lit(None, pl.String))
 
 
 def split_sales(sales: pl.DataFrame, skus: int, store: PartitionStore) -> SalesParts:
@@ -408,18 +401,18 @@ def recommend_parts(
         _log(progress, f"recommend: partition {i + 1}/{pp.parts}, {part_recs.height:,} SKUs, {time.perf_counter() - start:.0f} s")
     recommendations = pl.concat(recs, how="vertical_relaxed").sort(*TABLE_ORDER["recommendations"])
     stress = scenarios_table(as_of, pl.concat(outcomes, how="vertical_relaxed"), disruptions, cfg.cost.holding_rate_per_year)
-    tables = {name: _whole_table(pp, name, order) for name, order in TABLE_ORDER.items()}
+    # Each partition's tables are sorted and the partitions follow unique_id: the tables' (sku_id, location_id) order
+    # too, unless a SKU id holds a character that sorts before the key separator.
+    in_order = pp.keys["unique_id"].equals(pp.keys.sort("sku_id", "location_id", maintain_order=True)["unique_id"])
+    tables = {name: _whole_table(pp, name, None if in_order else order) for name, order in TABLE_ORDER.items()}
     return Recommended(recommendations, stress, calibration, pinball, tables, calendar)
 
 
-def _whole_table(pp: ProfiledParts, name: str, order: tuple[str, ...]) -> pl.DataFrame | pl.LazyFrame:
-    """Per-SKU table `name` of every partition in the order of its unique `order` columns: the table of the run in one
-    piece. A table of `STREAMED_TABLES` stays a LazyFrame over the partitions' files (the publisher streams it to its
-    file); the others are read. Each partition's table is sorted; the partitions follow unique_id, the tables sku_id
-    and location_id: the same order unless a SKU id holds a character that sorts before the key separator, and then
-    the whole table is sorted."""
+def _whole_table(pp: ProfiledParts, name: str, order: tuple[str, ...] | None) -> pl.DataFrame | pl.LazyFrame:
+    """Per-SKU table `name` of every partition, in partition order, sorted by `order` if given: the table of the run
+    in one piece. A table of `STREAMED_TABLES` stays a LazyFrame over the partitions' files (the publisher streams it
+    to its file); the others are read."""
     table = pp.store.scan(f"table_{name}", pp.parts)
-    keys = pp.keys
-    if not keys["unique_id"].equals(keys.sort("sku_id", "location_id", maintain_order=True)["unique_id"]):
+    if order is not None:
         table = table.sort(*order, maintain_order=True)
     return table if name in STREAMED_TABLES else table.collect()

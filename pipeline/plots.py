@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from buffers.policy import POLICIES
+from features.calendar import with_location
 
 POLICY_COLOURS = {"JIT": "#2a9d8f", "hybrid": "#e9c46a", "JIC": "#e76f51"}
 
@@ -64,11 +65,6 @@ def _ordered(values: list, preferred: tuple[str, ...]) -> list:
     present = [v for v in preferred if v in values]
     rest = sorted(v for v in values if v not in preferred and v is not None)
     return present + rest + ([None] if None in values else [])
-
-
-def _with_location(frame: pl.DataFrame) -> pl.DataFrame:
-    """A missing `location_id` column is all-null locations (sales without locations)."""
-    return frame if "location_id" in frame.columns else frame.with_columns(location_id=pl.lit(None, dtype=pl.String))
 
 
 def _series_label(sku: str, location: str | None) -> str:
@@ -247,7 +243,7 @@ def forecast_vs_actual_figure(
     forecast + safety stock / sqrt(lead time in periods) (the per-period error the buffer covers at its z).
     """
     title = f"Recent demand and forecast for the {n} SKUs with the largest safety-stock value"
-    recs = _with_location(recommendations)
+    recs = with_location(recommendations)
     if recs.is_empty() or n <= 0:
         return _empty_figure(title, "no SKUs in this run")
     top = (
@@ -258,9 +254,7 @@ def forecast_vs_actual_figure(
     keys = top.select(KEY)
     # The window is the last `last_periods` dates of the whole history (not of each series), and a date of that window
     # missing from a series after its first sale is zero demand: raw sales without explicit zeros draw like the panel.
-    history = history.lazy()
-    if "location_id" not in history.collect_schema().names():
-        history = history.with_columns(location_id=pl.lit(None, dtype=pl.String))
+    history = with_location(history.lazy())
     selected = (
         history.with_columns(pl.col("location_id").cast(pl.String))
         .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
@@ -281,11 +275,8 @@ def forecast_vs_actual_figure(
         .with_columns(pl.col("quantity").fill_null(0.0))
         .sort(*KEY, "date")
     )
-    forecasts = forecasts.lazy()
-    columns = forecasts.collect_schema().names()
-    quantiles = [q for q in QUANTILE_COLUMNS if q in columns]
-    if "location_id" not in columns:
-        forecasts = forecasts.with_columns(location_id=pl.lit(None, dtype=pl.String))
+    forecasts = with_location(forecasts.lazy())
+    quantiles = [q for q in QUANTILE_COLUMNS if q in forecasts.collect_schema().names()]
     fc = (
         forecasts.with_columns(pl.col("location_id").cast(pl.String))
         .join(keys.lazy(), on=list(KEY), how="semi", nulls_equal=True)
@@ -389,7 +380,7 @@ def service_level_figure(recommendations: pl.DataFrame, simulated: pl.DataFrame 
       diagonal, coloured by ABC class (triangles: critical). Without it: how many SKUs have each target, per
       ABC class x critical, as sized and labelled dots.
     """
-    recs = _with_location(recommendations).with_columns(
+    recs = with_location(recommendations).with_columns(
         pl.col("location_id").cast(pl.String),
         pl.col("abc_class").cast(pl.String).fill_null("?"),
         pl.col("critical").fill_null(False),
@@ -397,7 +388,7 @@ def service_level_figure(recommendations: pl.DataFrame, simulated: pl.DataFrame 
     if simulated is None:
         return _service_level_targets(recs)
     title = "Simulated service level vs target"
-    sim = _with_location(simulated).with_columns(pl.col("location_id").cast(pl.String)).select(*KEY, "simulated_cycle_service_level")
+    sim = with_location(simulated).with_columns(pl.col("location_id").cast(pl.String)).select(*KEY, "simulated_cycle_service_level")
     both = recs.join(sim, on=list(KEY), how="inner", nulls_equal=True).filter(
         pl.col("simulated_cycle_service_level").is_not_null() & pl.col("service_level_target").is_not_null()
     )
