@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import polars as pl
 import pytest
@@ -51,3 +52,17 @@ def test_a_sku_with_nothing_to_reorder_gets_zeros_but_a_critical_one_keeps_its_l
     assert dead["reorder_point_units"].to_list() == [0.0, 0.0] and dead["order_up_to_units"].to_list() == [0.0, 0.0]
     critical = time_phased_parameters(recs(flag_dead=True, flag_critical=True), extended({"a": [1, 2, 3, 4]}), periods=2)
     assert critical["reorder_point_units"].to_list() == [6.0, 8.0]
+
+
+def test_steps_found_by_position_or_by_join_give_the_same_sums():
+    """Gapless steps (the forecast's own) are read by row position, steps with a gap by a join: a SKU with a gap
+    elsewhere in the forecast (which switches to the join) changes no other SKU's numbers. Rows in any order."""
+    rng = random.Random(3)
+    series = {f"s{i:02d}": [rng.uniform(0, 9) for _ in range(40)] for i in range(30)}
+    plan = pl.concat([recs(unique_id=u, lead_time_periods=rng.uniform(0.5, 9.0)) for u in series])
+    gapless = extended(series).sample(fraction=1.0, shuffle=True, seed=1)
+    by_position = time_phased_parameters(plan, gapless, periods=12)
+    gap = extended({"zz": [1.0] * 20}).filter(pl.col("step") != 5)
+    by_join = time_phased_parameters(plan, pl.concat([gapless, gap]), periods=12)
+    assert by_position.height == 30 * 12
+    assert by_position.equals(by_join)
