@@ -179,16 +179,22 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     `cv`: the chosen model's backtest rows (unique_id, cutoff, step, y, forecast); `recs`: unique_id, `column`,
     review_lead_time_demand, lead_time_periods, review_periods, optionally safety_stock_method.
     """
+    return forecast_levels_of(held, recs, cv, (column,))[column]
+
+
+def forecast_levels_of(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """`forecast_levels` of each of `columns`: the origins' forecasts, the sigma ratios and which origin serves each
+    period are the same for every column, and computed once."""
     x = _inputs(recs, held.ids)
-    static = x[column].to_numpy()
-    levels = np.repeat(static[:, None], held.demand.shape[1], axis=1)
+    levels = {column: np.repeat(x[column].to_numpy()[:, None], held.demand.shape[1], axis=1) for column in columns}
     if cv.is_empty() or not held.dates:
         return levels
     normal = pl.col("safety_stock_method") != "bootstrap_quantile" if "safety_stock_method" in x.columns else pl.lit(True)
     ratios = out_of_window_sigma_ratios(cv, x.select(ID, "lead_time_periods", "review_periods"))
     # One level per SKU and origin, then spread over the periods each origin serves.
-    buffer = pl.col(column) - pl.col("review_lead_time_demand")
-    factor = error_share_factor(pl.col("ratio").fill_null(1.0), column, x.columns).fill_null(1.0)
+    ratio = pl.col("ratio").fill_null(1.0)
+    names = {column: f"_level_{i}" for i, column in enumerate(columns)}
+    buffer = {column: pl.col(column) - pl.col("review_lead_time_demand") for column in columns}
     per_origin = (
         exposure_sums(cv, pl.col("forecast").clip(0.0, None), plan=x, names=("_lead_forecast", "_forecast"))
         .join(ratios, on=[ID, "cutoff"], how="left")
@@ -196,7 +202,15 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
         .select(
             ID,
             "cutoff",
-            _level=pl.col("_forecast") + pl.when(normal.fill_null(True)).then(buffer * factor).otherwise(buffer),
+            *(
+                (
+                    pl.col("_forecast")
+                    + pl.when(normal.fill_null(True))
+                    .then(buffer[column] * error_share_factor(ratio, column, x.columns).fill_null(1.0))
+                    .otherwise(buffer[column])
+                ).alias(name)
+                for column, name in names.items()
+            ),
         )
     )
     # Every (SKU, period) cell: built in polars (a Python list of n x T dates took seconds at 10,000 SKUs).
@@ -205,9 +219,13 @@ def forecast_levels(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, column:
     matched = (
         grid.sort("ds")
         .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
-        .filter(pl.col("_level").is_not_null())
+        .filter(pl.col("cutoff").is_not_null())
     )
-    levels[matched["_row"].to_numpy(), matched["_col"].to_numpy()] = np.ceil(np.maximum(matched["_level"].to_numpy(), 0.0) - 1e-9)
+    at = (matched["_row"].to_numpy(), matched["_col"].to_numpy())
+    for column, name in names.items():
+        known = matched[name].is_not_null().to_numpy()  # a null level (a null input) keeps the published one
+        level = matched[name].filter(matched[name].is_not_null()).to_numpy()
+        levels[column][at[0][known], at[1][known]] = np.ceil(np.maximum(level, 0.0) - 1e-9)
     return levels
 
 
@@ -309,7 +327,7 @@ def stress_outcomes(
     unit_cost = x["unit_cost"].to_numpy()
     # The levels each policy sets at each review do not depend on the scenario: once per policy.
     levels = {column: x[column].to_numpy() for column in POLICY_LEVELS.values()}
-    varying = {column: level if cv is None else forecast_levels(held, recs, cv, column) for column, level in levels.items()}
+    varying = levels if cv is None else forecast_levels_of(held, recs, cv, tuple(levels))
     supplier = x["supplier_id"].cast(pl.String).to_numpy() if "supplier_id" in x.columns else np.full(n, None, dtype=object)
     out = []
     for sc in scenarios:
