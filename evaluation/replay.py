@@ -23,7 +23,7 @@ import polars as pl
 import polars.selectors as cs
 
 from buffers.policy import buffered_components
-from evaluation.simulate import demand_spike, outage_mask, simulate_order_up_to
+from evaluation.simulate import demand_spike, lead_time_normals, outage_mask, simulate_order_up_to
 from evaluation.windows import REVIEW_LEAD_TIME, exposure_sums, other_windows_sigma, window_errors, window_sums
 
 ID = "unique_id"
@@ -317,12 +317,15 @@ def stress_outcomes(
     n, width = demand.shape
     # A scenario's start counts from the first period every SKU has held-out demand for (rows are right-aligned).
     offset = width - calendar.common
+    lead_time_std = x["lead_time_std_periods"].to_numpy()
     common = {
         "review_periods": x["review_periods"].round(0).clip(1, None).cast(pl.Int64).to_numpy(),
         "lead_time_mean": x["lead_time_periods"].to_numpy(),
-        "lead_time_std": x["lead_time_std_periods"].to_numpy(),
+        "lead_time_std": lead_time_std,
         "seed": seed,
         "keys": ids,
+        # The same SKUs' lead-time streams in every scenario and policy (common random numbers): drawn once.
+        "lead_time_normals": lead_time_normals(lead_time_std, width, seed=seed, keys=ids),
     }
     unit_cost = x["unit_cost"].to_numpy()
     # The levels each policy sets at each review do not depend on the scenario: once per policy.

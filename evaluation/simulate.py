@@ -94,16 +94,30 @@ def _per_sku(name: str, value: object, n: int, *, minimum: float | None = None, 
     return array
 
 
-def lead_time_draws(
-    lead_time_mean: np.ndarray, lead_time_std: np.ndarray, periods: int, *, seed: int, keys: Sequence[str] | None = None
-) -> np.ndarray:
-    """(n, periods) whole lead times: max(0, round-half-up(mean + std * Z)), Z from each row's stream (module docstring)."""
-    mean, std = np.asarray(lead_time_mean, dtype=float), np.asarray(lead_time_std, dtype=float)
-    z = np.zeros((len(mean), periods))
+def lead_time_normals(lead_time_std: np.ndarray, periods: int, *, seed: int, keys: Sequence[str] | None = None) -> np.ndarray:
+    """(n, periods) the Z of each row's lead-time draws (module docstring); zeros where the std is 0 (nothing drawn)."""
+    std = np.asarray(lead_time_std, dtype=float)
+    z = np.zeros((len(std), periods))
     rows = np.flatnonzero(std > 0)
     if rows.size:
         ids = [str(row) for row in rows] if keys is None else [keys[row] for row in rows]
         z[rows] = standard_normals(stream_keys(seed, ids, LEAD_TIME_PURPOSE), periods)
+    return z
+
+
+def lead_time_draws(
+    lead_time_mean: np.ndarray,
+    lead_time_std: np.ndarray,
+    periods: int,
+    *,
+    seed: int,
+    keys: Sequence[str] | None = None,
+    normals: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n, periods) whole lead times: max(0, round-half-up(mean + std * Z)), Z from each row's stream (module docstring):
+    `normals`, when `lead_time_normals` of these rows (of a std that is 0 at least where this one is) was drawn already."""
+    mean, std = np.asarray(lead_time_mean, dtype=float), np.asarray(lead_time_std, dtype=float)
+    z = lead_time_normals(std, periods, seed=seed, keys=keys) if normals is None else normals
     return np.maximum(np.floor(mean[:, None] + std[:, None] * z + 0.5), 0.0).astype(np.int64)
 
 
@@ -120,6 +134,7 @@ def simulate_order_up_to(
     lead_time_multiplier: np.ndarray | float | None = None,
     delivery_blocked: np.ndarray | None = None,
     keys: Sequence[str] | None = None,
+    lead_time_normals: np.ndarray | None = None,
 ) -> SimulationResult:
     """Simulate a periodic-review (R, s, S) policy with backorders over `demand` (n SKUs x T periods).
 
@@ -128,8 +143,9 @@ def simulate_order_up_to(
     latest origin), review_periods R (whole, >= 1), lead_time_mean/std (periods, fractional allowed),
     reorder_point s <= S (default S: pure (R, S)), initial_on_hand (default S, nothing on order),
     lead_time_multiplier (default 1, scales mean and std), delivery_blocked (n, T) bool (supplier outage),
-    keys (stable per-SKU ids for the lead-time streams): scalars or (n,) arrays. Timing, lead-time draws
-    and the cycle definition: module docstring.
+    keys (stable per-SKU ids for the lead-time streams): scalars or (n,) arrays; lead_time_normals: the rows'
+    `lead_time_normals` for this seed, keys and T when already drawn (a replay of the same SKUs under several
+    policies and scenarios draws them once). Timing, lead-time draws and the cycle definition: module docstring.
     """
     demand = np.asarray(demand, dtype=float)
     if demand.ndim != 2:
@@ -177,7 +193,9 @@ def simulate_order_up_to(
         blocked = np.ascontiguousarray(blocked.T)
 
     # Period-major (T, n) layouts: each step reads one contiguous row.
-    lead_times = np.ascontiguousarray(lead_time_draws(lt_mean, lt_std, horizon, seed=int(seed), keys=keys).T)
+    if lead_time_normals is not None and lead_time_normals.shape != demand.shape:
+        raise ValueError(f"lead_time_normals: expected shape {demand.shape}, got {lead_time_normals.shape}")
+    lead_times = np.ascontiguousarray(lead_time_draws(lt_mean, lt_std, horizon, seed=int(seed), keys=keys, normals=lead_time_normals).T)
     demand_t = np.ascontiguousarray(np.nan_to_num(demand, nan=0.0).T)
     due = np.zeros((horizon + 1, n))  # due[t]: units arriving at the start of t; row `horizon` collects later arrivals
     backorders, on_order = np.zeros(n), np.zeros(n)

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from buffers.streams import standard_normals, stream_keys
-from evaluation.simulate import SimulationResult, demand_spike, outage_mask, simulate_order_up_to
+from evaluation.simulate import SimulationResult, demand_spike, lead_time_normals, outage_mask, simulate_order_up_to
 
 Z95 = float(stats.norm.ppf(0.95))
 FIELDS = [f.name for f in fields(SimulationResult)]
@@ -215,6 +215,24 @@ def test_deterministic_and_independent_of_the_batch() -> None:
     full = simulate_order_up_to(demand, 40.0, 2, 3.0, 1.5, seed=7)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(prefix, f), getattr(full, f)[:3], err_msg=f)
+
+
+def test_lead_time_normals_drawn_once_give_the_same_replay_under_any_multiplier() -> None:
+    """The stress test draws each SKU's lead-time normals once for every scenario and policy: the same results as
+    each simulation drawing its own, with a lead-time multiplier (a scenario's) and a SKU without variability."""
+    rng = np.random.default_rng(4)
+    demand = rng.poisson(5.0, (4, 60)).astype(float)
+    keys, std = ["a", "b", "c", "d"], np.array([1.5, 0.0, 2.0, 0.7])
+    normals = lead_time_normals(std, 60, seed=7, keys=keys)
+    assert not normals[1].any() and normals[0].any()
+    for multiplier in (1.0, np.array([2.0, 1.0, 0.0, 1.5])):
+        args = (demand, 40.0, 2, 3.0, std)
+        own = simulate_order_up_to(*args, seed=7, keys=keys, lead_time_multiplier=multiplier)
+        shared = simulate_order_up_to(*args, seed=7, keys=keys, lead_time_multiplier=multiplier, lead_time_normals=normals)
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(shared, f), getattr(own, f), err_msg=f)
+    with pytest.raises(ValueError, match="lead_time_normals: expected shape"):
+        simulate_order_up_to(demand, 40.0, 2, 3.0, std, seed=7, keys=keys, lead_time_normals=normals[:, :10])
 
 
 def test_scenarios_lower_the_service_level() -> None:
