@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 
 # Before prefect or mlflow is imported anywhere: no state in ~, no analytics or telemetry over the network.
 _STATE = Path(tempfile.mkdtemp(prefix="buffercast-tests-"))
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)  # after the session's servers stopped: no litter in /tmp
 os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
