@@ -11,7 +11,8 @@ subprocess of this script (`--part`), so one part's peak memory and process pool
   (model set per class, seasonal or not, trended or not, horizon bucket, windows, step), the models come from
   `build_model` / `without_season` / `without_trend`; statsforecast's own n_jobs on groups of 100+ SKUs, same fallback model, and the calls
   statsforecast itself forces: point forecasts in the backtest and `level=` (the stage's
-  `interval_levels(quantiles)`) in the final forecast, only on models with native intervals; with refit=False
+  `interval_levels(quantiles)`) in the final forecast, only on models with native intervals, over the horizon
+  plus `time_phased_periods` as the stage forecasts; with refit=False
   the models without `forward` refit in a call of their own. One set of calls per group (the stage chunks
   groups by `chunk_size`); no metrics, selection, combination, empirical quantiles or fallback flag column.
   a/b is buffercast's overhead over the statsforecast calls it cannot avoid.
@@ -266,7 +267,10 @@ def part_b(o: Opts, cfg: BuffercastConfig) -> dict[str, Any]:
                 )
         t1 = time.perf_counter()
         for call_names, fallback, _, level in sf_calls(names, spec, s, refit=True):
-            _sf(call_names, spec, fallback, s, n_jobs).forecast(h=row["bucket"], df=df, fitted=not backtested, **level)
+            # The stage forecasts `time_phased_periods` past the horizon (the time-phased parameters read them).
+            _sf(call_names, spec, fallback, s, n_jobs).forecast(
+                h=row["bucket"] + s.time_phased_periods, df=df, fitted=not backtested, **level
+            )
         groups.append(
             row | {"skus": members.height, "models": names, "n_jobs": n_jobs, "cv_s": t1 - t0, "forecast_s": time.perf_counter() - t1}
         )

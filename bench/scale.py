@@ -13,6 +13,8 @@ for the whole ladder, hours). For each size, in this one run:
 - **statsmodels loop** (`bench/forecast_speed.py` part d): a pandas groupby loop with statsmodels
   `ExponentialSmoothing` refit at every backtest cutoff, on a seeded subset of `--subset-loop` SKUs, CPU seconds
   extrapolated linearly to the catalogue.
+- **rolling evaluation** (`--evaluate-skus`, default off): `buffercast evaluate` (the config's rolling origins and
+  baselines) on the same generated catalogue: wall and CPU seconds, peak PSS, measured as the end-to-end run is.
 - **Dask scaling** (`--dask-skus`, default 2,000): the forecasting stage alone (`forecasting.backtest
   .backtest_and_forecast`) on a `distributed.LocalCluster` of 1 and then 2 single-threaded worker processes on
   127.0.0.1, wall seconds, on the profiled panel of that size.
@@ -76,11 +78,30 @@ class PeakPss:
         return self.peak_mb
 
 
-def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None = None) -> dict[str, Any]:
+def _catalogue(skus: int, folder: Path) -> Path:
     data = folder / f"data-{skus}"
     if not data.exists():
         generate = [str(BIN / "buffercast"), "sample-data", "--out", str(data), "--skus", str(skus), "--seed", "7"]
         subprocess.run(generate, check=True, capture_output=True)
+    return data
+
+
+def _measured(cmd: list[str], log: Path, api_url: str) -> tuple[float, float, float]:
+    """Wall and CPU seconds (the whole process tree) and the peak PSS (MB) of `cmd` against the Prefect server."""
+    env = os.environ | {"PREFECT_API_URL": api_url}
+    t0, cpu0 = time.perf_counter(), children_cpu_s()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        sampler = PeakPss(proc.pid)
+        code = proc.wait()
+        peak = sampler.stop()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed ({code}): {log.read_text()[-2000:]}")
+    return time.perf_counter() - t0, children_cpu_s() - cpu0, peak
+
+
+def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None = None) -> dict[str, Any]:
+    data = _catalogue(skus, folder)
     cmd = [
         str(BIN / "buffercast"), "run", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
         "--out", str(folder / f"out-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-{skus}.db'}",
@@ -89,22 +110,24 @@ def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None
         config = folder / f"partitions-{partition_skus}.yaml"
         config.write_text(f"partitions:\n  skus: {partition_skus}\n")
         cmd += ["--config", str(config)]
-    env = os.environ | {"PREFECT_API_URL": api_url}
-    log = folder / f"run-{skus}.log"
-    t0, cpu0 = time.perf_counter(), children_cpu_s()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        sampler = PeakPss(proc.pid)
-        code = proc.wait()
-        peak = sampler.stop()
-    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
-    if code != 0:
-        raise RuntimeError(f"buffercast run at {skus} SKUs failed ({code}): {log.read_text()[-2000:]}")
+    wall, cpu, peak = _measured(cmd, folder / f"run-{skus}.log", api_url)
     manifest = next((folder / f"out-{skus}").rglob("manifest.json"))
     planned = json.loads(manifest.read_text())["tables"]["recommendations"]["rows"]
     shutil.rmtree(folder / f"out-{skus}", ignore_errors=True)  # the next measure at this size starts from an empty folder
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak), "skus_planned": planned,
             "skus_per_s": round(skus / wall, 1), "partition_skus": partition_skus}  # fmt: skip
+
+
+def rolling_evaluation(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
+    """`buffercast evaluate` (the config's rolling origins, its baselines) on the same generated catalogue."""
+    data = _catalogue(skus, folder)
+    cmd = [
+        str(BIN / "buffercast"), "evaluate", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
+        "--out", str(folder / f"evaluate-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-evaluate-{skus}.db'}",
+    ]  # fmt: skip
+    wall, cpu, peak = _measured(cmd, folder / f"evaluate-{skus}.log", api_url)
+    shutil.rmtree(folder / f"evaluate-{skus}", ignore_errors=True)
+    return {"skus": skus, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak)}
 
 
 def statsforecast_parts(skus: int, folder: Path, subset_loop: int) -> dict[str, Any]:
@@ -157,6 +180,7 @@ def main() -> int:
     )
     parser.add_argument("--no-baselines", action="store_true", help="end to end only: no bare statsforecast, no statsmodels loop")
     parser.add_argument("--partitions", type=int, default=None, help="partition size of the main end-to-end run (default: the config's)")
+    parser.add_argument("--evaluate-skus", type=int, default=0, help="also time `buffercast evaluate` at this size (0: skip)")
     args = parser.parse_args()
 
     from flows.deploy import local_prefect_server
@@ -194,6 +218,8 @@ def main() -> int:
                 row["statsmodels_loop_cpu_over_end_to_end"] = round(row["statsmodels_loop"]["cpu_s_extrapolated"] / e2e["cpu_s"], 1)
                 rows.append(row)
                 print(f"    {row}", flush=True)
+            evaluation = rolling_evaluation(args.evaluate_skus, folder, api_url) if args.evaluate_skus else None
+            print(f"--- rolling evaluation: {evaluation}", flush=True)
         dask = dask_scaling(args.dask_skus, folder) if args.dask_skus else None
         print(f"--- Dask: {dask}", flush=True)
     finally:
@@ -204,6 +230,7 @@ def main() -> int:
         "days": 730,
         "sizes": rows,
         "dask_forecast_stage": dask,
+        "rolling_evaluation": evaluation,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
