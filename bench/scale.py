@@ -181,6 +181,7 @@ def main() -> int:
     parser.add_argument("--no-baselines", action="store_true", help="end to end only: no bare statsforecast, no statsmodels loop")
     parser.add_argument("--partitions", type=int, default=None, help="partition size of the main end-to-end run (default: the config's)")
     parser.add_argument("--evaluate-skus", type=int, default=0, help="also time `buffercast evaluate` at this size (0: skip)")
+    parser.add_argument("--logs", type=Path, default=None, help="copy the runs' logs (Prefect's, with each stage's times) here")
     args = parser.parse_args()
 
     from flows.deploy import local_prefect_server
@@ -223,6 +224,10 @@ def main() -> int:
         dask = dask_scaling(args.dask_skus, folder) if args.dask_skus else None
         print(f"--- Dask: {dask}", flush=True)
     finally:
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in folder.glob("*.log"):
+                shutil.copy2(log, args.logs / log.name)
         shutil.rmtree(folder, ignore_errors=True)
     result = {
         "command": "python bench/scale.py " + " ".join(sys.argv[1:]),

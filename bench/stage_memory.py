@@ -1,13 +1,16 @@
-"""Memory of the run's first steps, as the flow runs them: validation and the partitioned profile, in one process.
+"""Memory and time of the run's steps, as the flow runs them, in one process: the pull, the validation, the partitioned
+profile and, with `--through`, the forecasting and recommend stages.
 
 Run: `.venv/bin/python bench/stage_memory.py --skus 30000` (generates the catalogue: `buffercast sample-data`, seed 7,
-730 days). Prints and writes `bench/results/stage_memory_<skus>.json`: the process's resident set (VmRSS) after each
-step and its peak during the step (VmHWM, reset before it through /proc/self/clear_refs): the imports; the pull
+730 days; `--data FOLDER` takes one already generated). Prints and writes `bench/results/stage_memory_<skus>.json`:
+per step, the process's resident set (VmRSS) after it and its peak during it (VmHWM, reset before it through
+/proc/self/clear_refs), its wall seconds and CPU seconds (the process and its worker processes): the imports; the pull
 (`flows.sources.scan_sales` streamed to the pulled snapshot by `flows.publish.write_pulled`);
 `pipeline.partitioned.validate_inputs_parts` of a scan of that snapshot (`partitions.rows` rows at a time, the valid
 rows filed by partition in a `flows.publish.ParquetStore`); `pipeline.partitioned.profile_parts` (each partition's
-panel to the store). The end-to-end figures are `bench/scale.py`'s; this says which step makes their peak.
-Nothing asserts on memory.
+panel to the store); `--through forecast` adds `forecast_parts` (the workers' memory is theirs, not in the peak),
+`--through recommend` also `recommend_parts`. The end-to-end figures are `bench/scale.py`'s; this says which step
+makes their peak and where the CPU goes outside the statsforecast calls. Nothing asserts on memory or time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,11 +44,33 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its waited-for children (the forecasting stage's worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _Step:
+    """Times one step (wall and CPU seconds) from a fresh VmHWM; `.done(**extra)` records it in `steps`."""
+
+    def __init__(self, steps: dict[str, dict], name: str) -> None:
+        self.steps, self.name = steps, name
+        _reset_peak()
+        self.t0, self.cpu0 = time.perf_counter(), _cpu_s()
+
+    def done(self, **extra: object) -> None:
+        seconds = {"s": round(time.perf_counter() - self.t0, 1), "cpu_s": round(_cpu_s() - self.cpu0, 1)}
+        self.steps[self.name] = _mb() | extra | seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skus", type=int, default=30_000)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=None, help="a folder already holding that catalogue (sample-data, seed 7)")
+    parser.add_argument(
+        "--through", choices=("profile", "forecast", "recommend"), default="profile", help="the last stage measured (default profile)"
+    )
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"stage_memory_{args.skus}.json"
 
@@ -53,7 +79,7 @@ def main() -> int:
     from configs.schema import BuffercastConfig
     from flows.publish import ParquetStore, write_pulled
     from flows.sources import read_sku_master, scan_sales
-    from pipeline.partitioned import profile_parts, validate_inputs_parts
+    from pipeline.partitioned import forecast_parts, profile_parts, recommend_parts, validate_inputs_parts
     from pipeline.tables import as_of_rows
 
     steps: dict[str, dict] = {"imports": _mb()}
@@ -66,23 +92,28 @@ def main() -> int:
             for name in ("sales.parquet", "sku_master.parquet"):
                 (data / name).symlink_to(args.data.resolve() / name)
         cfg = BuffercastConfig(input={"sales": str(data / "sales.parquet"), "sku_master": str(data / "sku_master.parquet")})
-        _reset_peak()
-        t0 = time.perf_counter()
+        step = _Step(steps, "pull")
         stream = scan_sales(cfg.input)
         pulled = write_pulled(data / "out", "latest", {"sales": stream, "sku_master": read_sku_master(cfg.input)}, 1.0)
-        steps["pull"] = _mb() | {"s": round(time.perf_counter() - t0, 1)}
+        step.done()
         store = ParquetStore(data / "work")
         master = pl.read_parquet(pulled / "sku_master.parquet")
-        _reset_peak()
-        t0 = time.perf_counter()
+        step = _Step(steps, "validation")
         inputs = validate_inputs_parts(cfg, pl.scan_parquet(pulled / "sales.parquet"), master, today=dt.date.today(), store=store)
         parts = inputs.sales.parts
-        steps["validation"] = _mb() | {"rows": inputs.sales.rows_in, "chunks": parts.chunks, "s": round(time.perf_counter() - t0, 1)}
+        step.done(rows=inputs.sales.rows_in, chunks=parts.chunks)
         as_of, _, _ = as_of_rows(cfg, parts.dates)
-        _reset_peak()
-        t0 = time.perf_counter()
+        step = _Step(steps, "profile")
         pp = profile_parts(cfg, parts, inputs.master.valid, as_of, store)
-        steps["profile"] = _mb() | {"partitions": pp.parts, "s": round(time.perf_counter() - t0, 1)}
+        step.done(partitions=pp.parts)
+        if args.through in ("forecast", "recommend"):
+            step = _Step(steps, "forecast")
+            fp = forecast_parts(cfg, pp)
+            step.done()
+        if args.through == "recommend":
+            step = _Step(steps, "recommend")
+            recommend_parts(cfg, as_of, pp, fp)
+            step.done()
     result = {
         "command": "python bench/stage_memory.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
