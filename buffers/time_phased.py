@@ -48,7 +48,7 @@ def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, lengt
     spans = (
         steps.with_row_index("_at")
         .group_by(ID, maintain_order=True)
-        .agg(_at=pl.col("_at").first(), _n=pl.len(), _gapless=(pl.col("step") == pl.int_range(1, pl.len() + 1)).all())
+        .agg(_at=pl.col("_at").first(), _n=pl.len(), _gapless=(pl.col("step") == pl.int_range(1, pl.len() + 1)).fill_null(False).all())
     )
     by_position = bool(spans.get_column("_gapless").all())
     forecast = steps.get_column("forecast")

@@ -8,7 +8,7 @@ import random
 import polars as pl
 import pytest
 
-from buffers.time_phased import COLUMNS, time_phased_parameters
+from buffers.time_phased import COLUMNS, _window_sums, time_phased_parameters
 
 START = dt.date(2026, 1, 1)
 
@@ -66,3 +66,8 @@ def test_steps_found_by_position_or_by_join_give_the_same_sums():
     by_join = time_phased_parameters(plan, pl.concat([gapless, gap]), periods=12)
     assert by_position.height == 30 * 12
     assert by_position.equals(by_join)
+    # A null step is no step: it sends the lookup to the join, which never pairs it with a window.
+    nulled = extended({"c": [100.0, 2.0, 3.0]}).with_columns(step=pl.Series([None, 2, 3], dtype=pl.Int64))
+    plan = recs(unique_id="c", lead_time_periods=2.0).select("unique_id", "lead_time_periods")
+    sums = _window_sums(nulled, plan, 2, pl.col("lead_time_periods"), "lead_time_demand")
+    assert sums.rows() == [("c", 1, 2.0), ("c", 2, 5.0)]  # period 1: steps 1 (none) and 2; never the null step's 100
