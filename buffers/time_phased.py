@@ -35,14 +35,16 @@ COLUMNS = (
 SKUS_PER_CHUNK = 1_000
 
 
-def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, length: pl.Expr, name: str) -> pl.DataFrame:
-    """unique_id, period, `name`: per SKU and p = 1..periods, sum_k w_k f_{p-1+k} with w the weights of `length`.
+def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, lengths: dict[str, pl.Expr]) -> dict[str, pl.DataFrame]:
+    """Per name of `lengths`, a frame unique_id, period, name: per SKU and p = 1..periods, sum_k w_k f_{p-1+k} with w
+    the weights of that length.
 
     Only the steps inside each window are paired with its period (k = 1 .. ceil(length), step = p - 1 + k),
     SKUS_PER_CHUNK SKUs at a time: the frame is at most chunk x periods x ceil(length) rows, where pairing every step
     with every period of the whole catalogue made 100 million rows and 8 GB at 10,000 SKUs. A step's forecast is
     taken by its row position when every SKU's steps run 1, 2, ..., n (the forecast's own `extended`; a join on the
-    string key cost 2.5 times more at 10,000 SKUs), else by a join. Each sum adds the same terms in the same order."""
+    string key cost 2.5 times more at 10,000 SKUs), else by a join. The steps are sorted and located once for every
+    length. Each sum adds the same terms in the same order."""
     starts = pl.DataFrame({"period": list(range(1, periods + 1))}, schema={"period": pl.Int64})
     steps = extended.select(ID, "step", "forecast").sort(ID, "step")
     spans = (
@@ -52,30 +54,31 @@ def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, lengt
     )
     by_position = bool(spans.get_column("_gapless").all())
     forecast = steps.get_column("forecast")
-    parts = []
+    parts: dict[str, list[pl.DataFrame]] = {name: [] for name in lengths}
     for first in range(0, max(plan.height, 1), SKUS_PER_CHUNK):  # one row per SKU in `plan`
-        windows = (
-            plan.slice(first, SKUS_PER_CHUNK)
-            .select(ID, _length=length)
-            .sort(ID, maintain_order=True)
-            .join(spans.select(ID, "_at", "_n"), on=ID, how="inner", maintain_order="left")
-            .with_row_index("_sku")
-            .join(starts, how="cross")
-            .with_columns(k=pl.int_ranges(1, pl.col("_length").ceil().clip(1, None).cast(pl.Int64) + 1))
-            .explode("k")
-            .with_columns(step=pl.col("period") + pl.col("k") - 1)
-        )  # in (SKU, period, k) order
-        if by_position:
-            windows = windows.filter(pl.col("step") <= pl.col("_n"))
-            windows = windows.with_columns(forecast=forecast.gather(windows.get_column("_at") + windows.get_column("step") - 1))
-        else:
-            windows = windows.join(steps, on=[ID, "step"], how="inner", maintain_order="left")
-        parts.append(
-            windows.group_by("_sku", "period", maintain_order=True)
-            .agg(pl.col(ID).first(), (lead_time_weights(pl.col("k"), pl.col("_length")) * pl.col("forecast")).sum().alias(name))
-            .select(ID, "period", name)
-        )
-    return pl.concat(parts, how="vertical")
+        skus = plan.slice(first, SKUS_PER_CHUNK)
+        for name, length in lengths.items():
+            windows = (
+                skus.select(ID, _length=length)
+                .sort(ID, maintain_order=True)
+                .join(spans.select(ID, "_at", "_n"), on=ID, how="inner", maintain_order="left")
+                .with_row_index("_sku")
+                .join(starts, how="cross")
+                .with_columns(k=pl.int_ranges(1, pl.col("_length").ceil().clip(1, None).cast(pl.Int64) + 1))
+                .explode("k")
+                .with_columns(step=pl.col("period") + pl.col("k") - 1)
+            )  # in (SKU, period, k) order
+            if by_position:
+                windows = windows.filter(pl.col("step") <= pl.col("_n"))
+                windows = windows.with_columns(forecast=forecast.gather(windows.get_column("_at") + windows.get_column("step") - 1))
+            else:
+                windows = windows.join(steps, on=[ID, "step"], how="inner", maintain_order="left")
+            parts[name].append(
+                windows.group_by("_sku", "period", maintain_order=True)
+                .agg(pl.col(ID).first(), (lead_time_weights(pl.col("k"), pl.col("_length")) * pl.col("forecast")).sum().alias(name))
+                .select(ID, "period", name)
+            )
+    return {name: pl.concat(frames, how="vertical") for name, frames in parts.items()}
 
 
 def time_phased_parameters(recs: pl.DataFrame, extended: pl.DataFrame, periods: int) -> pl.DataFrame:
@@ -85,8 +88,10 @@ def time_phased_parameters(recs: pl.DataFrame, extended: pl.DataFrame, periods: 
     review_lead_time_demand, flag_dead, flag_critical. `extended`: unique_id, ds, step, forecast (steps 1.. at least
     periods - 1 + ceil(R + L), e.g. `ForecastResult.extended`)."""
     plan = recs.select(ID, "lead_time_periods", "review_periods")
-    lead = _window_sums(extended, plan, periods, pl.col("lead_time_periods"), "lead_time_demand")
-    review_lead = _window_sums(extended, plan, periods, pl.col("lead_time_periods") + pl.col("review_periods"), "review_lead_time_demand")
+    lead_time = pl.col("lead_time_periods")
+    lengths = {"lead_time_demand": lead_time, "review_lead_time_demand": lead_time + pl.col("review_periods")}
+    sums = _window_sums(extended, plan, periods, lengths)
+    lead, review_lead = sums["lead_time_demand"], sums["review_lead_time_demand"]
     nothing = pl.col("flag_dead") & ~pl.col("flag_critical").fill_null(False)
     buffers = recs.select(
         ID,

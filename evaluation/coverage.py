@@ -14,7 +14,7 @@ The calibration that moves the levels (`buffers.calibration`) is a buffer-sizing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import polars as pl
 from scipy import stats
@@ -57,39 +57,35 @@ def bootstrap_coverage(shares: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFra
     return covered.rename(dict(zip(LEVELS, (BEFORE, AFTER), strict=True)))
 
 
-def pinball_losses(cv: pl.DataFrame, classes: pl.DataFrame, quantiles: Sequence[float]) -> pl.DataFrame:
+def pinball_losses(cv: pl.DataFrame | pl.LazyFrame, classes: pl.DataFrame, quantiles: Sequence[float]) -> pl.DataFrame:
     """Per demand class and forecast quantile: `sklearn.metrics.mean_pinball_loss` of the per-step quantile (units per
     period) and its coverage (share of actuals at or below it), over the backtest rows where it is not null. Classes
     in order, quantiles in the order of `quantiles`; a class without a scorable row for a quantile has no row.
 
-    `cv`: the chosen models' backtest rows with the quantile columns (q50, q90, ...); `classes`: unique_id,
-    demand_class.
+    `cv`: the chosen models' backtest rows with the quantile columns (q50, q90, ...), or a scan of them (every
+    partition's, in order): read one quantile at a time, holding that quantile's scorable rows and nothing else;
+    each class's rows meet sklearn in the backtest's order, so the numbers are the same, bit for bit. `classes`:
+    unique_id, demand_class.
     """
-    return pinball_losses_in_parts(lambda _, columns: cv.select(columns), 1, classes, quantiles)
-
-
-def pinball_losses_in_parts(
-    read: Callable[[int, list[str]], pl.DataFrame], parts: int, classes: pl.DataFrame, quantiles: Sequence[float]
-) -> pl.DataFrame:
-    """`pinball_losses` of a backtest in `parts` partitions (`read(i, columns)`: partition i's rows, those columns),
-    one quantile at a time, holding that quantile's scorable rows (actual and quantile) and nothing else: the same
-    numbers, bit for bit, as of the backtest in one frame, since each class's rows meet sklearn in the same order."""
-    from sklearn.metrics import mean_pinball_loss  # here: the forecasting workers import this module, never this path
-
     schema = {"demand_class": pl.String, "quantile": pl.String, "pinball_loss": pl.Float64, "coverage": pl.Float64}
-    rows = []
-    for order, p in enumerate(quantiles):
+    by_class = classes.select(ID, pl.col("demand_class").cast(pl.Categorical)).lazy()  # a small code per row, not a string
+    tables = []
+    for p in quantiles:
         name = em.quantile_name(p)
-        pieces: dict[str | None, list[pl.DataFrame]] = {}
-        for i in range(parts):
-            scored = read(i, [ID, "y", name]).join(classes, on=ID, maintain_order="left").filter(pl.col(name).is_not_null())
-            for (demand_class,), rows_of_class in scored.group_by("demand_class"):
-                pieces.setdefault(demand_class, []).append(rows_of_class.select("y", name))
-        for demand_class, frames in pieces.items():
-            ok = pl.concat(frames)
-            y, q = ok["y"].to_numpy(), ok[name].to_numpy()
-            loss = float(mean_pinball_loss(y, q, alpha=p))
-            rows.append((demand_class, name, loss, float((ok["y"] <= ok[name]).mean()), order))
-        del pieces
-    table = pl.DataFrame(rows, schema=[*schema, "_order"], schema_overrides={**schema, "_order": pl.Int64}, orient="row")
-    return table.sort("demand_class", "_order").select(list(schema)).cast(schema)
+        scored = (
+            cv.lazy()
+            .select(ID, "y", name)
+            .join(by_class, on=ID, maintain_order="left")
+            .filter(pl.col(name).is_not_null())
+            .select("demand_class", "y", name)
+            .collect()
+        )
+        loss = em.pinball_loss(scored, {name: p}, id_col="demand_class", engine="sklearn")
+        covered = em.coverage(scored, [name], id_col="demand_class")
+        tables.append(
+            loss.select("demand_class", quantile=pl.lit(name), pinball_loss=name).join(
+                covered.select("demand_class", coverage=name), on="demand_class", maintain_order="left"
+            )
+        )
+    table = pl.concat(tables).cast(schema) if tables else pl.DataFrame(schema=schema)
+    return table.sort("demand_class", maintain_order=True)  # quantiles stay in the order of `quantiles`

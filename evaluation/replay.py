@@ -221,11 +221,9 @@ def forecast_levels_of(held: HeldOut, recs: pl.DataFrame, cv: pl.DataFrame, colu
         .join_asof(per_origin.sort("cutoff"), left_on="ds", right_on="cutoff", by=ID, strategy="backward", check_sortedness=False)
         .filter(pl.col("cutoff").is_not_null())
     )
-    at = (matched["_row"].to_numpy(), matched["_col"].to_numpy())
     for column, name in names.items():
-        known = matched[name].is_not_null().to_numpy()  # a null level (a null input) keeps the published one
-        level = matched[name].filter(matched[name].is_not_null()).to_numpy()
-        levels[column][at[0][known], at[1][known]] = np.ceil(np.maximum(level, 0.0) - 1e-9)
+        cells = matched.filter(pl.col(name).is_not_null())  # a null level (a null input) keeps the published one
+        levels[column][cells["_row"].to_numpy(), cells["_col"].to_numpy()] = np.ceil(np.maximum(cells[name].to_numpy(), 0.0) - 1e-9)
     return levels
 
 

@@ -407,8 +407,8 @@ class ParquetStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             frame.write_parquet(writing(path), compression="lz4", statistics=False)
 
-    def get(self, part: int, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-        return pl.read_parquet(self._path(part, name), columns=columns)
+    def get(self, part: int, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self._path(part, name))
 
     def scan(self, name: str, parts: int) -> pl.LazyFrame:
         return pl.scan_parquet([self._path(i, name) for i in range(parts)])

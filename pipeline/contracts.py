@@ -306,11 +306,11 @@ def repeated_lines(raw: pl.LazyFrame, line_id: pl.Expr, rows: int, lines_per_buc
     given = raw.with_row_index(_POSITION).filter(line_id.is_not_null())
     hashes = given.select(_POSITION, _hash=line_id.hash(seed=0))
     buckets = max(1, math.ceil(rows / lines_per_bucket))
-    candidates = [pl.Series(_POSITION, [], dtype=pl.UInt32)]
+    candidates = []  # one per bucket: there is at least one
     for bucket in range(buckets):
         part = hashes if buckets == 1 else hashes.filter(pl.col("_hash") % buckets == bucket)
         found = part.collect(engine="streaming")
-        candidates.append(found.filter(pl.col("_hash").is_duplicated()).get_column(_POSITION).cast(pl.UInt32))
+        candidates.append(found.filter(pl.col("_hash").is_duplicated()).get_column(_POSITION))
         del found
     positions = pl.concat(candidates).implode()
     ids = given.filter(pl.col(_POSITION).is_in(positions)).select(_POSITION, _line=line_id).collect(engine="streaming")

@@ -37,7 +37,7 @@ import polars as pl
 
 from buffers.calibration import Calibration
 from configs.schema import BuffercastConfig
-from evaluation.coverage import pinball_losses_in_parts
+from evaluation.coverage import pinball_losses
 from evaluation.replay import HeldOutCalendar, held_out_calendar
 from features.calendar import series_keys, with_location
 from features.profile import with_abc_classes
@@ -72,8 +72,8 @@ class PartitionStore(Protocol):
 
     def put(self, part: int, name: str, frame: pl.DataFrame) -> None: ...
 
-    def get(self, part: int, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-        """Frame `name` of partition `part` (only `columns`, if given)."""
+    def get(self, part: int, name: str) -> pl.DataFrame:
+        """Frame `name` of partition `part`."""
         ...
 
     def scan(self, name: str, parts: int) -> pl.LazyFrame:
@@ -90,9 +90,8 @@ class MemoryStore:
     def put(self, part: int, name: str, frame: pl.DataFrame) -> None:
         self._frames[part, name] = frame
 
-    def get(self, part: int, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-        frame = self._frames[part, name]
-        return frame if columns is None else frame.select(columns)
+    def get(self, part: int, name: str) -> pl.DataFrame:
+        return self._frames[part, name]
 
     def scan(self, name: str, parts: int) -> pl.LazyFrame:
         return pl.concat([self._frames[i, name].lazy() for i in range(parts)], how="vertical")
@@ -380,7 +379,7 @@ def recommend_parts(
     calibration = fit_buffer_calibration(cfg, concat_evidence(evidence)) if calibrate else None
     del evidence
     classes = pp.profiles.select(ID, "demand_class")
-    pinball = pinball_losses_in_parts(lambda i, columns: pp.store.get(i, "cv", columns), pp.parts, classes, cfg.models.quantiles)
+    pinball = pinball_losses(pp.store.scan("cv", pp.parts), classes, cfg.models.quantiles)
     # A series' panel runs from its first sale to the last period: its length is the profile's n_periods.
     calendar = held_out_calendar(fp.plan, pp.profiles.select(ID, periods=pl.col("n_periods").cast(pl.Int64)), pp.dates)
     _log(progress, "recommend: calibration and held-out calendar of the whole catalogue done")

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from buffers.calibration import Calibration
 from configs.schema import BuffercastConfig
+from features.calendar import with_location
 from pipeline.plots import (
     calibration_figure,
     error_distribution_figure,
@@ -360,7 +361,7 @@ def _top_section(recommendations: pl.DataFrame | None) -> str:
     if recommendations is None or recommendations.is_empty():
         parts.append(_note("no recommendations in this run"))
         return "".join([*parts, "</section>"])
-    recs = recommendations if "location_id" in recommendations.columns else recommendations.with_columns(location_id=pl.lit(None))
+    recs = with_location(recommendations)
     cols = [c for c in TOP_COLUMNS if c in recs.columns]
     top = top_buffers(recs).select(cols)
     policy_col = cols.index("policy") if "policy" in cols else -1

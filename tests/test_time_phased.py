@@ -69,5 +69,5 @@ def test_steps_found_by_position_or_by_join_give_the_same_sums():
     # A null step is no step: it sends the lookup to the join, which never pairs it with a window.
     nulled = extended({"c": [100.0, 2.0, 3.0]}).with_columns(step=pl.Series([None, 2, 3], dtype=pl.Int64))
     plan = recs(unique_id="c", lead_time_periods=2.0).select("unique_id", "lead_time_periods")
-    sums = _window_sums(nulled, plan, 2, pl.col("lead_time_periods"), "lead_time_demand")
+    sums = _window_sums(nulled, plan, 2, {"lead_time_demand": pl.col("lead_time_periods")})["lead_time_demand"]
     assert sums.rows() == [("c", 1, 2.0), ("c", 2, 5.0)]  # period 1: steps 1 (none) and 2; never the null step's 100
