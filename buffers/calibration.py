@@ -40,8 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import polars.selectors as cs
-from scipy import stats
-from sklearn.isotonic import IsotonicRegression
+from scipy import special
 
 # The exposures and the window sums are the backtest windows' (`evaluation.windows`).
 from evaluation.windows import other_windows_sigma, window_sums
@@ -54,7 +53,7 @@ ALL_FAMILIES = "all"
 USABLE = ("calibrated", "capped")
 #: Nominal levels the map is fitted on: safety factors z = 0, 0.01, ..., 4.75 (equally fine at every level).
 Z_GRID = np.round(np.arange(0.0, 4.7501, 0.01), 2)
-GRID = stats.norm.cdf(Z_GRID)
+GRID = special.ndtr(Z_GRID)  # Phi(z), as scipy.stats.norm.cdf computes it (scipy.stats: imported where used)
 #: The calibrated nominal level never exceeds this (z = 4.75): beyond, the class's errors are not worth a normal buffer.
 MAX_LEVEL = float(GRID[-1])
 LEVEL_SCHEMA = {
@@ -108,6 +107,8 @@ def standardised_errors(errors: pl.DataFrame) -> pl.DataFrame:
             *keys, pl.lit("check").alias("set"), u=_ratio(pl.col("error"), pl.col("sigma")), df=pl.col("n"), deployed_df=pl.col("n") + 1
         )
     )
+    from scipy import stats
+
     out = pl.concat([loo, check]).filter(pl.col("u").is_not_null())
     u, df, deployed = (out[c].to_numpy().astype(float) for c in ("u", "df", "deployed_df"))
     # Through the nearer tail's log-probability (precision in both tails; +-inf stays +-inf); monotone in u per SKU.
@@ -126,6 +127,8 @@ def empirical_errors(shares: pl.DataFrame) -> pl.DataFrame:
 
     `shares`: unique_id, exposure, from_latest, share_below (`bootstrap_window_coverage`).
     """
+    from scipy import stats
+
     u = stats.norm.ppf(shares["share_below"].to_numpy().astype(float))
     return shares.select(
         ID,
@@ -201,6 +204,8 @@ def _fit_map(
     if fit.size < needed:
         status = f"too_few_windows ({fit.size} < {needed})"
         return [_level(t, t, status, fit.size, check, t, strict) for t in targets], None
+    from sklearn.isotonic import IsotonicRegression
+
     achieved = np.searchsorted(fit, Z_GRID, side=side) / fit.size  # share of u <= z(alpha) (u < z when strict)
     # Isotonic in the level is isotonic in its z (same order); z keeps the far-tail levels distinct.
     fitted = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(Z_GRID, achieved).predict(Z_GRID)
@@ -214,6 +219,8 @@ def _fit_map(
 
 
 def _level(target: float, level: float, status: str, n_fit: int, check: np.ndarray, used: float, strict: bool) -> dict:
+    from scipy import stats
+
     z_before, z_after = stats.norm.ppf(target), stats.norm.ppf(used)
     covered = np.less if strict else np.less_equal
     return {

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import polars as pl
-from scipy import stats
 
 from evaluation import metrics as em
 from evaluation.windows import LEAD_TIME, other_windows_sigma, window_sums
@@ -36,6 +35,8 @@ def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
     `errors`: from `evaluation.windows.window_errors`; `sizing`: unique_id, service_level_target,
     calibrated_service_level (the normal-method SKUs). SKUs with fewer than 3 windows or no error are left out.
     """
+    from scipy import stats  # here: scipy.stats costs 1.4 s of CPU to import
+
     lead = errors.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
     lead = lead.join(window_sums(lead, [ID]), on=ID).filter(pl.col("n") >= 3).with_columns(sigma=other_windows_sigma())
     z = {c: stats.norm.ppf(lead[c].to_numpy()) for c in LEVELS}

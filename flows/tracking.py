@@ -2,11 +2,15 @@
 
 One MLflow run per flow run, driven through `MlflowClient` (no global active run), so a flow can start
 the run early (its id goes into the manifest) and finish it after publishing.
+
+mlflow is imported when a `Tracker` is made, not with this module: importing it costs seconds (3.5 s of CPU here),
+and a run that fails on its input, or a command that tracks nothing, should not pay for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -14,18 +18,16 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import polars as pl
-from mlflow.data.dataset_source import DatasetSource
-from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, RunStatus
-from mlflow.tracking import MlflowClient
 
 from configs.secrets import has_reference, resolve
 from flows import secrets as _secrets  # noqa: F401  (registers ${prefect-secret:NAME})
 from flows.publish import write_table
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset_source import DatasetSource
 
 MAX_PARAM_LENGTH = 6000
 
@@ -61,6 +63,8 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri)  # as written: a credential stays a reference (configs/secrets.py)
         if has_reference(self.uri):  # MLflow prints "View run at <url>" with the resolved URL: its credential with it
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri=resolve(self.uri, key="tracking.uri"))
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
@@ -76,12 +80,16 @@ class Tracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [mlflow.entities.Param(k, ("" if v is None else str(v))[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
+        from mlflow.entities import Param
+
+        items = [Param(k, ("" if v is None else str(v))[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        items = [mlflow.entities.Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None]
+        from mlflow.entities import Metric
+
+        items = [Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items()) if v is not None]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
@@ -91,12 +99,16 @@ class Tracker:
         """Input lineage: the dataset's schema, size and digest, its source, and its role (`context`) in the run.
         `rows` and `digest`: of a dataset not held in one frame; `frame` then stands for it (its schema, and which
         columns have a value: e.g. one row of each column's first value)."""
+        import mlflow.data
+        from mlflow.entities import Dataset as DatasetEntity
+        from mlflow.entities import DatasetInput, InputTag
+
         root = logging.getLogger()
         with warnings.catch_warnings(), _dropping(root, "will be mapped to DataType.datetime"):
             # MLflow registers its local-artifact source twice and says so on every local path, and logs (on the root
             # logger) that a Date column is recorded as a datetime in the dataset's schema: noise, not a problem.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-            origin = _DatabaseSource(source) if source.startswith(("postgresql://", "postgres://")) else source
+            origin = _database_source()(source) if source.startswith(("postgresql://", "postgres://")) else source
             entity = mlflow.data.from_polars(frame, source=origin, name=name, digest=digest)._to_mlflow_entity()  # schema inferred
         if rows is not None:
             profile = json.dumps({"num_rows": rows, "num_elements": rows * frame.width})  # as MLflow profiles a frame
@@ -132,6 +144,8 @@ class Tracker:
             self.finish(ok)
 
     def finish(self, ok: bool) -> None:
+        from mlflow.entities import RunStatus
+
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status=status)
 
@@ -150,31 +164,38 @@ def _dropping(logger: logging.Logger, text: str):
         logger.removeFilter(keep)
 
 
-class _DatabaseSource(DatasetSource):
-    """A dataset read from a database (MLflow resolves no `postgresql://` source of its own): its URL as written, a
-    credential left as its reference."""
+@functools.cache
+def _database_source() -> type[DatasetSource]:
+    """`DatabaseSource`, defined on first use (it subclasses an mlflow class: see the module's docstring)."""
+    from mlflow.data.dataset_source import DatasetSource
 
-    def __init__(self, uri: str) -> None:
-        self._uri = uri
+    class DatabaseSource(DatasetSource):
+        """A dataset read from a database (MLflow resolves no `postgresql://` source of its own): its URL as written, a
+        credential left as its reference."""
 
-    @staticmethod
-    def _get_source_type() -> str:
-        return "database"
+        def __init__(self, uri: str) -> None:
+            self._uri = uri
 
-    def load(self, **kwargs: Any) -> Any:
-        raise NotImplementedError("read it with buffercast's PostgreSQL source (flows/sources.py)")
+        @staticmethod
+        def _get_source_type() -> str:
+            return "database"
 
-    @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:
-        return False
+        def load(self, **kwargs: Any) -> Any:
+            raise NotImplementedError("read it with buffercast's PostgreSQL source (flows/sources.py)")
 
-    @classmethod
-    def _resolve(cls, raw_source: Any) -> _DatabaseSource:
-        raise NotImplementedError
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"uri": self._uri}
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> DatabaseSource:
+            raise NotImplementedError
 
-    @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> _DatabaseSource:
-        return cls(source_dict["uri"])
+        def to_dict(self) -> dict[str, Any]:
+            return {"uri": self._uri}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[Any, Any]) -> DatabaseSource:
+            return cls(source_dict["uri"])
+
+    return DatabaseSource

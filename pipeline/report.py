@@ -1,7 +1,8 @@
 """The weekly HTML report a planner can open: one self-contained static file (inline CSS, figures as PNG data URIs).
 
 No JavaScript and nothing fetched over the network. Every value that comes from data (SKU ids, reasons, class
-names, manifest fields) goes through `html.escape`.
+names, manifest fields) goes through `html.escape`. matplotlib (`pipeline.plots`) is imported where figures are
+drawn, not with this module: the flow imports the report's text helpers long before it draws.
 """
 
 from __future__ import annotations
@@ -12,28 +13,17 @@ import html
 import io
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import polars as pl
-from matplotlib.figure import Figure
 
-from buffers.calibration import Calibration
 from configs.schema import BuffercastConfig
 from features.calendar import with_location
-from pipeline.plots import (
-    calibration_figure,
-    error_distribution_figure,
-    forecast_vs_actual_figure,
-    policy_mix_by_abc_figure,
-    sbc_quadrant_figure,
-    service_level_figure,
-    tradeoff_figure,
-)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from buffers.calibration import Calibration
 
 TOP_N = 20
 PERIOD_NAMES = {"D": "a day", "W": "a week", "M": "a month"}
@@ -185,6 +175,8 @@ def figure_png(figure: Figure) -> bytes:
 
 def render_pngs(figures: Mapping[str, Figure]) -> dict[str, bytes]:
     """Every figure rendered once to PNG bytes (for the report and MLflow alike), then closed."""
+    import matplotlib.pyplot as plt
+
     try:
         return {title: figure_png(fig) for title, fig in figures.items()}
     finally:
@@ -554,7 +546,9 @@ def render_report(
         ]
     finally:
         for figure in figures.values():
-            if isinstance(figure, Figure):
+            if not isinstance(figure, bytes | bytearray):
+                import matplotlib.pyplot as plt
+
                 plt.close(figure)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -580,14 +574,16 @@ def report_figures(
     `history` is demand per series and period (`sku_id`, `location_id`, `date`, `quantity`): e.g. the flow's panel
     joined to its series keys, `ds` -> `date`, `y` -> `quantity`.
     """
+    from pipeline import plots
+
     titles = list(FIGURE_FILES)
     return {
-        titles[0]: sbc_quadrant_figure(recommendations, adi_cutoff, cv2_cutoff),
-        titles[1]: policy_mix_by_abc_figure(recommendations),
-        titles[2]: error_distribution_figure(backtest_metrics),
-        titles[3]: forecast_vs_actual_figure(history, forecasts, recommendations),
-        titles[4]: service_level_figure(recommendations, simulated),
-        titles[5]: calibration_figure(
+        titles[0]: plots.sbc_quadrant_figure(recommendations, adi_cutoff, cv2_cutoff),
+        titles[1]: plots.policy_mix_by_abc_figure(recommendations),
+        titles[2]: plots.error_distribution_figure(backtest_metrics),
+        titles[3]: plots.forecast_vs_actual_figure(history, forecasts, recommendations),
+        titles[4]: plots.service_level_figure(recommendations, simulated),
+        titles[5]: plots.calibration_figure(
             calibration_curves if calibration_curves is not None else pl.DataFrame(),
             calibration_levels if calibration_levels is not None else pl.DataFrame(),
         ),
@@ -626,6 +622,8 @@ def planner_report(
         calibration_curves=calibration.curves if calibration is not None else None,
         calibration_levels=calibration.levels if calibration is not None else None,
     )
+    from pipeline.plots import tradeoff_figure
+
     pngs = render_pngs(figures)
     curves = figure_png(tradeoff_figure(evaluation[1])) if evaluation else None
     return pngs, render_report(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -18,8 +18,10 @@ from evaluation.coverage import bootstrap_coverage, window_coverage
 from evaluation.windows import window_errors
 from forecasting.backtest import ForecastResult
 from pipeline.contracts import SCHEMA_VERSION, InputError, Inputs, output_columns, output_dtypes, validate_output
-from pipeline.evaluate import RollingEvaluation
 from pipeline.stages import Profiled
+
+if TYPE_CHECKING:
+    from pipeline.evaluate import RollingEvaluation
 
 
 def buffer_coverage(recs: pl.DataFrame, fc: ForecastResult, key_cols: pl.DataFrame, calibration: Calibration | None) -> pl.DataFrame:

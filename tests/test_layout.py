@@ -9,6 +9,8 @@ importlib) would tie the maths to the orchestrator. This walks every import stat
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,19 @@ def test_the_wiring_shapes_no_tables(name: str):
     text = (ROOT / "flows" / f"{name}.py").read_text(encoding="utf-8")
     found = [token for token in ("pl.col(", "pl.lit(", ".with_columns(", ".group_by(", ".filter(pl.", ".select(") if token in text]
     assert not found, f"flows/{name}.py uses {found}: shape tables in pipeline/ (tables.py, report.py)"
+
+
+#: Libraries that cost seconds to import (python -X importtime, this machine: mlflow 3.5 s, scipy.stats 1.4 s, matplotlib
+#: 1.3 s, sklearn 0.6 s, statsforecast with statsmodels 5 s): imported by the step that uses them, not with the flow.
+HEAVY = ("mlflow", "matplotlib", "sklearn", "statsmodels", "statsforecast", "scipy.stats", "scipy.optimize", "dask", "distributed")
+
+
+def test_the_plan_flow_imports_no_heavy_library_before_it_needs_it():
+    """`buffercast run` imports flows.plan: a run that fails on its input (or a command that plans nothing) must not pay
+    for MLflow, the plots, the calibration's sklearn or the forecasters; each is imported by the step that uses it."""
+    probe = (
+        "import sys, flows.cli, flows.plan; heavy = sys.argv[1:]; "
+        "print(' '.join(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *HEAVY], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [], f"importing the plan flow imported {done.stdout.split()[:12]}"
