@@ -88,6 +88,7 @@ bench: install
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/postgres_read.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/fixed_cost.py
 	$(BIN)/python bench/stage_memory.py
 
 ## Remove outputs, generated data, tracking store and caches (keeps .venv)

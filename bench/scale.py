@@ -86,8 +86,9 @@ def _catalogue(skus: int, folder: Path) -> Path:
     return data
 
 
-def _measured(cmd: list[str], log: Path, api_url: str) -> tuple[float, float, float]:
-    """Wall and CPU seconds (the whole process tree) and the peak PSS (MB) of `cmd` against the Prefect server."""
+def _measured(cmd: list[str], log: Path, api_url: str, expect: int = 0) -> tuple[float, float, float]:
+    """Wall and CPU seconds (the whole process tree) and the peak PSS (MB) of `cmd` against the Prefect server; raises
+    unless it exits with `expect`."""
     env = os.environ | {"PREFECT_API_URL": api_url}
     t0, cpu0 = time.perf_counter(), children_cpu_s()
     with log.open("w") as out:
@@ -95,8 +96,8 @@ def _measured(cmd: list[str], log: Path, api_url: str) -> tuple[float, float, fl
         sampler = PeakPss(proc.pid)
         code = proc.wait()
         peak = sampler.stop()
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed ({code}): {log.read_text()[-2000:]}")
+    if code != expect:
+        raise RuntimeError(f"{' '.join(cmd[:2])} exited with {code}, not {expect}: {log.read_text()[-2000:]}")
     return time.perf_counter() - t0, children_cpu_s() - cpu0, peak
 
 
