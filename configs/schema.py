@@ -343,7 +343,7 @@ class PartitionConfig(_Strict):
     between two passes. The outputs do not depend on the partition size, nor on the rows validated at a time."""
 
     skus: int = Field(
-        10_000, ge=1, description="Series (SKU x location) per partition: fewer hold less memory, more make fewer statsforecast calls."
+        5_000, ge=1, description="Series (SKU x location) per partition: fewer hold less memory, more make fewer statsforecast calls."
     )
     rows: int = Field(
         2_000_000,
