@@ -7,7 +7,9 @@ for the whole ladder, hours). For each size, in this one run:
   a long-lived Prefect server the script starts once (`PREFECT_API_URL`, as a scheduled deployment runs), MLflow in a
   SQLite file. Wall seconds; CPU seconds of the run's whole process tree (RUSAGE_CHILDREN: the run, its worker
   processes; not the Prefect server, which is shared); peak PSS of the run's process tree, sampled every second
-  (psutil: shared pages counted once across the tree); SKUs per second.
+  (psutil: shared pages counted once across the tree), and per step (`peak_pss_mb_by_step`: each sample goes to the
+  first task of the run's Prefect log that ended after it, so the flow's own work between two tasks counts with the
+  next one); SKUs per second.
 - **bare statsforecast** (`bench/forecast_speed.py` part b): the same statsforecast calls the stage makes (same groups,
   models, windows, step, levels) called directly, on the same panel: the floor of the forecasting work.
 - **statsmodels loop** (`bench/forecast_speed.py` part d): a pandas groupby loop with statsmodels
@@ -28,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,13 +49,17 @@ from ten_runs import children_cpu_s, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
+#: The PSS samples of the last `_measured` command.
+LAST_SAMPLES: list[tuple[float, float]] = []
 
 
 class PeakPss:
-    """Samples the PSS summed over a process and its descendants every `every` seconds; `.peak_mb` the largest."""
+    """Samples the PSS summed over a process and its descendants every `every` seconds; `.peak_mb` the largest,
+    `.samples` every (time.time(), MB)."""
 
     def __init__(self, pid: int, every: float = 1.0) -> None:
         self.pid, self.every, self.peak_mb = pid, every, 0.0
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -68,6 +75,7 @@ class PeakPss:
                     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                         total += proc.memory_full_info().pss
                 self.peak_mb = max(self.peak_mb, total / 2**20)
+                self.samples.append((time.time(), total / 2**20))
             except psutil.NoSuchProcess:
                 return
             self._stop.wait(self.every)
@@ -86,9 +94,36 @@ def _catalogue(skus: int, folder: Path) -> Path:
     return data
 
 
+#: A Prefect log line of a task run's end: its local clock time and the task's name.
+_TASK_END = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| \w+ +\| Task run '([A-Za-z_]+)-[0-9a-f]+' - Finished in state")
+
+
+def peak_by_step(samples: list[tuple[float, float]], log: str) -> dict[str, int]:
+    """The peak PSS (MB) of each step of a run, from `PeakPss.samples` and the run's Prefect log: a sample belongs to
+    the first task that ended at or after it (so the flow's own work between two tasks, e.g. drawing the report before
+    `publish`, counts with the next task), to "after the last task" past the last one. Log times are the local clock."""
+    ends, offset, previous = [], 0.0, None
+    for match in map(_TASK_END.match, log.splitlines()):
+        if match:
+            h, m, sec, task = match.groups()
+            clock = int(h) * 3600 + int(m) * 60 + float(sec)
+            if previous is not None and clock + offset < previous:
+                offset += 86400  # past midnight
+            ends.append((clock + offset, task))
+            previous = clock + offset
+    peaks: dict[str, int] = {}
+    for at, mb in samples:
+        local = time.localtime(at)
+        clock = local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + at % 1
+        clock += 86400 if ends and clock < ends[0][0] - 43200 else 0  # a sample after midnight, the log's first end before
+        step = next((task for end, task in ends if end >= clock), "after the last task")
+        peaks[step] = max(peaks.get(step, 0), round(mb))
+    return peaks
+
+
 def _measured(cmd: list[str], log: Path, api_url: str, expect: int = 0) -> tuple[float, float, float]:
     """Wall and CPU seconds (the whole process tree) and the peak PSS (MB) of `cmd` against the Prefect server; raises
-    unless it exits with `expect`."""
+    unless it exits with `expect`. The PSS samples are kept in `LAST_SAMPLES` (for `peak_by_step`)."""
     env = os.environ | {"PREFECT_API_URL": api_url}
     t0, cpu0 = time.perf_counter(), children_cpu_s()
     with log.open("w") as out:
@@ -96,6 +131,7 @@ def _measured(cmd: list[str], log: Path, api_url: str, expect: int = 0) -> tuple
         sampler = PeakPss(proc.pid)
         code = proc.wait()
         peak = sampler.stop()
+    LAST_SAMPLES[:] = sampler.samples
     if code != expect:
         raise RuntimeError(f"{' '.join(cmd[:2])} exited with {code}, not {expect}: {log.read_text()[-2000:]}")
     return time.perf_counter() - t0, children_cpu_s() - cpu0, peak
@@ -111,12 +147,14 @@ def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None
         config = folder / f"partitions-{partition_skus}.yaml"
         config.write_text(f"partitions:\n  skus: {partition_skus}\n")
         cmd += ["--config", str(config)]
-    wall, cpu, peak = _measured(cmd, folder / f"run-{skus}.log", api_url)
+    log = folder / f"run-{skus}.log"
+    wall, cpu, peak = _measured(cmd, log, api_url)
     manifest = next((folder / f"out-{skus}").rglob("manifest.json"))
     planned = json.loads(manifest.read_text())["tables"]["recommendations"]["rows"]
     shutil.rmtree(folder / f"out-{skus}", ignore_errors=True)  # the next measure at this size starts from an empty folder
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak), "skus_planned": planned,
-            "skus_per_s": round(skus / wall, 1), "partition_skus": partition_skus}  # fmt: skip
+            "skus_per_s": round(skus / wall, 1), "partition_skus": partition_skus,
+            "peak_pss_mb_by_step": peak_by_step(LAST_SAMPLES, log.read_text(errors="replace"))}  # fmt: skip
 
 
 def rolling_evaluation(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
