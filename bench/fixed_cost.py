@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from profile_m5 import machine  # noqa: E402
-from scale import BIN, RESULTS, _catalogue, _measured  # noqa: E402
+from scale import BIN, RESULTS, catalogue, measured  # noqa: E402
 from ten_runs import free_port  # noqa: E402
 
 #: (step, modules), in the order a run imports them.
@@ -76,8 +76,8 @@ def _run(data: Path, sales: Path, folder: Path, tag: str, api_url: str, expect: 
         str(BIN / "buffercast"), "run", "--sales", str(sales), "--sku-master", str(data / "sku_master.parquet"),
         "--out", str(folder / f"out-{tag}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-{tag}.db'}",
     ]  # fmt: skip
-    wall, cpu, peak = _measured(cmd, folder / f"run-{tag}.log", api_url, expect=expect)
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak)}
+    m = measured(cmd, folder / f"run-{tag}.log", api_url, expect=expect)
+    return {"wall_s": round(m.wall_s, 1), "cpu_s": round(m.cpu_s, 1), "peak_pss_mb": round(m.peak_pss_mb)}
 
 
 def main() -> int:
@@ -96,7 +96,7 @@ def main() -> int:
         print(f"import {row['step']}: {row['cpu_s']:.2f} CPU s", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="buffercast-fixed-"))
     try:
-        data = _catalogue(args.skus, folder)
+        data = catalogue(args.skus, folder)
         refused = folder / "every_quantity_zero.parquet"
         pl.read_parquet(data / "sales.parquet").with_columns(quantity=pl.lit(0.0)).write_parquet(refused)
         runs, refusals = [], []

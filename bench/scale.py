@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -38,7 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,16 +50,13 @@ from ten_runs import children_cpu_s, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
-#: The PSS samples of the last `_measured` command.
-LAST_SAMPLES: list[tuple[float, float]] = []
 
 
-class PeakPss:
-    """Samples the PSS summed over a process and its descendants every `every` seconds; `.peak_mb` the largest,
-    `.samples` every (time.time(), MB)."""
+class PssSampler:
+    """Samples the PSS summed over a process and its descendants every `every` seconds, as (time.time(), MB)."""
 
     def __init__(self, pid: int, every: float = 1.0) -> None:
-        self.pid, self.every, self.peak_mb = pid, every, 0.0
+        self.pid, self.every = pid, every
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,19 +72,19 @@ class PeakPss:
                 for proc in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                         total += proc.memory_full_info().pss
-                self.peak_mb = max(self.peak_mb, total / 2**20)
                 self.samples.append((time.time(), total / 2**20))
             except psutil.NoSuchProcess:
                 return
             self._stop.wait(self.every)
 
-    def stop(self) -> float:
+    def stop(self) -> list[tuple[float, float]]:
         self._stop.set()
         self._thread.join()
-        return self.peak_mb
+        return self.samples
 
 
-def _catalogue(skus: int, folder: Path) -> Path:
+def catalogue(skus: int, folder: Path) -> Path:
+    """The generated catalogue of `skus` SKUs (seed 7, 730 days) in `folder`, generated once."""
     data = folder / f"data-{skus}"
     if not data.exists():
         generate = [str(BIN / "buffercast"), "sample-data", "--out", str(data), "--skus", str(skus), "--seed", "7"]
@@ -99,46 +97,58 @@ _TASK_END = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| \w+ +\| Task run '([A-Za-
 
 
 def peak_by_step(samples: list[tuple[float, float]], log: str) -> dict[str, int]:
-    """The peak PSS (MB) of each step of a run, from `PeakPss.samples` and the run's Prefect log: a sample belongs to
-    the first task that ended at or after it (so the flow's own work between two tasks, e.g. drawing the report before
-    `publish`, counts with the next task), to "after the last task" past the last one. Log times are the local clock."""
-    ends, offset, previous = [], 0.0, None
-    for match in map(_TASK_END.match, log.splitlines()):
-        if match:
-            h, m, sec, task = match.groups()
-            clock = int(h) * 3600 + int(m) * 60 + float(sec)
-            if previous is not None and clock + offset < previous:
-                offset += 86400  # past midnight
-            ends.append((clock + offset, task))
-            previous = clock + offset
+    """The peak PSS (MB) of each step of a run, from its PSS samples and its Prefect log: a sample belongs to the first
+    task that ended at or after it (so the flow's own work between two tasks, e.g. drawing the report before
+    `publish`, counts with the next task), to "after the last task" past the last one. The log's clock times are
+    placed on the day of the first sample (the run's start), a day later each time they go back (past midnight)."""
+    if not samples:
+        return {}
+    day = dt.datetime.fromtimestamp(samples[0][0]).replace(hour=0, minute=0, second=0, microsecond=0)
+    ends, last = [], samples[0][0]
+    for match in filter(None, map(_TASK_END.match, log.splitlines())):
+        h, m, sec, task = match.groups()
+        at = (day + dt.timedelta(hours=int(h), minutes=int(m), seconds=float(sec))).timestamp()
+        while at < last:
+            at += 86400
+        ends.append((at, task))
+        last = at
     peaks: dict[str, int] = {}
     for at, mb in samples:
-        local = time.localtime(at)
-        clock = local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + at % 1
-        clock += 86400 if ends and clock < ends[0][0] - 43200 else 0  # a sample after midnight, the log's first end before
-        step = next((task for end, task in ends if end >= clock), "after the last task")
+        step = next((task for end, task in ends if end >= at), "after the last task")
         peaks[step] = max(peaks.get(step, 0), round(mb))
     return peaks
 
 
-def _measured(cmd: list[str], log: Path, api_url: str, expect: int = 0) -> tuple[float, float, float]:
-    """Wall and CPU seconds (the whole process tree) and the peak PSS (MB) of `cmd` against the Prefect server; raises
-    unless it exits with `expect`. The PSS samples are kept in `LAST_SAMPLES` (for `peak_by_step`)."""
+class Measure(NamedTuple):
+    wall_s: float
+    cpu_s: float
+    peak_pss_mb: float
+    peak_pss_mb_by_step: dict[str, int]
+
+
+def measured(cmd: list[str], log: Path, api_url: str, expect: int = 0) -> Measure:
+    """`cmd` against the Prefect server, its output in `log`: wall and CPU seconds (the whole process tree), the peak
+    PSS (MB) and the peak per step of the run (`peak_by_step`); raises unless it exits with `expect`."""
     env = os.environ | {"PREFECT_API_URL": api_url}
     t0, cpu0 = time.perf_counter(), children_cpu_s()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        sampler = PeakPss(proc.pid)
+        sampler = PssSampler(proc.pid)
         code = proc.wait()
-        peak = sampler.stop()
-    LAST_SAMPLES[:] = sampler.samples
+        samples = sampler.stop()
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    text = log.read_text(errors="replace")
     if code != expect:
-        raise RuntimeError(f"{' '.join(cmd[:2])} exited with {code}, not {expect}: {log.read_text()[-2000:]}")
-    return time.perf_counter() - t0, children_cpu_s() - cpu0, peak
+        raise RuntimeError(f"{' '.join(cmd[:2])} exited with {code}, not {expect}: {text[-2000:]}")
+    return Measure(wall, cpu, max((mb for _, mb in samples), default=0.0), peak_by_step(samples, text))
+
+
+def _rounded(m: Measure) -> dict[str, Any]:
+    return {"wall_s": round(m.wall_s, 1), "cpu_s": round(m.cpu_s, 1), "peak_pss_mb": round(m.peak_pss_mb)}
 
 
 def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None = None) -> dict[str, Any]:
-    data = _catalogue(skus, folder)
+    data = catalogue(skus, folder)
     cmd = [
         str(BIN / "buffercast"), "run", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
         "--out", str(folder / f"out-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-{skus}.db'}",
@@ -147,26 +157,24 @@ def end_to_end(skus: int, folder: Path, api_url: str, partition_skus: int | None
         config = folder / f"partitions-{partition_skus}.yaml"
         config.write_text(f"partitions:\n  skus: {partition_skus}\n")
         cmd += ["--config", str(config)]
-    log = folder / f"run-{skus}.log"
-    wall, cpu, peak = _measured(cmd, log, api_url)
+    m = measured(cmd, folder / f"run-{skus}.log", api_url)
     manifest = next((folder / f"out-{skus}").rglob("manifest.json"))
     planned = json.loads(manifest.read_text())["tables"]["recommendations"]["rows"]
     shutil.rmtree(folder / f"out-{skus}", ignore_errors=True)  # the next measure at this size starts from an empty folder
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak), "skus_planned": planned,
-            "skus_per_s": round(skus / wall, 1), "partition_skus": partition_skus,
-            "peak_pss_mb_by_step": peak_by_step(LAST_SAMPLES, log.read_text(errors="replace"))}  # fmt: skip
+    return _rounded(m) | {"skus_planned": planned, "skus_per_s": round(skus / m.wall_s, 1), "partition_skus": partition_skus,
+                          "peak_pss_mb_by_step": m.peak_pss_mb_by_step}  # fmt: skip
 
 
 def rolling_evaluation(skus: int, folder: Path, api_url: str) -> dict[str, Any]:
     """`buffercast evaluate` (the config's rolling origins, its baselines) on the same generated catalogue."""
-    data = _catalogue(skus, folder)
+    data = catalogue(skus, folder)
     cmd = [
         str(BIN / "buffercast"), "evaluate", "--sales", str(data / "sales.parquet"), "--sku-master", str(data / "sku_master.parquet"),
         "--out", str(folder / f"evaluate-{skus}"), "--tracking-uri", f"sqlite:///{folder / f'mlflow-evaluate-{skus}.db'}",
     ]  # fmt: skip
-    wall, cpu, peak = _measured(cmd, folder / f"evaluate-{skus}.log", api_url)
+    m = measured(cmd, folder / f"evaluate-{skus}.log", api_url)
     shutil.rmtree(folder / f"evaluate-{skus}", ignore_errors=True)
-    return {"skus": skus, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_pss_mb": round(peak)}
+    return {"skus": skus} | _rounded(m) | {"peak_pss_mb_by_step": m.peak_pss_mb_by_step}
 
 
 def statsforecast_parts(skus: int, folder: Path, subset_loop: int) -> dict[str, Any]:

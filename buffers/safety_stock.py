@@ -1,7 +1,7 @@
 """Safety stock, reorder point and their rounding (docs/methods.md; Silver, Pyke & Thomas 2017, ch. 6).
 
 Pure numpy/scipy maths on arrays plus polars expressions over columns; no I/O. scipy.stats and scipy.optimize are
-imported where used: together they cost 1.6 s of CPU, which a run that stops before sizing a buffer need not pay.
+imported where used, not with the module (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, lengt
     SKUS_PER_CHUNK SKUs at a time: the frame is at most chunk x periods x ceil(length) rows, where pairing every step
     with every period of the whole catalogue made 100 million rows and 8 GB at 10,000 SKUs. A step's forecast is
     taken by its row position when every SKU's steps run 1, 2, ..., n (the forecast's own `extended`; a join on the
-    string key cost 2.5 times more at 10,000 SKUs), else by a join. The steps are sorted and located once for every
-    length. Each sum adds the same terms in the same order."""
+    string key cost 2.5 times more at 10,000 SKUs), else by a join. The steps are sorted and located, and each chunk's
+    SKUs matched to them, once for every length. Each sum adds the same terms in the same order."""
     starts = pl.DataFrame({"period": list(range(1, periods + 1))}, schema={"period": pl.Int64})
     steps = extended.select(ID, "step", "forecast").sort(ID, "step")
     spans = (
@@ -56,13 +56,15 @@ def _window_sums(extended: pl.DataFrame, plan: pl.DataFrame, periods: int, lengt
     forecast = steps.get_column("forecast")
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in lengths}
     for first in range(0, max(plan.height, 1), SKUS_PER_CHUNK):  # one row per SKU in `plan`
-        skus = plan.slice(first, SKUS_PER_CHUNK)
+        skus = (
+            plan.slice(first, SKUS_PER_CHUNK)
+            .sort(ID, maintain_order=True)
+            .join(spans.select(ID, "_at", "_n"), on=ID, how="inner", maintain_order="left")
+            .with_row_index("_sku")
+        )
         for name, length in lengths.items():
             windows = (
-                skus.select(ID, _length=length)
-                .sort(ID, maintain_order=True)
-                .join(spans.select(ID, "_at", "_n"), on=ID, how="inner", maintain_order="left")
-                .with_row_index("_sku")
+                skus.select("_sku", ID, "_at", "_n", _length=length)
                 .join(starts, how="cross")
                 .with_columns(k=pl.int_ranges(1, pl.col("_length").ceil().clip(1, None).cast(pl.Int64) + 1))
                 .explode("k")

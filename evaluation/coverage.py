@@ -35,7 +35,7 @@ def window_coverage(errors: pl.DataFrame, sizing: pl.DataFrame) -> pl.DataFrame:
     `errors`: from `evaluation.windows.window_errors`; `sizing`: unique_id, service_level_target,
     calibrated_service_level (the normal-method SKUs). SKUs with fewer than 3 windows or no error are left out.
     """
-    from scipy import stats  # here: scipy.stats costs 1.4 s of CPU to import
+    from scipy import stats  # here, not with the module: docs/architecture.md
 
     lead = errors.filter(pl.col("exposure") == LEAD_TIME).join(sizing, on=ID)
     lead = lead.join(window_sums(lead, [ID]), on=ID).filter(pl.col("n") >= 3).with_columns(sigma=other_windows_sigma())

@@ -3,7 +3,7 @@
 One MLflow run per flow run, driven through `MlflowClient` (no global active run), so a flow can start
 the run early (its id goes into the manifest) and finish it after publishing.
 
-mlflow is imported when a `Tracker` is made, not with this module: importing it costs seconds (3.5 s of CPU here),
+mlflow is imported when a `Tracker` is made, not with this module: importing it costs seconds (bench/fixed_cost.py),
 and a run that fails on its input, or a command that tracks nothing, should not pay for it.
 """
 

@@ -77,8 +77,8 @@ def test_the_wiring_shapes_no_tables(name: str):
     assert not found, f"flows/{name}.py uses {found}: shape tables in pipeline/ (tables.py, report.py)"
 
 
-#: Libraries that cost seconds to import (python -X importtime, this machine: mlflow 3.5 s, scipy.stats 1.4 s, matplotlib
-#: 1.3 s, sklearn 0.6 s, statsforecast with statsmodels 5 s): imported by the step that uses them, not with the flow.
+#: Libraries that cost seconds to import (bench/fixed_cost.py measures each): imported by the step that uses them, not
+#: with the flow (docs/architecture.md).
 HEAVY = ("mlflow", "matplotlib", "sklearn", "statsmodels", "statsforecast", "scipy.stats", "scipy.optimize", "dask", "distributed")
 
 
